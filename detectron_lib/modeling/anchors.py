@@ -1,0 +1,125 @@
+"""Anchors: the reference boxes RPN and RetinaNet classify and regress.
+
+A cell's anchors are enumerated aspect ratio first, then size, as in Detectron; ``grid_anchors``
+shifts them over a feature map, ordered (y, x, anchor) to match predictions reshaped from
+``(N, A, H, W)`` to ``(N, H, W, A)``.
+
+Two geometries exist, selected by ``legacy_plus_one``:
+
+- Detectron's (``True``): a cell's base box is ``[0, 0, stride - 1, stride - 1]``, widths count
+  pixels inclusively and ratios are rounded to whole pixels before scaling.
+- torchvision / detectron2's (``False``): anchors centred on the cell's top-left corner,
+  ``round([-w/2, -h/2, w/2, h/2])`` with ``w = size / sqrt(ratio)``.
+"""
+import numpy as np
+import torch
+
+
+def generate_cell_anchors(stride, sizes, aspect_ratios, legacy_plus_one=True):
+    """Anchors of one feature-map cell: (len(aspect_ratios) * len(sizes), 4) float32 tensor.
+
+    stride: the feature map's stride in input pixels. sizes: anchor sizes (sqrt of area) in
+    input pixels. aspect_ratios: height / width.
+    """
+    sizes = np.asarray(sizes, dtype=np.float64)
+    ratios = np.asarray(aspect_ratios, dtype=np.float64)
+    if legacy_plus_one:
+        # Base box [0, 0, stride-1, stride-1]: width `stride`, centre (stride-1)/2.
+        center = 0.5 * (stride - 1)
+        area = float(stride * stride)
+        ratio_ws = np.round(np.sqrt(area / ratios))
+        ratio_hs = np.round(ratio_ws * ratios)
+        scales = sizes / stride
+        ws = (ratio_ws[:, None] * scales[None, :]).reshape(-1)
+        hs = (ratio_hs[:, None] * scales[None, :]).reshape(-1)
+        anchors = np.stack(
+            (center - 0.5 * (ws - 1), center - 0.5 * (hs - 1),
+             center + 0.5 * (ws - 1), center + 0.5 * (hs - 1)),
+            axis=1,
+        )
+    else:
+        h_ratios = np.sqrt(ratios)
+        ws = (sizes[None, :] / h_ratios[:, None]).reshape(-1)
+        hs = (sizes[None, :] * h_ratios[:, None]).reshape(-1)
+        anchors = np.round(np.stack((-ws, -hs, ws, hs), axis=1) / 2)
+    return torch.as_tensor(anchors, dtype=torch.float32)
+
+
+def grid_anchors(cell_anchors, stride, height, width):
+    """Shift cell anchors (A, 4) over a ``height`` x ``width`` feature map: (H * W * A, 4)."""
+    device = cell_anchors.device
+    xs = torch.arange(width, device=device, dtype=torch.float32) * stride
+    ys = torch.arange(height, device=device, dtype=torch.float32) * stride
+    y, x = torch.meshgrid(ys, xs, indexing="ij")
+    shifts = torch.stack((x, y, x, y), dim=-1).reshape(-1, 1, 4)
+    return (shifts + cell_anchors[None]).reshape(-1, 4)
+
+
+def fpn_rpn_anchor_specs(min_level, max_level, start_size, aspect_ratios):
+    """(stride, sizes, aspect_ratios) per FPN level for RPN: one size per level.
+
+    Level l has stride 2**l and size ``start_size * 2**(l - min_level)`` (FPN.RPN_MIN_LEVEL,
+    RPN_MAX_LEVEL, RPN_ANCHOR_START_SIZE, RPN_ASPECT_RATIOS).
+    """
+    return [
+        (2 ** level, (start_size * 2.0 ** (level - min_level),), tuple(aspect_ratios))
+        for level in range(min_level, max_level + 1)
+    ]
+
+
+def retinanet_anchor_specs(min_level, max_level, scales_per_octave, anchor_scale, aspect_ratios):
+    """(stride, sizes, aspect_ratios) per level for RetinaNet.
+
+    Level l has ``scales_per_octave`` sizes ``anchor_scale * 2**l * 2**(o / scales_per_octave)``
+    (RETINANET.SCALES_PER_OCTAVE, ANCHOR_SCALE, ASPECT_RATIOS).
+    """
+    specs = []
+    for level in range(min_level, max_level + 1):
+        stride = 2 ** level
+        sizes = tuple(anchor_scale * stride * 2.0 ** (o / scales_per_octave)
+                      for o in range(scales_per_octave))
+        specs.append((stride, sizes, tuple(aspect_ratios)))
+    return specs
+
+
+class AnchorGenerator(torch.nn.Module):
+    """Anchors for a list of feature maps, one (stride, sizes, aspect_ratios) spec per map.
+
+    Cell anchors are computed once; grids are cached per feature-map size since training
+    images take only a few distinct padded sizes.
+    """
+
+    def __init__(self, specs, legacy_plus_one=True):
+        super().__init__()
+        self.strides = [stride for stride, _, _ in specs]
+        self.num_anchors = [len(sizes) * len(ratios) for _, sizes, ratios in specs]
+        self._cell_anchors = [
+            generate_cell_anchors(stride, sizes, ratios, legacy_plus_one)
+            for stride, sizes, ratios in specs
+        ]
+        self._cache = {}
+
+    def forward(self, feature_shapes, device=torch.device("cpu")):
+        """feature_shapes: [(H, W)] per level. Returns [(H * W * A, 4)] per level on ``device``."""
+        out = []
+        for cell, stride, (h, w) in zip(self._cell_anchors, self.strides, feature_shapes):
+            key = (stride, int(h), int(w), str(device))
+            if key not in self._cache:
+                self._cache[key] = grid_anchors(cell.to(device), stride, int(h), int(w))
+            out.append(self._cache[key])
+        return out
+
+
+def straddle_mask(anchors, height, width, straddle_thresh):
+    """(N,) bool: anchors inside the image up to ``straddle_thresh`` pixels (RPN.STRADDLE_THRESH).
+
+    A negative threshold keeps every anchor, as in Detectron.
+    """
+    if straddle_thresh < 0:
+        return torch.ones(len(anchors), dtype=torch.bool, device=anchors.device)
+    t = straddle_thresh
+    return (
+        (anchors[:, 0] >= -t) & (anchors[:, 1] >= -t)
+        & (anchors[:, 2] < width + t) & (anchors[:, 3] < height + t)
+    )
+
