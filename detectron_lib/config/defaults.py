@@ -573,6 +573,13 @@ _C.CLUSTER.ON_CLUSTER = False
 _C.DATA_ROOT = ""
 # YAML file of user-registered datasets added to the dataset catalog (empty: none)
 _C.DATASET_CATALOG_FILE = ""
+# Device to run on: 'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'
+_C.DEVICE = "auto"
+# Box widths are x2 - x1 + 1, Detectron's pixel-index convention (False: x2 - x1, as
+# torchvision and detectron2); applies to box coding, anchors, clipping and evaluation
+_C.MODEL.BBOX_LEGACY_PLUS_ONE = True
+# RoIAlign with the half-pixel offset of detectron2 / torchvision (False: Detectron's RoIAlign)
+_C.MODEL.ROI_ALIGN_ALIGNED = False
 
 _C.freeze()
 
