@@ -47,9 +47,14 @@ _CONV_BODIES = (
     "VGG_CNN_M_1024.add_VGG_CNN_M_1024_conv5_body",
     # CPU-sized baselines of this project (ResNet-18/34 with basic blocks)
     "FPN.add_fpn_ResNet18_conv5_body",
+    "FPN.add_fpn_ResNet18_conv5_P2only_body",
     "FPN.add_fpn_ResNet34_conv5_body",
+    "FPN.add_fpn_ResNet34_conv5_P2only_body",
     "ResNet.add_ResNet18_conv4_body",
     "ResNet.add_ResNet18_conv5_body",
+    "ResNet.add_ResNet34_conv4_body",
+    "ResNet.add_ResNet34_conv5_body",
+    "ResNet.add_ResNet152_conv4_body",
 )
 CONV_BODY = Registry("MODEL.CONV_BODY")
 CONV_BODY.declare(*_CONV_BODIES)
@@ -99,12 +104,19 @@ RESNET_TRANS_FUNC = _resnet_registry(
     (
         "bottleneck_transformation",
         "bottleneck_gn_transformation",
-        "basic_transformation",  # this project: ResNet-18/34 basic block
+        # this project: ResNet-18/34 basic blocks, and trainable BatchNorm for training
+        # from scratch
+        "basic_transformation",
+        "basic_gn_transformation",
+        "bottleneck_trainable_bn_transformation",
+        "basic_trainable_bn_transformation",
     ),
 )
-RESNET_STEM_FUNC = _resnet_registry("RESNETS.STEM_FUNC", ("basic_bn_stem", "basic_gn_stem"))
+RESNET_STEM_FUNC = _resnet_registry(
+    "RESNETS.STEM_FUNC", ("basic_bn_stem", "basic_gn_stem", "basic_trainable_bn_stem")
+)
 RESNET_SHORTCUT_FUNC = _resnet_registry(
-    "RESNETS.SHORTCUT_FUNC", ("basic_bn_shortcut", "basic_gn_shortcut")
+    "RESNETS.SHORTCUT_FUNC", ("basic_bn_shortcut", "basic_gn_shortcut", "basic_trainable_bn_shortcut")
 )
 
 # ---- MODEL.TYPE -----------------------------------------------------------------------------

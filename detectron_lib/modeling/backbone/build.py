@@ -1,0 +1,228 @@
+"""Config -> backbone and RoI body head, registered under Detectron's function names.
+
+``build_backbone(cfg)`` resolves MODEL.CONV_BODY (e.g. "FPN.add_fpn_ResNet50_conv5_body") and
+``build_roi_box_head(cfg, in_channels)`` resolves FAST_RCNN.ROI_BOX_HEAD through the registries
+of detectron_lib.config.names. The ResNet pieces are chosen as in Detectron's ResNet.py:
+
+  RESNETS.TRANS_FUNC     block type and its norm   bottleneck_transformation (FrozenBN),
+                                                   bottleneck_gn_transformation (GN),
+                                                   basic_transformation / basic_gn_transformation
+                                                   (ResNet-18/34), and *_trainable_bn_* (BN)
+  RESNETS.STEM_FUNC      stem norm                 basic_bn_stem, basic_gn_stem,
+                                                   basic_trainable_bn_stem
+  RESNETS.SHORTCUT_FUNC  shortcut norm             basic_bn_shortcut, basic_gn_shortcut,
+                                                   basic_trainable_bn_shortcut
+with RESNETS.NUM_GROUPS / WIDTH_PER_GROUP / STRIDE_1X1 / RES5_DILATION, GROUP_NORM.* for GN,
+TRAIN.FREEZE_AT, and FPN.* (levels as Detectron's get_min_max_levels, DIM, EXTRA_CONV_LEVELS,
+ZERO_INIT_LATERAL, USE_GN).
+"""
+import re
+from functools import partial
+
+from detectron_lib.config.names import (
+    CONV_BODY,
+    RESNET_SHORTCUT_FUNC,
+    RESNET_STEM_FUNC,
+    RESNET_TRANS_FUNC,
+    ROI_BOX_HEAD,
+)
+from detectron_lib.errors import ConfigError
+from detectron_lib.modeling.backbone.fpn import FPN, HIGHEST_BACKBONE_LEVEL, LOWEST_BACKBONE_LEVEL
+from detectron_lib.modeling.backbone.norms import BATCH_NORM, FROZEN_BN, GROUP_NORM, NormSpec
+from detectron_lib.modeling.backbone.resnet import (
+    BASIC,
+    BOTTLENECK,
+    RESNET_BLOCK_COUNTS,
+    RESNET_BLOCK_TYPE,
+    ResNetBody,
+    ResNetRoIHead,
+)
+from detectron_lib.modeling.backbone.vgg import VGG16Body, VGG16RoIHead
+
+# Detectron's res5 RoI head stacks 3 blocks (R-50 / R-101); R-18's res5 has 2.
+DEFAULT_ROI_HEAD_BLOCKS = 3
+
+
+def group_norm_spec(cfg):
+    """NormSpec for GroupNorm with GROUP_NORM.DIM_PER_GP / NUM_GROUPS / EPSILON."""
+    return NormSpec(
+        GROUP_NORM,
+        gn_dim_per_group=cfg.GROUP_NORM.DIM_PER_GP,
+        gn_num_groups=cfg.GROUP_NORM.NUM_GROUPS,
+        gn_eps=cfg.GROUP_NORM.EPSILON,
+    )
+
+
+# ---- RESNETS.TRANS_FUNC: cfg -> (block type, norm) ------------------------------------------
+@RESNET_TRANS_FUNC.register("bottleneck_transformation")
+def bottleneck_transformation(cfg):
+    return BOTTLENECK, NormSpec(FROZEN_BN)
+
+
+@RESNET_TRANS_FUNC.register("bottleneck_gn_transformation")
+def bottleneck_gn_transformation(cfg):
+    return BOTTLENECK, group_norm_spec(cfg)
+
+
+@RESNET_TRANS_FUNC.register("bottleneck_trainable_bn_transformation")
+def bottleneck_trainable_bn_transformation(cfg):
+    return BOTTLENECK, NormSpec(BATCH_NORM)
+
+
+@RESNET_TRANS_FUNC.register("basic_transformation")
+def basic_transformation(cfg):
+    return BASIC, NormSpec(FROZEN_BN)
+
+
+@RESNET_TRANS_FUNC.register("basic_gn_transformation")
+def basic_gn_transformation(cfg):
+    return BASIC, group_norm_spec(cfg)
+
+
+@RESNET_TRANS_FUNC.register("basic_trainable_bn_transformation")
+def basic_trainable_bn_transformation(cfg):
+    return BASIC, NormSpec(BATCH_NORM)
+
+
+# ---- RESNETS.STEM_FUNC / SHORTCUT_FUNC: cfg -> norm ------------------------------------------
+@RESNET_STEM_FUNC.register("basic_bn_stem")
+@RESNET_SHORTCUT_FUNC.register("basic_bn_shortcut")
+def frozen_bn_norm(cfg):
+    return NormSpec(FROZEN_BN)
+
+
+@RESNET_STEM_FUNC.register("basic_gn_stem")
+@RESNET_SHORTCUT_FUNC.register("basic_gn_shortcut")
+def gn_norm(cfg):
+    return group_norm_spec(cfg)
+
+
+@RESNET_STEM_FUNC.register("basic_trainable_bn_stem")
+@RESNET_SHORTCUT_FUNC.register("basic_trainable_bn_shortcut")
+def trainable_bn_norm(cfg):
+    return NormSpec(BATCH_NORM)
+
+
+def _resnet_block_options(cfg, depth):
+    """Keyword arguments shared by ResNetBody and ResNetRoIHead, read from RESNETS.*."""
+    block_type, norm = RESNET_TRANS_FUNC.get(cfg.RESNETS.TRANS_FUNC)(cfg)
+    if depth is not None and block_type != RESNET_BLOCK_TYPE[depth]:
+        wanted = "basic_transformation" if RESNET_BLOCK_TYPE[depth] == BASIC else (
+            "bottleneck_transformation")
+        raise ConfigError(
+            f"RESNETS.TRANS_FUNC '{cfg.RESNETS.TRANS_FUNC}' builds {block_type} blocks, but "
+            f"ResNet-{depth} is made of {RESNET_BLOCK_TYPE[depth]} blocks; use {wanted} "
+            "(or its _gn / _trainable_bn variant)"
+        )
+    return dict(
+        block_type=block_type,
+        num_groups=cfg.RESNETS.NUM_GROUPS,
+        width_per_group=cfg.RESNETS.WIDTH_PER_GROUP,
+        stride_in_1x1=cfg.RESNETS.STRIDE_1X1,
+        norm=norm,
+        shortcut_norm=RESNET_SHORTCUT_FUNC.get(cfg.RESNETS.SHORTCUT_FUNC)(cfg),
+    )
+
+
+def resnet_body_from_config(cfg, depth, num_stages, out_features=None):
+    """ResNet-<depth> body through res<num_stages + 1> (3: conv4 body, 4: conv5 body)."""
+    return ResNetBody(
+        RESNET_BLOCK_COUNTS[depth][:num_stages],
+        res5_dilation=cfg.RESNETS.RES5_DILATION,
+        stem_norm=RESNET_STEM_FUNC.get(cfg.RESNETS.STEM_FUNC)(cfg),
+        freeze_at=cfg.TRAIN.FREEZE_AT,
+        out_features=out_features,
+        **_resnet_block_options(cfg, depth),
+    )
+
+
+def fpn_levels_from_config(cfg):
+    """(min_level, max_level) of the pyramid, as Detectron's FPN.get_min_max_levels."""
+    min_level, max_level = LOWEST_BACKBONE_LEVEL, HIGHEST_BACKBONE_LEVEL
+    rpn, rois = cfg.FPN.MULTILEVEL_RPN, cfg.FPN.MULTILEVEL_ROIS
+    if rpn and not rois:
+        min_level, max_level = cfg.FPN.RPN_MIN_LEVEL, cfg.FPN.RPN_MAX_LEVEL
+    elif rois and not rpn:
+        min_level, max_level = cfg.FPN.ROI_MIN_LEVEL, cfg.FPN.ROI_MAX_LEVEL
+    elif rpn and rois:
+        min_level = min(cfg.FPN.RPN_MIN_LEVEL, cfg.FPN.ROI_MIN_LEVEL)
+        max_level = max(cfg.FPN.RPN_MAX_LEVEL, cfg.FPN.ROI_MAX_LEVEL)
+    return min_level, max_level
+
+
+def fpn_from_config(cfg, depth, finest_only=False):
+    """FPN on a ResNet-<depth> conv5 body."""
+    min_level, max_level = fpn_levels_from_config(cfg)
+    stages = tuple(f"res{level}" for level in range(min_level, HIGHEST_BACKBONE_LEVEL + 1))
+    body = resnet_body_from_config(cfg, depth, 4, out_features=stages)
+    return FPN(
+        body,
+        min_level=min_level,
+        max_level=max_level,
+        out_channels=cfg.FPN.DIM,
+        extra_conv_levels=cfg.FPN.EXTRA_CONV_LEVELS,
+        zero_init_lateral=cfg.FPN.ZERO_INIT_LATERAL,
+        norm=group_norm_spec(cfg) if cfg.FPN.USE_GN else "",
+        finest_only=finest_only,
+    )
+
+
+for _depth in RESNET_BLOCK_COUNTS:
+    CONV_BODY.register(f"ResNet.add_ResNet{_depth}_conv4_body")(
+        partial(resnet_body_from_config, depth=_depth, num_stages=3))
+    CONV_BODY.register(f"ResNet.add_ResNet{_depth}_conv5_body")(
+        partial(resnet_body_from_config, depth=_depth, num_stages=4))
+    CONV_BODY.register(f"FPN.add_fpn_ResNet{_depth}_conv5_body")(
+        partial(fpn_from_config, depth=_depth))
+    CONV_BODY.register(f"FPN.add_fpn_ResNet{_depth}_conv5_P2only_body")(
+        partial(fpn_from_config, depth=_depth, finest_only=True))
+
+
+@CONV_BODY.register("VGG16.add_VGG16_conv5_body")
+def vgg16_body_from_config(cfg):
+    """VGG16 conv5 body; conv1/conv2 are always frozen, as Detectron (TRAIN.FREEZE_AT unused)."""
+    return VGG16Body()
+
+
+@ROI_BOX_HEAD.register("ResNet.add_ResNet_roi_conv5_head")
+def resnet_roi_head_from_config(cfg, in_channels):
+    """res5 head on RoIs pooled at FAST_RCNN.ROI_XFORM_RESOLUTION (first stride = it // 7).
+
+    The block count follows the conv4 body named by MODEL.CONV_BODY (2 for ResNet-18,
+    Detectron's 3 otherwise).
+    """
+    resolution = cfg.FAST_RCNN.ROI_XFORM_RESOLUTION
+    if resolution < 7:
+        raise ConfigError(
+            f"FAST_RCNN.ROI_XFORM_RESOLUTION={resolution}: the res5 RoI head needs >= 7 "
+            "(its first block strides by resolution // 7 before 7x7 average pooling)"
+        )
+    depth_match = re.search(r"ResNet(\d+)_conv4_body", cfg.MODEL.CONV_BODY)
+    depth = int(depth_match[1]) if depth_match else None
+    num_blocks = RESNET_BLOCK_COUNTS[depth][3] if depth else DEFAULT_ROI_HEAD_BLOCKS
+    return ResNetRoIHead(
+        in_channels=in_channels,
+        num_blocks=num_blocks,
+        first_stride=resolution // 7,
+        **_resnet_block_options(cfg, depth),
+    )
+
+
+@ROI_BOX_HEAD.register("VGG16.add_VGG16_roi_fc_head")
+def vgg16_roi_head_from_config(cfg, in_channels):
+    """fc6/fc7 head; Detectron pools its RoIs at 7x7 whatever ROI_XFORM_RESOLUTION says."""
+    return VGG16RoIHead(in_channels=in_channels)
+
+
+def build_backbone(cfg):
+    """The body named by MODEL.CONV_BODY: an nn.Module returning an ordered dict of feature
+    maps, with ``out_channels`` and ``strides`` dicts keyed by the same names."""
+    return CONV_BODY.get(cfg.MODEL.CONV_BODY)(cfg)
+
+
+def build_roi_box_head(cfg, in_channels):
+    """The RoI box head named by FAST_RCNN.ROI_BOX_HEAD, on pooled features of ``in_channels``.
+
+    Returns an nn.Module mapping (R, in_channels, S, S) to (R, head.out_dim).
+    """
+    return ROI_BOX_HEAD.get(cfg.FAST_RCNN.ROI_BOX_HEAD)(cfg, in_channels)
