@@ -1,0 +1,166 @@
+"""Detectron's generalized R-CNN (MODEL.TYPE generalized_rcnn): backbone -> RPN -> RoI heads.
+
+``build_model(cfg)`` assembles it from the config: RPN when RPN.RPN_ON, Fast R-CNN box heads
+unless MODEL.RPN_ONLY. In training the model returns a dict of named scalar losses; in
+inference, one ``Instances`` per image with boxes in original-image pixels.
+"""
+import torch
+from torch import nn
+
+import detectron_lib.modeling.backbone  # noqa: F401  (registers the backbones)
+import detectron_lib.modeling.roi_heads.box_head  # noqa: F401  (registers the box heads)
+from detectron_lib.config.names import MODEL_TYPE
+from detectron_lib.errors import ConfigError
+from detectron_lib.modeling.anchors import AnchorGenerator, fpn_rpn_anchor_specs
+from detectron_lib.modeling.backbone.build import build_backbone, build_roi_box_head
+from detectron_lib.modeling.poolers import RoIPooler
+from detectron_lib.modeling.roi_heads.fast_rcnn import (
+    BoxROIHeads,
+    FastRCNNPredictor,
+    build_fast_rcnn_matcher,
+)
+from detectron_lib.modeling.rpn import RPN, RPNHead, build_rpn_matcher
+from detectron_lib.structures.boxes import BoxCoder
+
+
+class GeneralizedRCNN(nn.Module):
+    """backbone -> (RPN) -> (box RoI heads). Images enter normalized and padded, (N, 3, H, W)."""
+
+    def __init__(self, backbone, rpn=None, roi_heads=None):
+        super().__init__()
+        if rpn is None and roi_heads is None:
+            raise ValueError("a generalized R-CNN needs an RPN, RoI heads, or both")
+        self.backbone = backbone
+        self.rpn = rpn
+        self.roi_heads = roi_heads
+
+    def forward(self, images, image_sizes, scales, targets=None, seeds=None, proposals=None):
+        """Run the model on a batch.
+
+        images: (N, 3, H, W) float. image_sizes: [(h, w)] of each resized, unpadded image.
+        scales: [float] resize factor from the original image. targets: [Instances(boxes,
+        classes)] in resized-image pixels, when training. seeds: [int] per image, seeding the
+        sampling of anchors and RoIs. proposals: [Instances(boxes)] precomputed proposals
+        (Fast R-CNN) in resized-image pixels, when there is no RPN.
+
+        Training: dict of losses. Inference: [Instances(boxes, scores, classes)] with boxes
+        scaled back to original-image pixels (RPN only: proposals with their scores).
+        """
+        features = self.backbone(images)
+        generators = None
+        if targets is not None and seeds is not None:
+            generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        losses = {}
+        if self.rpn is not None:
+            proposals, rpn_losses = self.rpn(image_sizes, features, scales, targets, generators)
+            losses.update(rpn_losses)
+        elif proposals is None:
+            raise ValueError("a model without RPN needs precomputed proposals")
+        if self.roi_heads is None:
+            if targets is not None:
+                return losses
+            for p in proposals:
+                p.scores = torch.sigmoid(p.objectness_logits)
+            return [_to_original_scale(p, s) for p, s in zip(proposals, scales)]
+        detections, roi_losses = self.roi_heads(features, proposals, targets, generators)
+        if targets is not None:
+            losses.update(roi_losses)
+            return losses
+        return [_to_original_scale(d, s) for d, s in zip(detections, scales)]
+
+
+def _to_original_scale(instances, scale):
+    out = instances[:]
+    out.boxes = instances.boxes / scale
+    return out
+
+
+def _feature_names(prefix_levels, backbone):
+    names = list(backbone.out_channels)
+    missing = [n for n in prefix_levels if n not in names]
+    if missing:
+        raise ConfigError(f"the backbone provides {names}, not {missing}; check the FPN.* levels")
+    return prefix_levels
+
+
+def build_rpn(cfg, backbone):
+    """RPN on the FPN levels RPN_MIN_LEVEL..RPN_MAX_LEVEL, or on the single backbone output."""
+    if cfg.FPN.FPN_ON and cfg.FPN.MULTILEVEL_RPN:
+        in_features = _feature_names(
+            [f"p{level}" for level in range(cfg.FPN.RPN_MIN_LEVEL, cfg.FPN.RPN_MAX_LEVEL + 1)], backbone)
+        specs = fpn_rpn_anchor_specs(cfg.FPN.RPN_MIN_LEVEL, cfg.FPN.RPN_MAX_LEVEL,
+                                     cfg.FPN.RPN_ANCHOR_START_SIZE, cfg.FPN.RPN_ASPECT_RATIOS)
+    else:
+        in_features = [list(backbone.out_channels)[-1]]
+        specs = [(cfg.RPN.STRIDE, tuple(cfg.RPN.SIZES), tuple(cfg.RPN.ASPECT_RATIOS))]
+    channels = {backbone.out_channels[f] for f in in_features}
+    if len(channels) != 1:
+        raise ConfigError(f"RPN levels {in_features} have different channel counts {channels}")
+    legacy = cfg.MODEL.BBOX_LEGACY_PLUS_ONE
+    anchor_generator = AnchorGenerator(specs, legacy_plus_one=legacy)
+    head = RPNHead(channels.pop(), anchor_generator.num_anchors[0])
+    t, s = cfg.TRAIN, cfg.TEST
+    return RPN(
+        head, anchor_generator, in_features,
+        matcher=build_rpn_matcher(t.RPN_POSITIVE_OVERLAP, t.RPN_NEGATIVE_OVERLAP),
+        batch_size_per_image=t.RPN_BATCH_SIZE_PER_IM,
+        fg_fraction=t.RPN_FG_FRACTION,
+        pre_nms_topk=(t.RPN_PRE_NMS_TOP_N, s.RPN_PRE_NMS_TOP_N),
+        post_nms_topk=(t.RPN_POST_NMS_TOP_N, s.RPN_POST_NMS_TOP_N),
+        collect_topk=(t.RPN_POST_NMS_TOP_N, s.RPN_POST_NMS_TOP_N),
+        nms_thresh=(t.RPN_NMS_THRESH, s.RPN_NMS_THRESH),
+        min_size=(t.RPN_MIN_SIZE, s.RPN_MIN_SIZE),
+        straddle_thresh=t.RPN_STRADDLE_THRESH,
+        legacy_plus_one=legacy,
+    )
+
+
+def build_box_roi_heads(cfg, backbone):
+    """Fast R-CNN heads pooling from FPN levels ROI_MIN_LEVEL..ROI_MAX_LEVEL or the single map."""
+    if cfg.FPN.FPN_ON and cfg.FPN.MULTILEVEL_ROIS:
+        in_features = _feature_names(
+            [f"p{level}" for level in range(cfg.FPN.ROI_MIN_LEVEL, cfg.FPN.ROI_MAX_LEVEL + 1)], backbone)
+    else:
+        in_features = [list(backbone.out_channels)[-1]]
+    in_channels = backbone.out_channels[in_features[0]]
+    box_head = build_roi_box_head(cfg, in_channels)
+    f = cfg.FAST_RCNN
+    pooler = RoIPooler(
+        getattr(box_head, "resolution", f.ROI_XFORM_RESOLUTION),
+        [backbone.strides[name] for name in in_features],
+        sampling_ratio=f.ROI_XFORM_SAMPLING_RATIO,
+        method=f.ROI_XFORM_METHOD,
+        aligned=cfg.MODEL.ROI_ALIGN_ALIGNED,
+        canonical_level=cfg.FPN.ROI_CANONICAL_LEVEL,
+        canonical_scale=cfg.FPN.ROI_CANONICAL_SCALE,
+        legacy_plus_one=cfg.MODEL.BBOX_LEGACY_PLUS_ONE,
+    )
+    if cfg.MODEL.NUM_CLASSES < 2:
+        raise ConfigError(f"MODEL.NUM_CLASSES is {cfg.MODEL.NUM_CLASSES}; set it to the number "
+                          "of object classes plus one for background")
+    t, s = cfg.TRAIN, cfg.TEST
+    return BoxROIHeads(
+        pooler, box_head,
+        FastRCNNPredictor(box_head.out_dim, cfg.MODEL.NUM_CLASSES, cfg.MODEL.CLS_AGNOSTIC_BBOX_REG),
+        in_features,
+        matcher=build_fast_rcnn_matcher(t.FG_THRESH, t.BG_THRESH_HI, t.BG_THRESH_LO),
+        batch_size_per_image=t.BATCH_SIZE_PER_IM,
+        fg_fraction=t.FG_FRACTION,
+        box_coder=BoxCoder(cfg.MODEL.BBOX_REG_WEIGHTS, cfg.BBOX_XFORM_CLIP, cfg.MODEL.BBOX_LEGACY_PLUS_ONE),
+        score_thresh=s.SCORE_THRESH,
+        nms_thresh=s.NMS,
+        detections_per_image=s.DETECTIONS_PER_IM,
+    )
+
+
+@MODEL_TYPE.register("generalized_rcnn")
+def build_generalized_rcnn(cfg):
+    backbone = build_backbone(cfg)
+    rpn = build_rpn(cfg, backbone) if cfg.RPN.RPN_ON else None
+    roi_heads = None if cfg.MODEL.RPN_ONLY else build_box_roi_heads(cfg, backbone)
+    return GeneralizedRCNN(backbone, rpn, roi_heads)
+
+
+def build_model(cfg):
+    """The model MODEL.TYPE names, built from a finalized config."""
+    return MODEL_TYPE.get(cfg.MODEL.TYPE)(cfg)

@@ -1,0 +1,159 @@
+"""Fast R-CNN: RoI minibatch sampling, class scores and class-specific box deltas, losses and
+test-time post-processing (Detectron's fast_rcnn_heads outputs/losses, roi_data/fast_rcnn.py
+and test.py box_results_with_nms_and_limit).
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detectron_lib import ops
+from detectron_lib.modeling.sampling import Matcher, sample_labels
+from detectron_lib.structures.boxes import BoxCoder, clip_boxes, nonempty_boxes
+from detectron_lib.structures.instances import Instances
+
+
+class FastRCNNPredictor(nn.Module):
+    """cls_score (num_classes incl. background) and bbox_pred (4 per class, or 4 x 2 when
+    class-agnostic, as Detectron's CLS_AGNOSTIC_BBOX_REG)."""
+
+    def __init__(self, in_dim, num_classes, cls_agnostic_bbox_reg=False):
+        super().__init__()
+        self.cls_score = nn.Linear(in_dim, num_classes)
+        self.bbox_pred = nn.Linear(in_dim, 4 * (2 if cls_agnostic_bbox_reg else num_classes))
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        nn.init.zeros_(self.cls_score.bias)
+        nn.init.zeros_(self.bbox_pred.bias)
+
+    def forward(self, x):
+        return self.cls_score(x), self.bbox_pred(x)
+
+
+def sample_rois(proposals, gt_instances, matcher, batch_size_per_image, fg_fraction, box_coder,
+                generators=None):
+    """Detectron's RoI minibatch: proposals plus the ground-truth boxes, labeled and sampled.
+
+    proposals: [Instances(boxes)], gt_instances: [Instances(boxes, classes)], generators:
+    [torch.Generator] per image (or None).
+    Returns [Instances(boxes, classes (0 = background), regression_targets (R, 4),
+    matched_gt (R,))], fg first.
+    """
+    sampled = []
+    generators = generators or [None] * len(proposals)
+    for props, gt, generator in zip(proposals, gt_instances, generators):
+        boxes = torch.cat([props.boxes, gt.boxes.to(props.boxes.dtype)])
+        iou = ops.box_iou(gt.boxes, boxes)
+        matched, labels = matcher(iou)
+        fg, bg = sample_labels(labels, batch_size_per_image, fg_fraction, generator)
+        keep = torch.cat([fg, bg])
+        classes = torch.zeros(len(keep), dtype=torch.int64, device=boxes.device)
+        targets = torch.zeros((len(keep), 4), dtype=boxes.dtype, device=boxes.device)
+        if len(gt) and fg.numel():
+            classes[: len(fg)] = gt.classes[matched[fg]]
+            targets[: len(fg)] = box_coder.encode(boxes[fg], gt.boxes[matched[fg]].to(boxes.dtype))
+        sampled.append(Instances(props.image_size, boxes=boxes[keep], classes=classes,
+                                 regression_targets=targets, matched_gt=matched[keep]))
+    return sampled
+
+
+def fast_rcnn_losses(cls_logits, box_deltas, classes, regression_targets, smooth_l1_beta=1.0):
+    """Softmax cross-entropy over sampled RoIs, and smooth L1 on the fg RoIs' own-class deltas
+    summed and divided by the number of RoIs (Caffe2's SmoothL1Loss normalization).
+
+    cls_logits: (R, K+1). box_deltas: (R, 4(K+1)) or (R, 8) class-agnostic. classes: (R,).
+    """
+    loss_cls = F.cross_entropy(cls_logits, classes)
+    fg = torch.nonzero(classes > 0).flatten()
+    num_cols = box_deltas.shape[1] // 4
+    fg_cols = classes[fg] if num_cols > 2 else torch.ones_like(classes[fg])
+    fg_deltas = box_deltas.view(len(box_deltas), num_cols, 4)[fg, fg_cols]
+    loss_box = F.smooth_l1_loss(fg_deltas, regression_targets[fg], beta=smooth_l1_beta,
+                                reduction="sum") / max(len(classes), 1)
+    return {"loss_cls": loss_cls, "loss_bbox": loss_box}
+
+
+def box_results_with_nms_and_limit(scores, boxes, image_size, score_thresh, nms_thresh,
+                                   detections_per_image):
+    """Per-class thresholding and NMS, then the top ``detections_per_image`` over classes.
+
+    scores: (R, K+1) softmax probabilities. boxes: (R, 4(K+1)) decoded and clipped.
+    Returns Instances(boxes, scores, classes) with classes in 1..K.
+    """
+    num_classes = scores.shape[1]
+    boxes = boxes.view(len(boxes), -1, 4)
+    if boxes.shape[1] == 2:  # class-agnostic regression: one box for every foreground class
+        boxes = boxes[:, 1:2].expand(-1, num_classes - 1, 4)
+    else:
+        boxes = boxes[:, 1:]
+    scores = scores[:, 1:]
+    candidates = torch.nonzero(scores > score_thresh)
+    roi_idx, cls_idx = candidates[:, 0], candidates[:, 1]
+    det_boxes = boxes[roi_idx, cls_idx]
+    det_scores = scores[roi_idx, cls_idx]
+    keep = nonempty_boxes(det_boxes)
+    det_boxes, det_scores, cls_idx = det_boxes[keep], det_scores[keep], cls_idx[keep]
+    keep = ops.batched_nms(det_boxes, det_scores, cls_idx, nms_thresh)
+    if detections_per_image > 0:
+        keep = keep[:detections_per_image]
+    return Instances(image_size, boxes=det_boxes[keep], scores=det_scores[keep],
+                     classes=cls_idx[keep] + 1)
+
+
+class BoxROIHeads(nn.Module):
+    """Pooler -> box head -> predictor; samples RoIs and returns losses when given targets.
+
+    pooler: RoIPooler. box_head: a module with ``out_dim`` (MLPHead, ConvFCHead, or the
+    res5 / VGG fc heads of the backbone). in_features: feature names to pool from.
+    """
+
+    def __init__(self, pooler, box_head, predictor, in_features, *, matcher, batch_size_per_image,
+                 fg_fraction, box_coder, score_thresh, nms_thresh, detections_per_image):
+        super().__init__()
+        self.pooler = pooler
+        self.box_head = box_head
+        self.predictor = predictor
+        self.in_features = list(in_features)
+        self.matcher = matcher
+        self.batch_size_per_image = batch_size_per_image
+        self.fg_fraction = fg_fraction
+        self.box_coder = box_coder
+        self.score_thresh = score_thresh
+        self.nms_thresh = nms_thresh
+        self.detections_per_image = detections_per_image
+
+    def box_features(self, features, boxes_per_image):
+        pooled = self.pooler([features[f] for f in self.in_features], boxes_per_image)
+        return self.box_head(pooled)
+
+    def forward(self, features, proposals, gt_instances=None, generators=None):
+        """Training: (sampled RoIs, losses). Inference: ([Instances(boxes, scores, classes)], {})."""
+        if gt_instances is not None:
+            rois = sample_rois(proposals, gt_instances, self.matcher, self.batch_size_per_image,
+                               self.fg_fraction, self.box_coder, generators)
+            cls_logits, deltas = self.predictor(self.box_features(features, [r.boxes for r in rois]))
+            losses = fast_rcnn_losses(cls_logits, deltas, torch.cat([r.classes for r in rois]),
+                                      torch.cat([r.regression_targets for r in rois]))
+            return rois, losses
+        return self.inference(features, proposals), {}
+
+    @torch.no_grad()
+    def inference(self, features, proposals):
+        cls_logits, deltas = self.predictor(self.box_features(features, [p.boxes for p in proposals]))
+        scores = F.softmax(cls_logits, dim=1)
+        results = []
+        start = 0
+        for props in proposals:
+            n = len(props)
+            h, w = props.image_size
+            boxes = self.box_coder.decode(deltas[start:start + n], props.boxes)
+            boxes = clip_boxes(boxes.view(-1, 4), h, w, self.box_coder.legacy_plus_one).view(n, -1)
+            results.append(box_results_with_nms_and_limit(
+                scores[start:start + n], boxes, props.image_size, self.score_thresh,
+                self.nms_thresh, self.detections_per_image))
+            start += n
+        return results
+
+
+def build_fast_rcnn_matcher(fg_thresh, bg_thresh_hi, bg_thresh_lo):
+    """Detectron's RoI labels: fg IoU >= FG_THRESH, bg in [BG_THRESH_LO, BG_THRESH_HI)."""
+    return Matcher(fg_thresh, bg_thresh_hi, bg_thresh_lo)

@@ -1,0 +1,181 @@
+"""Region Proposal Network (Detectron's rpn_heads / FPN RPN, GenerateProposals, rpn targets).
+
+One head (3x3 conv + ReLU, then 1x1 objectness logits and 1x1 box deltas) is shared by every
+feature level. Objectness uses a sigmoid per anchor, as Detectron's RPN.CLS_ACTIVATION
+'sigmoid'. Training assigns anchors to ground truth (Matcher with low-quality matches),
+samples RPN.BATCH_SIZE_PER_IM of them per image, and returns Detectron's losses: sigmoid
+cross-entropy and smooth L1 (beta 1/9), both summed and divided by the number of sampled
+anchors the batch was meant to have (BATCH_SIZE_PER_IM x images), as its FPN RPN did.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detectron_lib import ops
+from detectron_lib.modeling.anchors import straddle_mask
+from detectron_lib.modeling.sampling import Matcher, sample_labels
+from detectron_lib.structures.boxes import BoxCoder, box_widths_heights, clip_boxes
+from detectron_lib.structures.instances import Instances
+
+
+class RPNHead(nn.Module):
+    """Shared conv + objectness and box-delta predictors. Input and output are per-level lists."""
+
+    def __init__(self, in_channels, num_anchors, conv_channels=None):
+        super().__init__()
+        conv_channels = conv_channels or in_channels
+        self.conv = nn.Conv2d(in_channels, conv_channels, 3, padding=1)
+        self.cls_logits = nn.Conv2d(conv_channels, num_anchors, 1)
+        self.bbox_pred = nn.Conv2d(conv_channels, 4 * num_anchors, 1)
+        for layer in (self.conv, self.cls_logits, self.bbox_pred):
+            nn.init.normal_(layer.weight, std=0.01)  # Detectron's GaussianFill(0.01)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, features):
+        """features: [(N, C, H, W)]. Returns logits [(N, A, H, W)], deltas [(N, 4A, H, W)]."""
+        logits, deltas = [], []
+        for x in features:
+            t = F.relu(self.conv(x))
+            logits.append(self.cls_logits(t))
+            deltas.append(self.bbox_pred(t))
+        return logits, deltas
+
+
+def flatten_level_outputs(logits, deltas):
+    """(N, A, H, W), (N, 4A, H, W) -> (N, H*W*A), (N, H*W*A, 4), ordered (y, x, anchor)."""
+    n, a, h, w = logits.shape
+    logits = logits.permute(0, 2, 3, 1).reshape(n, -1)
+    deltas = deltas.view(n, a, 4, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, 4)
+    return logits, deltas
+
+
+class RPN(nn.Module):
+    """Proposals from feature maps; with targets, also the RPN losses.
+
+    Args:
+        head: an RPNHead. anchor_generator: AnchorGenerator over the same levels as
+        ``in_features``. pre_nms_topk / post_nms_topk: (train, test) pairs, per level.
+        collect_topk: (train, test) proposals kept per image over all levels (FPN's
+        collect step; equals post_nms_topk for one level). nms_thresh: (train, test).
+        min_size: (train, test); proposals smaller than this (in original-image pixels, before
+        resizing) are dropped, as RPN_MIN_SIZE.
+    """
+
+    def __init__(self, head, anchor_generator, in_features, *, matcher, batch_size_per_image,
+                 fg_fraction, pre_nms_topk, post_nms_topk, collect_topk, nms_thresh, min_size,
+                 straddle_thresh, smooth_l1_beta=1.0 / 9, legacy_plus_one=False):
+        super().__init__()
+        self.head = head
+        self.anchor_generator = anchor_generator
+        self.in_features = list(in_features)
+        self.matcher = matcher
+        self.batch_size_per_image = batch_size_per_image
+        self.fg_fraction = fg_fraction
+        self.pre_nms_topk = pre_nms_topk
+        self.post_nms_topk = post_nms_topk
+        self.collect_topk = collect_topk
+        self.nms_thresh = nms_thresh
+        self.min_size = min_size
+        self.straddle_thresh = straddle_thresh
+        self.smooth_l1_beta = smooth_l1_beta
+        self.legacy_plus_one = legacy_plus_one
+        self.box_coder = BoxCoder((1.0, 1.0, 1.0, 1.0), legacy_plus_one=legacy_plus_one)
+
+    def forward(self, image_sizes, features, scales, gt_instances=None, generators=None):
+        """Propose boxes for a batch.
+
+        image_sizes: [(h, w)] of the resized, unpadded images. features: dict name -> map.
+        scales: [float] resize factor of each image (for MIN_SIZE). gt_instances: [Instances
+        with ``boxes``] when training; generators: [torch.Generator] per image for sampling.
+        Returns ([Instances(boxes, objectness_logits)], losses).
+        """
+        maps = [features[name] for name in self.in_features]
+        logits, deltas = self.head(maps)
+        anchors = self.anchor_generator([m.shape[-2:] for m in maps], maps[0].device)
+        flat = [flatten_level_outputs(lg, dl) for lg, dl in zip(logits, deltas)]
+        level_logits = [f[0] for f in flat]
+        level_deltas = [f[1] for f in flat]
+
+        losses = {}
+        if gt_instances is not None:
+            generators = generators or [None] * len(image_sizes)
+            losses = self.losses(anchors, level_logits, level_deltas, image_sizes, gt_instances,
+                                 generators)
+        with torch.no_grad():
+            proposals = self.find_proposals(anchors, level_logits, level_deltas, image_sizes, scales)
+        return proposals, losses
+
+    def losses(self, anchors, level_logits, level_deltas, image_sizes, gt_instances, generators):
+        all_anchors = torch.cat(anchors)
+        logits = torch.cat(level_logits, dim=1)
+        deltas = torch.cat(level_deltas, dim=1)
+        labels, targets = [], []
+        for (h, w), gt, generator in zip(image_sizes, gt_instances, generators):
+            image_labels, image_targets = self.label_anchors(all_anchors, gt.boxes, h, w, generator)
+            labels.append(image_labels)
+            targets.append(image_targets)
+        labels = torch.stack(labels)
+        targets = torch.stack(targets)
+
+        normalizer = float(self.batch_size_per_image * len(image_sizes))
+        valid = labels >= 0
+        fg = labels == 1
+        loss_cls = F.binary_cross_entropy_with_logits(
+            logits[valid], labels[valid].to(logits.dtype), reduction="sum") / normalizer
+        loss_box = F.smooth_l1_loss(
+            deltas[fg], targets[fg], beta=self.smooth_l1_beta, reduction="sum") / normalizer
+        return {"loss_rpn_cls": loss_cls, "loss_rpn_bbox": loss_box}
+
+    @torch.no_grad()
+    def label_anchors(self, anchors, gt_boxes, height, width, generator=None):
+        """Sampled labels (A,) in {1, 0, -1} and regression targets (A, 4) for one image."""
+        inside = straddle_mask(anchors, height, width, self.straddle_thresh)
+        labels = torch.full((len(anchors),), -1, dtype=torch.int8, device=anchors.device)
+        targets = torch.zeros_like(anchors)
+        inside_idx = inside.nonzero().flatten()
+        iou = ops.box_iou(gt_boxes, anchors[inside_idx])
+        matched, inside_labels = self.matcher(iou)
+        fg, bg = sample_labels(inside_labels, self.batch_size_per_image, self.fg_fraction, generator)
+        labels[inside_idx[bg]] = 0
+        labels[inside_idx[fg]] = 1
+        if len(gt_boxes) and fg.numel():
+            targets[inside_idx[fg]] = self.box_coder.encode(
+                anchors[inside_idx[fg]], gt_boxes[matched[fg]])
+        return labels, targets
+
+    def find_proposals(self, anchors, level_logits, level_deltas, image_sizes, scales):
+        """Top-scoring decoded boxes per level, NMS per level, then the best over all levels."""
+        mode = 0 if self.training else 1
+        proposals = []
+        for i, ((h, w), scale) in enumerate(zip(image_sizes, scales)):
+            boxes_per_level, scores_per_level = [], []
+            for level_anchors, logits, deltas in zip(anchors, level_logits, level_deltas):
+                scores = logits[i]
+                k = min(self.pre_nms_topk[mode], scores.numel())
+                scores, idx = scores.topk(k)
+                boxes = self.box_coder.decode(deltas[i, idx], level_anchors[idx])
+                boxes = clip_boxes(boxes, h, w, self.legacy_plus_one)
+                keep = self._keep_large_enough(boxes, h, w, self.min_size[mode] * scale)
+                boxes, scores = boxes[keep], scores[keep]
+                keep = ops.nms(boxes, scores, self.nms_thresh[mode])[: self.post_nms_topk[mode]]
+                boxes_per_level.append(boxes[keep])
+                scores_per_level.append(scores[keep])
+            boxes = torch.cat(boxes_per_level)
+            scores = torch.cat(scores_per_level)
+            k = min(self.collect_topk[mode], scores.numel())
+            scores, order = scores.topk(k)
+            proposals.append(Instances((h, w), boxes=boxes[order], objectness_logits=scores))
+        return proposals
+
+    def _keep_large_enough(self, boxes, height, width, min_size):
+        """Detectron's _filter_boxes: at least ``min_size`` wide and high, centre inside the image."""
+        ws, hs = box_widths_heights(boxes, self.legacy_plus_one)
+        x_ctr = boxes[:, 0] + ws / 2.0
+        y_ctr = boxes[:, 1] + hs / 2.0
+        nonempty = (ws > 0) & (hs > 0)
+        return nonempty & (ws >= min_size) & (hs >= min_size) & (x_ctr < width) & (y_ctr < height)
+
+
+def build_rpn_matcher(positive_overlap, negative_overlap):
+    """Detectron's RPN assignment: fg >= POSITIVE_OVERLAP or best for a box, bg < NEGATIVE_OVERLAP."""
+    return Matcher(positive_overlap, negative_overlap, 0.0, allow_low_quality_matches=True)

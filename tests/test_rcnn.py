@@ -1,0 +1,162 @@
+"""RPN, RoI sampling, Fast R-CNN losses and post-processing: hand-computed cases, and one
+training step + inference for models built from Detectron's own config files."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+
+from detectron_lib.config import load_config
+from detectron_lib.modeling.meta_arch import build_model
+from detectron_lib.modeling.poolers import RoIPooler, assign_fpn_levels
+from detectron_lib.modeling.roi_heads.fast_rcnn import (
+    box_results_with_nms_and_limit,
+    fast_rcnn_losses,
+    sample_rois,
+)
+from detectron_lib.modeling.rpn import build_rpn_matcher, flatten_level_outputs
+from detectron_lib.modeling.sampling import Matcher, sample_labels
+from detectron_lib.structures.boxes import BoxCoder
+from detectron_lib.structures.instances import Instances
+
+
+def test_rpn_matcher_thresholds_and_low_quality_matches():
+    # IoU of 2 gts (rows) with 5 anchors (columns).
+    iou = torch.tensor([
+        [0.80, 0.50, 0.20, 0.00, 0.10],
+        [0.10, 0.40, 0.25, 0.35, 0.60],
+    ])
+    matched, labels = build_rpn_matcher(0.7, 0.3)(iou)
+    # anchor 0: >= 0.7 -> fg; 1: best max 0.5 in [0.3, 0.7) -> ignored; 2: 0.25 < 0.3 -> bg;
+    # 3: 0.35 ignored; 4: 0.6 is gt 1's best IoU -> fg by the low-quality rule.
+    assert labels.tolist() == [1, -1, 0, -1, 1]
+    assert matched[[0, 4]].tolist() == [0, 1]
+
+
+def test_fast_rcnn_matcher_background_band():
+    iou = torch.tensor([[0.6, 0.5, 0.49, 0.05, 0.0]])
+    _, labels = Matcher(0.5, 0.5, 0.1)(iou)
+    assert labels.tolist() == [1, 1, 0, -1, -1]
+    _, labels = Matcher(0.5, 0.5, 0.0)(torch.zeros(0, 3))
+    assert labels.tolist() == [0, 0, 0]
+
+
+def test_sample_labels_respects_fraction_and_is_seeded():
+    labels = torch.tensor([1] * 10 + [0] * 100 + [-1] * 5, dtype=torch.int8)
+    fg, bg = sample_labels(labels, 16, 0.25, torch.Generator().manual_seed(3))
+    assert len(fg) == 4 and len(bg) == 12
+    assert (labels[fg] == 1).all() and (labels[bg] == 0).all()
+    fg2, bg2 = sample_labels(labels, 16, 0.25, torch.Generator().manual_seed(3))
+    assert torch.equal(fg, fg2) and torch.equal(bg, bg2)
+    # Few fg: background fills the rest of the batch.
+    fg, bg = sample_labels(torch.tensor([1, 0, 0, 0, 0], dtype=torch.int8), 4, 0.5)
+    assert len(fg) == 1 and len(bg) == 3
+
+
+def test_flatten_level_outputs_matches_anchor_order():
+    # Anchor a at (y, x) must line up with grid_anchors' (y, x, a) order.
+    logits = torch.arange(2 * 3 * 4, dtype=torch.float32).view(1, 2, 3, 4)  # A=2, H=3, W=4
+    deltas = torch.arange(8 * 3 * 4, dtype=torch.float32).view(1, 8, 3, 4)
+    flat_logits, flat_deltas = flatten_level_outputs(logits, deltas)
+    # Element for (y=1, x=2, a=1) sits at index (1 * 4 + 2) * 2 + 1 = 13.
+    assert flat_logits[0, 13] == logits[0, 1, 1, 2]
+    assert flat_deltas[0, 13].tolist() == deltas[0, 4:8, 1, 2].tolist()
+
+
+def test_fpn_level_assignment_hand_computed():
+    # sqrt(area) 224 -> level 4; 112 -> 3; 448 -> 5; 56 -> 2; 20 -> clamped to 2; 2000 -> 5.
+    sizes = torch.tensor([224.0, 112.0, 448.0, 56.0, 20.0, 2000.0])
+    boxes = torch.stack([torch.zeros(6), torch.zeros(6), sizes, sizes], dim=1)
+    assert assign_fpn_levels(boxes, 2, 5).tolist() == [4, 3, 5, 2, 2, 5]
+
+
+def test_multilevel_pooler_matches_torchvision_per_level():
+    torch.manual_seed(0)
+    features = [torch.randn(1, 4, 32, 32), torch.randn(1, 4, 16, 16)]
+    boxes = torch.tensor([[0.0, 0, 20, 20], [10.0, 10, 120, 110], [5.0, 5, 30, 60]])
+    pooler = RoIPooler(7, [4, 8], sampling_ratio=2, aligned=True, canonical_level=3, canonical_scale=56)
+    out = pooler(features, [boxes])
+    levels = assign_fpn_levels(boxes, 2, 3, 3, 56)
+    for i, level in enumerate(levels.tolist()):
+        rois = torch.cat([torch.zeros(1, 1), boxes[i:i + 1]], dim=1)
+        expected = torchvision.ops.roi_align(features[level - 2], rois, 7, 1.0 / 2 ** level, 2, True)
+        assert torch.allclose(out[i:i + 1], expected, atol=1e-5)
+
+
+def test_fast_rcnn_losses_hand_computed():
+    # Two RoIs, 3 classes (0 = background). RoI 0 is class 2 with target deltas (1, 0, 0, 0)
+    # and predicts zero deltas for class 2; RoI 1 is background.
+    logits = torch.tensor([[0.0, 0.0, 0.0], [2.0, 0.0, 0.0]])
+    deltas = torch.zeros(2, 12)
+    targets = torch.tensor([[1.0, 0, 0, 0], [0, 0, 0, 0]])
+    losses = fast_rcnn_losses(logits, deltas, torch.tensor([2, 0]), targets)
+    expected_cls = (math.log(3) + -math.log(math.exp(2) / (math.exp(2) + 2))) / 2
+    assert losses["loss_cls"].item() == pytest.approx(expected_cls, rel=1e-6)
+    # smooth L1 (beta 1) of |1| = 0.5, summed over fg, divided by the 2 RoIs.
+    assert losses["loss_bbox"].item() == pytest.approx(0.25)
+
+
+def test_sample_rois_labels_and_targets():
+    gt = Instances((100, 100), boxes=torch.tensor([[10.0, 10, 50, 50]]), classes=torch.tensor([3]))
+    props = Instances((100, 100), boxes=torch.tensor([[12.0, 10, 50, 50], [60.0, 60, 90, 90]]))
+    coder = BoxCoder((10, 10, 5, 5))
+    (rois,) = sample_rois([props], [gt], Matcher(0.5, 0.5, 0.0), 8, 0.5, coder,
+                          [torch.Generator().manual_seed(0)])
+    # fg: the near proposal and the gt box itself (appended); bg: the far proposal.
+    assert rois.classes.tolist() == [3, 3, 0]
+    fg_boxes = rois.boxes[:2]
+    assert torch.allclose(coder.decode(rois.regression_targets[:2], fg_boxes),
+                          gt.boxes.expand(2, 4), atol=1e-4)
+
+
+def test_post_processing_thresholds_nms_and_limit():
+    # 3 RoIs, 2 fg classes. RoIs 0 and 1 overlap heavily and both score class 1.
+    boxes = torch.tensor([[0.0, 0, 10, 10], [0.0, 0, 10, 11], [50.0, 50, 60, 60]])
+    all_boxes = boxes.repeat(1, 3)
+    scores = torch.tensor([[0.1, 0.8, 0.1], [0.2, 0.7, 0.1], [0.3, 0.02, 0.68]])
+    dets = box_results_with_nms_and_limit(scores, all_boxes, (100, 100), 0.05, 0.5, 100)
+    assert dets.classes.tolist() == [1, 2, 2] and dets.scores.tolist() == pytest.approx([0.8, 0.68, 0.1])
+    dets = box_results_with_nms_and_limit(scores, all_boxes, (100, 100), 0.05, 0.5, 2)
+    assert len(dets) == 2
+
+
+RPN_LOSSES = {"loss_rpn_cls", "loss_rpn_bbox"}
+REFERENCE_CONFIGS = [
+    ("12_2017_baselines/e2e_faster_rcnn_R-50-FPN_1x.yaml", RPN_LOSSES | {"loss_cls", "loss_bbox"}),
+    ("12_2017_baselines/e2e_faster_rcnn_R-50-C4_1x.yaml", RPN_LOSSES | {"loss_cls", "loss_bbox"}),
+    ("12_2017_baselines/rpn_R-50-FPN_1x.yaml", RPN_LOSSES),
+]
+
+
+@pytest.mark.parametrize("name,expected_losses", REFERENCE_CONFIGS)
+def test_detectron_config_trains_one_step_and_infers(reference_dir, name, expected_losses):
+    # Detectron's config unchanged but for the class count and small RoI batches.
+    cfg = load_config(reference_dir / "detectron_configs" / name, [
+        "MODEL.NUM_CLASSES", "5", "TRAIN.BATCH_SIZE_PER_IM", "32", "TRAIN.RPN_POST_NMS_TOP_N", "64",
+        "TEST.RPN_POST_NMS_TOP_N", "32", "TEST.RPN_PRE_NMS_TOP_N", "200"])
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    images = torch.randn(2, 3, 96, 128)
+    sizes = [(96, 120), (90, 128)]
+    targets = [
+        Instances(sizes[0], boxes=torch.tensor([[10.0, 10, 60, 80], [50, 40, 110, 90]]), classes=torch.tensor([1, 3])),
+        Instances(sizes[1], boxes=torch.tensor([[0.0, 0, 30, 30]]), classes=torch.tensor([4])),
+    ]
+    model.train()
+    losses = model(images, sizes, [1.0, 0.5], targets, seeds=[1, 2])
+    assert set(losses) == expected_losses
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    trainable = [p for p in model.backbone.parameters() if p.requires_grad]
+    assert trainable and all(p.grad is not None for p in trainable)
+    model.eval()
+    with torch.no_grad():
+        results = model(images, sizes, [1.0, 0.5])
+    assert len(results) == 2
+    for result, (h, w), scale in zip(results, sizes, [1.0, 0.5]):
+        assert result.boxes.shape[1] == 4
+        # Boxes come back in original-image pixels: inside (w, h) / scale.
+        assert (result.boxes[:, 2] <= w / scale + 1e-3).all() and (result.boxes[:, 3] <= h / scale + 1e-3).all()
+        assert (result.scores[:-1] >= result.scores[1:]).all()
