@@ -19,20 +19,25 @@ from detectron_lib.modeling.roi_heads.fast_rcnn import (
     FastRCNNPredictor,
     build_fast_rcnn_matcher,
 )
+from detectron_lib.modeling.roi_heads.mask_head import build_mask_roi_heads
 from detectron_lib.modeling.rpn import RPN, RPNHead, build_rpn_matcher
 from detectron_lib.structures.boxes import BoxCoder
 
 
 class GeneralizedRCNN(nn.Module):
-    """backbone -> (RPN) -> (box RoI heads). Images enter normalized and padded, (N, 3, H, W)."""
+    """backbone -> (RPN) -> (box RoI heads) -> (mask heads).
 
-    def __init__(self, backbone, rpn=None, roi_heads=None):
+    Images enter normalized and padded, (N, 3, H, W).
+    """
+
+    def __init__(self, backbone, rpn=None, roi_heads=None, mask_heads=None):
         super().__init__()
         if rpn is None and roi_heads is None:
             raise ValueError("a generalized R-CNN needs an RPN, RoI heads, or both")
         self.backbone = backbone
         self.rpn = rpn
         self.roi_heads = roi_heads
+        self.mask_heads = mask_heads
 
     def forward(self, images, image_sizes, scales, targets=None, seeds=None, proposals=None):
         """Run the model on a batch.
@@ -44,7 +49,8 @@ class GeneralizedRCNN(nn.Module):
         (Fast R-CNN) in resized-image pixels, when there is no RPN.
 
         Training: dict of losses. Inference: [Instances(boxes, scores, classes)] with boxes
-        scaled back to original-image pixels (RPN only: proposals with their scores).
+        scaled back to original-image pixels (RPN only: proposals with their scores); with
+        mask heads the detections also carry ``mask_probs`` (N, M, M) in box coordinates.
         """
         features = self.backbone(images)
         generators = None
@@ -63,6 +69,9 @@ class GeneralizedRCNN(nn.Module):
                 p.scores = torch.sigmoid(p.objectness_logits)
             return [_to_original_scale(p, s) for p, s in zip(proposals, scales)]
         detections, roi_losses = self.roi_heads(features, proposals, targets, generators)
+        if self.mask_heads is not None:
+            detections, mask_losses = self.mask_heads(features, detections, targets)
+            roi_losses.update(mask_losses)
         if targets is not None:
             losses.update(roi_losses)
             return losses
@@ -158,7 +167,13 @@ def build_generalized_rcnn(cfg):
     backbone = build_backbone(cfg)
     rpn = build_rpn(cfg, backbone) if cfg.RPN.RPN_ON else None
     roi_heads = None if cfg.MODEL.RPN_ONLY else build_box_roi_heads(cfg, backbone)
-    return GeneralizedRCNN(backbone, rpn, roi_heads)
+    mask_heads = None
+    if cfg.MODEL.MASK_ON:
+        if roi_heads is None:
+            raise ConfigError("MODEL.MASK_ON needs box RoI heads; set MODEL.RPN_ONLY to False")
+        mask_heads = build_mask_roi_heads(cfg, backbone.out_channels, backbone.strides,
+                                          box_head=roi_heads.box_head)
+    return GeneralizedRCNN(backbone, rpn, roi_heads, mask_heads)
 
 
 def build_model(cfg):

@@ -103,7 +103,7 @@ def trainable_bn_norm(cfg):
     return NormSpec(BATCH_NORM)
 
 
-def _resnet_block_options(cfg, depth):
+def resnet_block_options(cfg, depth):
     """Keyword arguments shared by ResNetBody and ResNetRoIHead, read from RESNETS.*."""
     block_type, norm = RESNET_TRANS_FUNC.get(cfg.RESNETS.TRANS_FUNC)(cfg)
     if depth is not None and block_type != RESNET_BLOCK_TYPE[depth]:
@@ -132,7 +132,7 @@ def resnet_body_from_config(cfg, depth, num_stages, out_features=None):
         stem_norm=RESNET_STEM_FUNC.get(cfg.RESNETS.STEM_FUNC)(cfg),
         freeze_at=cfg.TRAIN.FREEZE_AT,
         out_features=out_features,
-        **_resnet_block_options(cfg, depth),
+        **resnet_block_options(cfg, depth),
     )
 
 
@@ -204,7 +204,7 @@ def resnet_roi_head_from_config(cfg, in_channels):
         in_channels=in_channels,
         num_blocks=num_blocks,
         first_stride=resolution // 7,
-        **_resnet_block_options(cfg, depth),
+        **resnet_block_options(cfg, depth),
     )
 
 
