@@ -575,9 +575,10 @@ _C.DATA_ROOT = ""
 _C.DATASET_CATALOG_FILE = ""
 # Device to run on: 'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'
 _C.DEVICE = "auto"
-# Box widths are x2 - x1 + 1, Detectron's pixel-index convention (False: x2 - x1, as
-# torchvision and detectron2); applies to box coding, anchors, clipping and evaluation
-_C.MODEL.BBOX_LEGACY_PLUS_ONE = True
+# True: box widths are x2 - x1 + 1, Detectron's pixel-index convention, in box coding,
+# anchors, clipping and evaluation. False: x2 - x1, as torchvision and detectron2 (datasets
+# are always loaded with x2 = x + w)
+_C.MODEL.BBOX_LEGACY_PLUS_ONE = False
 # RoIAlign with the half-pixel offset of detectron2 / torchvision (False: Detectron's RoIAlign)
 _C.MODEL.ROI_ALIGN_ALIGNED = False
 

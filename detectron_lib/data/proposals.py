@@ -1,0 +1,87 @@
+"""Precomputed proposal files in Detectron's pickle layout (for Fast R-CNN training/testing).
+
+The file holds a dict of parallel lists, one item per image:
+    boxes:  (P_i, 4) float32, x1y1x2y2 in original image pixels
+    scores: (P_i,) float32
+    ids:    image ids (Detectron's older files call this list 'indexes')
+Files written by Detectron under Python 2 unpickle with encoding='latin1'.
+"""
+import pickle
+
+import numpy as np
+
+from detectron_lib.errors import DatasetError
+from detectron_lib.utils.io import atomic_write
+
+
+def load_proposals(path):
+    """Read a proposal file. Returns {image_id: (boxes (P, 4) float32, scores (P,) float32)}."""
+    try:
+        with open(path, "rb") as f:
+            data = pickle.load(f, encoding="latin1")
+    except FileNotFoundError:
+        raise DatasetError(f"proposal file {path} not found; produce it with `detectron "
+                           f"proposals` or fix TRAIN.PROPOSAL_FILES / TEST.PROPOSAL_FILES") from None
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError) as e:
+        raise DatasetError(f"proposal file {path} is not a readable pickle: {e}") from None
+    if not isinstance(data, dict):
+        raise DatasetError(f"proposal file {path} must hold a dict with boxes, scores and ids")
+    ids = data.get("ids", data.get("indexes"))
+    if ids is None or "boxes" not in data or "scores" not in data:
+        raise DatasetError(f"proposal file {path} needs 'boxes', 'scores' and 'ids' (or "
+                           f"'indexes'); found keys {sorted(data)}")
+    if not len(ids) == len(data["boxes"]) == len(data["scores"]):
+        raise DatasetError(f"proposal file {path}: 'boxes', 'scores' and 'ids' differ in length")
+    proposals = {}
+    for image_id, boxes, scores in zip(ids, data["boxes"], data["scores"]):
+        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        scores = np.asarray(scores, dtype=np.float32).reshape(-1)
+        if len(scores) != len(boxes):
+            raise DatasetError(f"proposal file {path}: image {image_id} has {len(boxes)} boxes "
+                               f"but {len(scores)} scores")
+        proposals[_plain_id(image_id)] = (boxes, scores)
+    return proposals
+
+
+def attach_proposals(records, proposals, top_k, source="proposals"):
+    """Add each record's top-``top_k`` proposals by score, clipped to the image, in place.
+
+    Adds 'proposals' (P, 4) float32 and 'proposal_scores' (P,) float32; top_k <= 0 keeps all.
+    A record whose image id has no proposals raises DatasetError (``source`` names the file).
+    """
+    missing = [r["image_id"] for r in records if _plain_id(r["image_id"]) not in proposals]
+    if missing:
+        raise DatasetError(f"{source} has no proposals for {len(missing)} image id(s), e.g. "
+                           f"{missing[:5]}; was it computed on another dataset?")
+    for record in records:
+        boxes, scores = proposals[_plain_id(record["image_id"])]
+        order = np.argsort(-scores, kind="stable")
+        if top_k > 0:
+            order = order[:top_k]
+        boxes = boxes[order].copy()
+        boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, record["width"])
+        boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, record["height"])
+        record["proposals"] = boxes
+        record["proposal_scores"] = scores[order].copy()
+    return records
+
+
+def save_proposals(path, boxes, scores, ids):
+    """Write proposals in Detectron's layout, atomically.
+
+    boxes: list of (P_i, 4) arrays; scores: list of (P_i,) arrays; ids: list of image ids.
+    """
+    if not len(boxes) == len(scores) == len(ids):
+        raise ValueError("boxes, scores and ids must have one entry per image")
+    data = {
+        "boxes": [np.asarray(b, dtype=np.float32).reshape(-1, 4) for b in boxes],
+        "scores": [np.asarray(s, dtype=np.float32).reshape(-1) for s in scores],
+        "ids": [_plain_id(i) for i in ids],
+    }
+    with atomic_write(path, "wb") as f:
+        pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _plain_id(image_id):
+    """numpy integers (and Python 2 longs) compare as Python ints."""
+    return int(image_id) if isinstance(image_id, (int, np.integer)) else image_id

@@ -1,0 +1,240 @@
+"""Image reading, resizing, flipping and normalization, with the annotations kept in step.
+
+Detectron's conventions: images are BGR, resized so the short side equals a target scale
+unless that makes the long side exceed MAX_SIZE, then the per-channel PIXEL_MEANS (BGR) are
+subtracted; boxes are x1y1x2y2 in pixels of the resized image and ``im_scale`` is returned so
+that predictions can be mapped back to the original image.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from detectron_lib.errors import DatasetError
+from detectron_lib.structures.instances import Instances
+from detectron_lib.structures.keypoints import flip_keypoints, scale_keypoints
+from detectron_lib.structures.masks import flip_segm, scale_segm
+
+
+def read_image_bgr(path):
+    """Read an image file as (H, W, 3) uint8 BGR; an unreadable file raises DatasetError."""
+    try:
+        with Image.open(path) as image:
+            rgb = np.asarray(image.convert("RGB"))
+    except FileNotFoundError:
+        raise DatasetError(f"image {path} not found; check the dataset's image directory") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise DatasetError(f"image {path} cannot be decoded ({e}); replace the file or remove "
+                           f"it from the annotations") from None
+    return np.ascontiguousarray(rgb[:, :, ::-1])
+
+
+def compute_resize_scale(height, width, target_size, max_size):
+    """Scale that makes the short side ``target_size``, reduced if the long side would then
+    exceed ``max_size`` (Detectron's prep_im_for_blob)."""
+    short_side, long_side = min(height, width), max(height, width)
+    scale = float(target_size) / short_side
+    if round(scale * long_side) > max_size:
+        scale = float(max_size) / long_side
+    return scale
+
+
+def resize_image(image, scale):
+    """Bilinear resize of an (H, W, 3) uint8 image to (round(H*scale), round(W*scale))."""
+    height, width = image.shape[:2]
+    size = (max(int(round(width * scale)), 1), max(int(round(height * scale)), 1))
+    if size == (width, height):
+        return image
+    return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+
+
+def normalize_image(image, pixel_means):
+    """(H, W, 3) uint8 BGR -> (3, H, W) float32 tensor with ``pixel_means`` (BGR) subtracted."""
+    means = np.asarray(pixel_means, dtype=np.float32).reshape(1, 1, 3)
+    chw = (image.astype(np.float32) - means).transpose(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(chw))
+
+
+def flip_boxes(boxes, width):
+    """Mirror (N, 4) x1y1x2y2 boxes left-right in an image ``width`` pixels wide."""
+    flipped = np.array(boxes, dtype=np.float32, copy=True)
+    flipped[:, 0] = width - boxes[:, 2]
+    flipped[:, 2] = width - boxes[:, 0]
+    return flipped
+
+
+def transform_annotations(record, scale, flip, keypoint_flip_perm=None):
+    """The record's annotations for its image flipped (optionally) and then scaled.
+
+    Returns a dict of boxes (N, 4) float32 tensor, classes (N,) int64, is_crowd (N,) bool,
+    segms (list or None), keypoints (N, K, 3) float32 or None, and, when the record has
+    precomputed proposals, proposals (P, 4) float32 and proposal_scores (P,).
+    """
+    height, width = record["height"], record["width"]
+    new_height, new_width = max(int(round(height * scale)), 1), max(int(round(width * scale)), 1)
+    boxes = record["boxes"]
+    segms = record.get("segms")
+    keypoints = record.get("keypoints")
+    proposals = record.get("proposals")
+    if flip:
+        boxes = flip_boxes(boxes, width)
+        if segms is not None:
+            segms = [flip_segm(s, width) for s in segms]
+        if keypoints is not None:
+            if keypoint_flip_perm is None:
+                raise DatasetError(f"{record['file_name']}: flipping keypoints needs the "
+                                   f"dataset's keypoint flip map")
+            keypoints = flip_keypoints(keypoints, width, keypoint_flip_perm)
+        if proposals is not None:
+            proposals = flip_boxes(proposals, width)
+    targets = {
+        "boxes": torch.from_numpy(np.asarray(boxes, dtype=np.float32) * np.float32(scale)),
+        "classes": torch.from_numpy(np.asarray(record["classes"], dtype=np.int64)),
+        "is_crowd": torch.from_numpy(np.asarray(record["is_crowd"], dtype=bool)),
+        "segms": None if segms is None else [scale_segm(s, scale, new_height, new_width)
+                                             for s in segms],
+        "keypoints": None if keypoints is None else torch.from_numpy(
+            scale_keypoints(keypoints, scale)),
+    }
+    if proposals is not None:
+        targets["proposals"] = torch.from_numpy(proposals * np.float32(scale))
+        targets["proposal_scores"] = torch.from_numpy(record["proposal_scores"])
+    return targets
+
+
+def prepare_sample(record, target_size, max_size, pixel_means, flip=False,
+                   keypoint_flip_perm=None):
+    """Read, optionally flip, resize and normalize one record's image with its annotations.
+
+    Returns a dict: image (3, H', W') float32 tensor, image_size (H', W'), im_scale (float),
+    original_size (H, W), image_id, flipped (bool), targets (see transform_annotations).
+    """
+    image = read_image_bgr(record["file_name"])
+    if image.shape[:2] != (record["height"], record["width"]):
+        raise DatasetError(
+            f"image {record['file_name']} is {image.shape[1]}x{image.shape[0]} but its "
+            f"annotation says {record['width']}x{record['height']}; fix the annotation file")
+    if flip:
+        image = image[:, ::-1]
+    scale = compute_resize_scale(record["height"], record["width"], target_size, max_size)
+    image = resize_image(np.ascontiguousarray(image), scale)
+    return {
+        "image": normalize_image(image, pixel_means),
+        "image_size": tuple(image.shape[:2]),
+        "im_scale": scale,
+        "original_size": (record["height"], record["width"]),
+        "image_id": record["image_id"],
+        "flipped": bool(flip),
+        "targets": transform_annotations(record, scale, flip, keypoint_flip_perm),
+    }
+
+
+def augmentation_for_position(seed, position, scales, use_flip):
+    """(target scale, flip, sample seed) for the sample at global stream ``position``.
+
+    A pure function of (seed, position), never of worker RNG state, so that a run resumed at
+    any iteration sees exactly the augmentations an uninterrupted run would. The sample seed
+    (an int < 2**31) seeds the model's per-image sampling of anchors and RoIs.
+    """
+    rng = np.random.default_rng([int(seed) % 2**32, int(position)])
+    target_size = scales[int(rng.integers(len(scales)))]
+    flip = bool(rng.random() < 0.5) and bool(use_flip)
+    sample_seed = int(rng.integers(2**31))
+    return target_size, flip, sample_seed
+
+
+def pad_to_batch(images, size_divisibility=0):
+    """Zero-pad (3, H_i, W_i) tensors into one (B, 3, H, W) batch.
+
+    H and W are the largest sizes, rounded up to a multiple of ``size_divisibility`` when it
+    is > 1 (the coarsest FPN stride), so every feature level divides evenly. Zero is the
+    pixel mean after normalization, as in Detectron's blobs.
+    """
+    max_height = max(image.shape[1] for image in images)
+    max_width = max(image.shape[2] for image in images)
+    if size_divisibility > 1:
+        max_height = -(-max_height // size_divisibility) * size_divisibility
+        max_width = -(-max_width // size_divisibility) * size_divisibility
+    batch = images[0].new_zeros((len(images), images[0].shape[0], max_height, max_width))
+    for slot, image in zip(batch, images):
+        slot[:, :image.shape[1], :image.shape[2]].copy_(image)
+    return batch
+
+
+@dataclass
+class Batch:
+    """A collated batch.
+
+    images: (B, 3, H, W) float32, padded; image_sizes: [(h, w)] of each resized, unpadded
+    image; im_scales: [float] resize factors; original_sizes: [(h, w)]; image_ids; flipped:
+    [bool]; positions / seeds: [int] global stream positions and per-sample RNG seeds
+    (training only, else None); targets: [Instances(boxes, classes[, segms, keypoints])] of
+    the non-crowd objects in resized-image pixels; crowd_boxes: [(C, 4) float32] crowd
+    regions (to ignore, as Detectron's CROWD_FILTER_THRESH does); proposals:
+    [Instances(boxes, scores)] precomputed proposals in resized-image pixels, or None.
+    """
+
+    images: torch.Tensor
+    image_sizes: list
+    im_scales: list
+    original_sizes: list
+    image_ids: list
+    flipped: list
+    targets: list
+    crowd_boxes: list
+    proposals: list = None
+    positions: list = None
+    seeds: list = None
+
+    @property
+    def training(self):
+        return self.positions is not None
+
+    def model_inputs(self, device):
+        """Keyword arguments of the detector's forward(), moved to ``device``; targets and
+        seeds only for training batches."""
+        inputs = {"images": self.images.to(device), "image_sizes": self.image_sizes,
+                  "scales": self.im_scales}
+        if self.training:
+            inputs["targets"] = [t.to(device) for t in self.targets]
+            inputs["seeds"] = self.seeds
+        if self.proposals is not None:
+            inputs["proposals"] = [p.to(device) for p in self.proposals]
+        return inputs
+
+
+def _instances(targets, image_size):
+    """Split a sample's target dict into (non-crowd Instances, crowd boxes, proposals)."""
+    keep = ~targets["is_crowd"]
+    fields = {"boxes": targets["boxes"][keep], "classes": targets["classes"][keep]}
+    if targets["segms"] is not None:
+        fields["segms"] = [s for s, k in zip(targets["segms"], keep.tolist()) if k]
+    if targets["keypoints"] is not None:
+        fields["keypoints"] = targets["keypoints"][keep]
+    proposals = None
+    if "proposals" in targets:
+        proposals = Instances(image_size, boxes=targets["proposals"],
+                              scores=targets["proposal_scores"])
+    return Instances(image_size, **fields), targets["boxes"][~keep], proposals
+
+
+def collate_batch(samples, size_divisibility=0):
+    """Batch prepared samples (from prepare_sample, with 'position' and 'seed' when training)
+    into a Batch, padding images to a multiple of ``size_divisibility``."""
+    targets, crowd_boxes, proposals = zip(*(_instances(s["targets"], s["image_size"])
+                                            for s in samples))
+    training = "position" in samples[0]
+    return Batch(
+        images=pad_to_batch([s["image"] for s in samples], size_divisibility),
+        image_sizes=[s["image_size"] for s in samples],
+        im_scales=[s["im_scale"] for s in samples],
+        original_sizes=[s["original_size"] for s in samples],
+        image_ids=[s["image_id"] for s in samples],
+        flipped=[s["flipped"] for s in samples],
+        targets=list(targets),
+        crowd_boxes=list(crowd_boxes),
+        proposals=list(proposals) if proposals[0] is not None else None,
+        positions=[s["position"] for s in samples] if training else None,
+        seeds=[s["seed"] for s in samples] if training else None,
+    )

@@ -1,0 +1,129 @@
+"""Samplers and loaders: shard disjointness, resume-at-iteration equality, aspect grouping,
+worker-count independence, and the config builders on a generated shapes dataset."""
+import numpy as np
+import pytest
+import torch
+
+from detectron_lib.config import get_default_cfg
+from detectron_lib.data import catalog
+from detectron_lib.data.coco import filter_for_training, load_coco_json
+from detectron_lib.data.loader import (
+    InferenceSampler,
+    TrainingDataset,
+    TrainingSampler,
+    aspect_group_ids,
+    build_test_loader,
+    build_train_loader,
+    make_train_loader,
+)
+from detectron_lib.data.shapes import generate_shapes_dataset
+
+# pycocotools' decode trips a numpy-2 deprecation warning (harmless, not ours).
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+
+def _take(iterable, n):
+    return [item for _, item in zip(range(n), iterable)]
+
+
+def test_shards_are_disjoint_and_cover_each_epoch():
+    world, per_rank, size = 4, 2, 40
+    samplers = [TrainingSampler(np.zeros(size), per_rank, seed=5, rank=r, world_size=world)
+                for r in range(world)]
+    seen = []
+    for it in range(size // (world * per_rank)):             # exactly one epoch
+        global_batch = [s.batch_at(it) for s in samplers]
+        positions = [p for batch in global_batch for _, p in batch]
+        assert positions == list(range(it * 8, it * 8 + 8))   # disjoint, contiguous
+        seen += [i for batch in global_batch for i, _ in batch]
+    assert sorted(seen) == list(range(size))
+    next_epoch = [i for s in samplers for i, _ in s.batch_at(5)]
+    assert next_epoch != seen[:8]                             # reshuffled
+
+
+def test_resumed_sampler_equals_uninterrupted():
+    groups = np.array([0, 1] * 13 + [0])
+    full = _take(TrainingSampler(groups, 3, seed=1, rank=1, world_size=2), 30)
+    resumed = _take(TrainingSampler(groups, 3, seed=1, rank=1, world_size=2, start_iter=17), 13)
+    assert resumed == full[17:]
+    for batch in full:                                        # aspect grouping holds
+        assert len({int(groups[i]) for i, _ in batch}) == 1
+
+
+def test_inference_sampler_shards_contiguous():
+    shards = [list(InferenceSampler(10, r, 3)) for r in range(3)]
+    assert shards == [[0, 1, 2], [3, 4, 5, 6], [7, 8, 9]]
+
+
+@pytest.fixture(scope="module")
+def small_shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("root")
+    generate_shapes_dataset(root / "shapes" / "shapes_val", num_images=16, seed=2, workers=1)
+    return root
+
+
+def _dataset(root):
+    loaded = load_coco_json(root / "shapes/shapes_val/annotations.json",
+                            root / "shapes/shapes_val/images")
+    return TrainingDataset(filter_for_training(loaded.records), scales=(64, 96), max_size=160,
+                           pixel_means=(100.0, 110.0, 120.0), use_flip=True, seed=9)
+
+
+def _assert_same_batches(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert torch.equal(x.images, y.images)
+        assert (x.image_ids, x.positions, x.seeds, x.flipped, x.im_scales) == \
+            (y.image_ids, y.positions, y.seeds, y.flipped, y.im_scales)
+        for tx, ty in zip(x.targets, y.targets):
+            assert torch.equal(tx.boxes, ty.boxes) and tx.segms == ty.segms
+
+
+def test_two_workers_match_zero_workers_and_resume(small_shapes):
+    dataset = _dataset(small_shapes)
+    serial = _take(make_train_loader(dataset, 2, seed=9, size_divisibility=32), 6)
+    parallel = _take(make_train_loader(dataset, 2, seed=9, num_workers=2,
+                                       size_divisibility=32), 6)
+    _assert_same_batches(serial, parallel)
+    assert any(any(b.flipped) for b in serial) and any(not all(b.flipped) for b in serial)
+    assert {s for b in serial for s in b.im_scales} != {serial[0].im_scales[0]}
+    for batch in serial:
+        assert batch.images.shape[-1] % 32 == 0 and batch.images.shape[-2] % 32 == 0
+        orientations = {h < w for h, w in batch.original_sizes}
+        assert len(orientations) == 1
+    resumed_loader = make_train_loader(dataset, 2, seed=9, size_divisibility=32, start_iter=4)
+    resumed = _take(resumed_loader, 2)
+    _assert_same_batches(serial[4:], resumed)
+    assert resumed_loader.position == 6
+
+
+def test_builders_from_config(small_shapes, monkeypatch):
+    monkeypatch.setattr(catalog, "_CATALOG", dict(catalog._CATALOG))
+    catalog.register_coco_dataset("tiny_shapes", "shapes/shapes_val/annotations.json",
+                                  "shapes/shapes_val/images",
+                                  category_names=catalog.get_dataset("shapes_val").category_names)
+    cfg = get_default_cfg()
+    cfg.DATA_ROOT = str(small_shapes)
+    cfg.TRAIN.DATASETS = ("tiny_shapes",)
+    cfg.TRAIN.SCALES = (80,)
+    cfg.TRAIN.MAX_SIZE = 100
+    cfg.TRAIN.IMS_PER_BATCH = 2
+    cfg.DATA_LOADER.NUM_THREADS = 0
+    cfg.FPN.FPN_ON = True
+    cfg.TEST.DATASETS = ("tiny_shapes",)
+    cfg.TEST.SCALE = 64
+    cfg.TEST.MAX_SIZE = 100
+
+    loader = build_train_loader(cfg)
+    batch = next(iter(loader))
+    assert loader.categories.num_classes == 7 and loader.position == 1
+    assert batch.images.shape[0] == 2 and batch.images.shape[-1] % 32 == 0
+    assert min(batch.image_sizes[0]) == 80 or max(batch.image_sizes[0]) == 100
+    inputs = batch.model_inputs("cpu")
+    assert set(inputs) == {"images", "image_sizes", "scales", "targets", "seeds"}
+    assert inputs["targets"][0].boxes.shape[1] == 4
+
+    test_loader = build_test_loader(cfg, "tiny_shapes", rank=1, world_size=2)
+    ids = [b.image_ids[0] for b in test_loader]
+    assert ids == list(range(9, 17)) and len(test_loader) == 8
+    assert aspect_group_ids([{"width": 5, "height": 9}, {"width": 9, "height": 5}]).tolist() == [1, 0]
