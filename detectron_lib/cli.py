@@ -4,6 +4,7 @@ Each subcommand parses its arguments here and calls one library function; heavy 
 happen inside the command so that ``detectron --help`` stays instant.
 """
 import argparse
+import logging
 import sys
 
 from detectron_lib.errors import DetectronError
@@ -32,6 +33,48 @@ def cmd_data(args):
     print(materialize_dataset(args.name, data_root=args.data_root))
 
 
+def cmd_train(args):
+    """Train a model; prints the path of model_final.pth."""
+    from detectron_lib.config import load_config
+    from detectron_lib.engine.trainer import train
+
+    cfg = load_config(args.cfg_file, args.opts)
+    print(train(cfg))
+
+
+def cmd_test(args):
+    """Evaluate weights on TEST.DATASETS; prints the metrics JSON."""
+    import json
+
+    from detectron_lib.config import load_config
+    from detectron_lib.inference.engine import test
+
+    cfg = load_config(args.cfg_file, args.opts)
+    print(json.dumps(test(cfg, args.weights), indent=1, sort_keys=True))
+
+
+def cmd_proposals(args):
+    """Write an RPN model's proposals for a dataset; prints their recall (AR@100/1000)."""
+    import json
+
+    from detectron_lib.config import load_config
+    from detectron_lib.inference.engine import dump_proposals
+
+    cfg = load_config(args.cfg_file, args.opts)
+    metrics = dump_proposals(cfg, args.weights, args.dataset, args.output)
+    print(json.dumps(metrics, indent=1, sort_keys=True))
+
+
+def cmd_infer(args):
+    """Detect objects in images and write them drawn as PNG files."""
+    from detectron_lib.config import load_config
+    from detectron_lib.inference.predictor import infer_images
+
+    cfg = load_config(args.cfg_file, args.opts)
+    for path in infer_images(cfg, args.weights, args.input, args.output, args.thresh):
+        print(path)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="detectron",
@@ -48,11 +91,36 @@ def build_parser():
     p.add_argument("--data-root", default=None,
                    help="data root (default: $DETECTRON_DATA_ROOT, else results/data)")
     p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("train", help="train a model (one process, or one per rank under torchrun)")
+    _add_cfg_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("test", help="evaluate weights on TEST.DATASETS, write metrics.json")
+    p.add_argument("--weights", required=True, help="checkpoint (.pth) to evaluate")
+    _add_cfg_args(p)
+    p.set_defaults(func=cmd_test)
+
+    p = sub.add_parser("proposals", help="write an RPN model's proposals for a dataset (pkl)")
+    p.add_argument("--weights", required=True, help="checkpoint of an RPN_ONLY model")
+    p.add_argument("--dataset", required=True, help="catalog dataset name, e.g. shapes_train")
+    p.add_argument("--output", required=True, help="proposal file to write (.pkl)")
+    _add_cfg_args(p)
+    p.set_defaults(func=cmd_proposals)
+
+    p = sub.add_parser("infer", help="draw detections on images (like Detectron's infer_simple)")
+    p.add_argument("--weights", required=True, help="checkpoint (.pth)")
+    p.add_argument("--input", required=True, help="an image file or a directory of images")
+    p.add_argument("--output", required=True, help="directory for the PNG files")
+    p.add_argument("--thresh", type=float, default=0.7, help="score threshold for drawing")
+    _add_cfg_args(p)
+    p.set_defaults(func=cmd_infer)
     return parser
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         args.func(args)
     except DetectronError as e:

@@ -41,6 +41,15 @@ def test_shards_are_disjoint_and_cover_each_epoch():
     assert next_epoch != seen[:8]                             # reshuffled
 
 
+def test_n_ranks_see_the_global_batch_of_one_process():
+    # What data-parallel training relies on: 2 ranks x 3 images == 1 rank x 6 images.
+    groups = np.array([0, 1] * 20 + [0, 0, 1])
+    single = TrainingSampler(groups, 6, seed=9)
+    ranks = [TrainingSampler(groups, 3, seed=9, rank=r, world_size=2) for r in range(2)]
+    for it in range(12):
+        assert single.batch_at(it) == ranks[0].batch_at(it) + ranks[1].batch_at(it)
+
+
 def test_resumed_sampler_equals_uninterrupted():
     groups = np.array([0, 1] * 13 + [0])
     full = _take(TrainingSampler(groups, 3, seed=1, rank=1, world_size=2), 30)

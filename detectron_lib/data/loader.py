@@ -36,9 +36,11 @@ class TrainingSampler:
         rank, world_size: this process's shard of every global batch.
         start_iter: first iteration to yield (resuming).
 
-    An epoch is every image once, in a seeded random order, grouped into batches; a group
-    whose size is not a multiple of ``images_per_batch`` is topped up with repeats of its
-    own first images, so the number of batches per epoch is fixed.
+    An epoch is every image once, in a seeded random order, grouped into global batches of
+    ``images_per_batch * world_size`` images; a group whose size is not a multiple of that is
+    topped up with repeats of its own first images, so the number of batches per epoch is
+    fixed. Rank r takes the r-th slice of each global batch, so N processes see exactly the
+    images (and sample positions) one process would see with N times the batch size.
     """
 
     def __init__(self, group_ids, images_per_batch, seed, rank=0, world_size=1, start_iter=0):
@@ -51,29 +53,30 @@ class TrainingSampler:
         self.seed = int(seed)
         self.rank, self.world_size = int(rank), int(world_size)
         self.start_iter = int(start_iter)
+        self.global_batch_size = self.images_per_batch * self.world_size
         self._groups = [np.flatnonzero(group_ids == g) for g in np.unique(group_ids)]
-        self.batches_per_epoch = sum(-(-len(g) // self.images_per_batch) for g in self._groups)
+        self.batches_per_epoch = sum(-(-len(g) // self.global_batch_size) for g in self._groups)
         self._cached_epoch = (None, None)
 
     def epoch_batches(self, epoch):
-        """(batches_per_epoch, images_per_batch) int64 dataset indices of ``epoch``."""
+        """(batches_per_epoch, global batch size) int64 dataset indices of ``epoch``."""
         if self._cached_epoch[0] != epoch:
             rng = np.random.default_rng([self.seed % 2**32, epoch])
             batches = []
             for members in self._groups:
                 order = members[rng.permutation(len(members))]
-                num = -(-len(order) // self.images_per_batch) * self.images_per_batch
-                batches.append(np.resize(order, num).reshape(-1, self.images_per_batch))
+                num = -(-len(order) // self.global_batch_size) * self.global_batch_size
+                batches.append(np.resize(order, num).reshape(-1, self.global_batch_size))
             batches = np.concatenate(batches)
             self._cached_epoch = (epoch, batches[rng.permutation(len(batches))])
         return self._cached_epoch[1]
 
     def batch_at(self, iteration):
         """This rank's batch of ``iteration``: [(dataset index, global position), ...]."""
-        global_batch = iteration * self.world_size + self.rank
-        epoch, offset = divmod(global_batch, self.batches_per_epoch)
-        indices = self.epoch_batches(epoch)[offset]
-        first = global_batch * self.images_per_batch
+        epoch, offset = divmod(iteration, self.batches_per_epoch)
+        start = self.rank * self.images_per_batch
+        indices = self.epoch_batches(epoch)[offset][start:start + self.images_per_batch]
+        first = iteration * self.global_batch_size + start
         return [(int(i), first + k) for k, i in enumerate(indices)]
 
     def __iter__(self):

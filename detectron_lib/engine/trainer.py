@@ -1,0 +1,144 @@
+"""The training loop, readable top to bottom: iterate, forward, backward, step, then explicit
+calls for logging and checkpointing.
+
+A run writes into OUTPUT_DIR: ``model_iter{N}.pth`` every TRAIN.SNAPSHOT_ITERS,
+``model_final.pth`` at the end, ``train_log.jsonl`` (one JSON object per logged iteration)
+and ``config.yaml``. With TRAIN.AUTO_RESUME a restarted run continues from its latest
+snapshot (model, optimizer, iteration, RNG and data position), and a finished run is not
+retrained.
+"""
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from detectron_lib.data.loader import build_train_loader
+from detectron_lib.engine.checkpoint import (
+    FINAL_NAME,
+    load_checkpoint,
+    latest_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+    snapshot_name,
+)
+from detectron_lib.engine.distributed import all_reduce_mean, barrier, init_distributed
+from detectron_lib.engine.optim import build_optimizer, lr_schedule_from_cfg, set_lr
+from detectron_lib.errors import DetectronError
+from detectron_lib.modeling.meta_arch import build_model
+from detectron_lib.utils.io import atomic_write
+
+logger = logging.getLogger(__name__)
+
+TRAIN_LOG = "train_log.jsonl"
+
+
+class TrainingError(DetectronError):
+    """Training cannot go on (e.g. the loss diverged)."""
+
+
+def resolve_device(name):
+    """torch.device for the config's DEVICE ('auto' picks CUDA when available)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def train(cfg, output_dir=None, log_period=20):
+    """Train the model the (finalized) config describes; returns the path of model_final.pth."""
+    output_dir = Path(output_dir or cfg.OUTPUT_DIR)
+    device = resolve_device(cfg.DEVICE)
+    dist_info = init_distributed(device.type)
+    final_path = output_dir / FINAL_NAME
+    if cfg.TRAIN.AUTO_RESUME and final_path.is_file():
+        logger.info("%s exists: training already finished", final_path)
+        return final_path
+
+    torch.manual_seed(cfg.RNG_SEED)
+    model = build_model(cfg).to(device)
+    optimizer = build_optimizer(cfg, model)
+    lr_at = lr_schedule_from_cfg(cfg)
+    start_iter = _resume(cfg, output_dir, model, optimizer)
+    if dist_info.world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[dist_info.local_rank] if device.type == "cuda" else None)
+    if dist_info.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_write(output_dir / "config.yaml") as f:
+            f.write(cfg.dump())
+
+    loader = build_train_loader(cfg, start_iter=start_iter, rank=dist_info.rank,
+                                world_size=dist_info.world_size)
+    log_file = _open_train_log(output_dir / TRAIN_LOG, start_iter) if dist_info.is_main else None
+    use_amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    model.train()
+    data_start = time.perf_counter()
+    try:
+        for it, batch in zip(range(start_iter, cfg.SOLVER.MAX_ITER), loader):
+            data_time = time.perf_counter() - data_start
+            step_start = time.perf_counter()
+            lr = lr_at(it)
+            set_lr(optimizer, lr)
+            with torch.autocast(device.type, enabled=use_amp):
+                losses = model(**batch.model_inputs(device))
+            total = sum(losses.values())
+            if not torch.isfinite(total):
+                raise TrainingError(
+                    f"loss became {total.item()} at iteration {it} "
+                    f"({', '.join(f'{k}={v.item():.4g}' for k, v in losses.items())}); "
+                    "lower SOLVER.BASE_LR or lengthen SOLVER.WARM_UP_ITERS")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(total).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            step_time = time.perf_counter() - step_start
+
+            if (it + 1) % log_period == 0 or it == start_iter or it + 1 == cfg.SOLVER.MAX_ITER:
+                record = all_reduce_mean({k: v.item() for k, v in losses.items()})
+                record.update(iter=it, loss=sum(record.values()), lr=lr, time=step_time,
+                              data_time=data_time)
+                if log_file:
+                    log_file.write(json.dumps(record) + "\n")
+                    log_file.flush()
+                    logger.info("iter %d: loss %.4f lr %.5f (%.2fs/it)", it, record["loss"], lr, step_time)
+            if (it + 1) % cfg.TRAIN.SNAPSHOT_ITERS == 0 and it + 1 < cfg.SOLVER.MAX_ITER:
+                if dist_info.is_main:
+                    save_checkpoint(output_dir / snapshot_name(it), model, optimizer, it)
+                barrier()
+            data_start = time.perf_counter()
+    finally:
+        if log_file:
+            log_file.close()
+    if dist_info.is_main:
+        save_checkpoint(final_path, model, optimizer, cfg.SOLVER.MAX_ITER - 1)
+    barrier()
+    return final_path
+
+
+def _open_train_log(path, start_iter):
+    """The training log opened for appending, without records of iterations >= start_iter
+    (those a killed run logged after its last snapshot are redone)."""
+    kept = []
+    if path.is_file() and start_iter > 0:
+        kept = [line for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line)["iter"] < start_iter]
+    with atomic_write(path) as f:
+        f.writelines(line + "\n" for line in kept)
+    return open(path, "a")
+
+
+def _resume(cfg, output_dir, model, optimizer):
+    """Restore the latest snapshot when TRAIN.AUTO_RESUME; returns the iteration to start at."""
+    if not cfg.TRAIN.AUTO_RESUME:
+        return 0
+    path = latest_checkpoint(output_dir)
+    if path is None:
+        return 0
+    state = load_checkpoint(path)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    set_rng_state(state["rng"])
+    logger.info("resuming from %s (iteration %d)", path, state["iteration"])
+    return state["iteration"] + 1

@@ -1,0 +1,155 @@
+"""Dataset inference and evaluation: what ``detectron test`` runs.
+
+Every rank runs the model over its shard of TEST.DATASETS; rank 0 gathers the detections,
+writes them in COCO result format (``<dataset>_bbox_results.json``, like Detectron's
+detections files) and evaluates them with pycocotools into ``metrics.json``.
+"""
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from detectron_lib.data.catalog import get_dataset, materialize_dataset, register_datasets_from_cfg
+from detectron_lib.data.loader import build_test_loader
+from detectron_lib.data.proposals import save_proposals
+from detectron_lib.engine.checkpoint import load_checkpoint, load_model_weights
+from detectron_lib.engine.distributed import all_gather_objects, init_distributed
+from detectron_lib.engine.trainer import TRAIN_LOG, resolve_device
+from detectron_lib.evaluation.coco import (
+    detections_to_coco_results,
+    evaluate_coco,
+    evaluate_proposals,
+    masks_to_coco_results,
+)
+from detectron_lib.errors import ConfigError
+from detectron_lib.evaluation.metrics import write_metrics
+from detectron_lib.modeling.meta_arch import build_model
+from detectron_lib.modeling.roi_heads.mask_head import paste_mask_probs
+from detectron_lib.utils.io import write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+
+
+def load_model_for_inference(cfg, weights, device):
+    """The config's model with ``weights`` (a checkpoint of ours) loaded, in eval mode."""
+    model = build_model(cfg)
+    state = load_checkpoint(weights)
+    load_model_weights(model, state.get("model", state), weights)
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def run_inference(model, loader, device, mask_thresh=0.5):
+    """Per image: (image_id, Instances in original-image pixels, with ``masks`` (N, H, W)
+    bool when the model predicts masks). Returns (results, seconds per image)."""
+    results = []
+    seconds = 0.0
+    for batch in loader:
+        start = time.perf_counter()
+        outputs = model(**batch.model_inputs(device))
+        for image_id, output, (h, w) in zip(batch.image_ids, outputs, batch.original_sizes):
+            output = output.to("cpu")
+            if output.has("mask_probs"):
+                output.masks = paste_mask_probs(output, h, w, mask_thresh)
+            results.append((image_id, output))
+        seconds += time.perf_counter() - start
+    return results, seconds / max(len(results), 1)
+
+
+def coco_results(results, contiguous_to_json_id, legacy_plus_one):
+    """COCO result lists by type ('bbox', and 'segm' when masks are present)."""
+    by_type = {"bbox": []}
+    for image_id, inst in results:
+        by_type["bbox"].extend(detections_to_coco_results(
+            image_id, inst.boxes, inst.scores, inst.classes, contiguous_to_json_id, legacy_plus_one))
+        if inst.has("masks"):
+            by_type.setdefault("segm", []).extend(masks_to_coco_results(
+                image_id, inst.masks, inst.scores, inst.classes, contiguous_to_json_id))
+    return by_type
+
+
+def training_timings(output_dir):
+    """train_time_s_per_iter (median) and train_time_total_s from a run's train_log.jsonl."""
+    path = Path(output_dir) / TRAIN_LOG
+    if not path.is_file():
+        return {}
+    times = [json.loads(line)["time"] for line in path.read_text().splitlines() if line.strip()]
+    if not times:
+        return {}
+    per_iter = statistics.median(times)
+    return {"train_time_s_per_iter": per_iter}
+
+
+def test(cfg, weights, output_dir=None):
+    """Evaluate ``weights`` on every TEST.DATASETS entry; returns the metrics of the first.
+
+    Writes ``metrics.json`` (flat keys such as bbox/AP, segm/AP, proposals/AR@1000 plus
+    timings) into ``output_dir`` (default OUTPUT_DIR), and detections per dataset.
+    """
+    output_dir = Path(output_dir or cfg.OUTPUT_DIR)
+    device = resolve_device(cfg.DEVICE)
+    dist_info = init_distributed(device.type)
+    register_datasets_from_cfg(cfg)
+    model = load_model_for_inference(cfg, weights, device)
+    all_metrics = {}
+    for index, dataset_name in enumerate(cfg.TEST.DATASETS):
+        annotation_file = materialize_dataset(dataset_name, cfg.DATA_ROOT or None)
+        loader = build_test_loader(cfg, dataset_name, dist_info.rank, dist_info.world_size)
+        results, s_per_im = run_inference(model, loader, device, cfg.MRCNN.THRESH_BINARIZE)
+        gathered = all_gather_objects((results, s_per_im))
+        if not dist_info.is_main:
+            continue
+        results = [r for part, _ in gathered for r in part]
+        metrics = {"inference_time_s_per_im": statistics.mean(t for _, t in gathered)}
+        if cfg.MODEL.RPN_ONLY:
+            metrics.update(evaluate_proposals(str(annotation_file), _proposal_arrays(results),
+                                              legacy_plus_one=cfg.MODEL.BBOX_LEGACY_PLUS_ONE))
+        else:
+            by_type = coco_results(results, loader.categories.contiguous_to_json_id,
+                                   cfg.MODEL.BBOX_LEGACY_PLUS_ONE)
+            write_json_atomic(output_dir / f"{dataset_name}_bbox_results.json", by_type["bbox"])
+            metrics.update(evaluate_coco(str(annotation_file), by_type,
+                                         kpt_oks_sigmas=get_dataset(dataset_name).keypoint_oks_sigmas))
+        metrics.update(training_timings(output_dir))
+        all_metrics[dataset_name] = metrics
+        name = METRICS_FILE if index == 0 else f"metrics_{dataset_name}.json"
+        write_metrics(output_dir / name, metrics)
+        logger.info("%s: %s", dataset_name, {k: round(v, 4) for k, v in metrics.items() if "/AP" in k[:9] or "AR@" in k})
+    return all_metrics.get(cfg.TEST.DATASETS[0], {})
+
+
+def _proposal_arrays(results):
+    """{image_id: (N, 5) [x1, y1, x2, y2, score]} in rank order, from RPN-only results."""
+    return {image_id: torch.cat([inst.boxes, inst.scores[:, None]], dim=1).numpy()
+            for image_id, inst in results}
+
+
+def dump_proposals(cfg, weights, dataset_name, output_path):
+    """Run an RPN_ONLY model over a dataset and write Detectron's proposal file.
+
+    The file holds, per image, up to TEST.RPN_POST_NMS_TOP_N boxes in original-image pixels,
+    their objectness scores and the image ids (detectron_lib.data.proposals layout). Returns
+    the proposal recall metrics (proposals/AR@100, AR@1000) on that dataset.
+    """
+    if not cfg.MODEL.RPN_ONLY:
+        raise ConfigError("dump_proposals needs an RPN-only model config (MODEL.RPN_ONLY: True)")
+    device = resolve_device(cfg.DEVICE)
+    dist_info = init_distributed(device.type)
+    register_datasets_from_cfg(cfg)
+    model = load_model_for_inference(cfg, weights, device)
+    annotation_file = materialize_dataset(dataset_name, cfg.DATA_ROOT or None)
+    loader = build_test_loader(cfg, dataset_name, dist_info.rank, dist_info.world_size)
+    results, _ = run_inference(model, loader, device)
+    gathered = all_gather_objects(results)
+    if not dist_info.is_main:
+        return {}
+    results = sorted((r for part in gathered for r in part), key=lambda r: r[0])
+    save_proposals(output_path, [inst.boxes.numpy() for _, inst in results],
+                   [inst.scores.numpy() for _, inst in results], [image_id for image_id, _ in results])
+    return evaluate_proposals(str(annotation_file), _proposal_arrays(results),
+                              legacy_plus_one=cfg.MODEL.BBOX_LEGACY_PLUS_ONE)

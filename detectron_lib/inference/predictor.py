@@ -1,0 +1,93 @@
+"""Single-image inference for ``detectron infer`` (Detectron's tools/infer_simple.py).
+
+Images are read as BGR, resized to TEST.SCALE / TEST.MAX_SIZE, normalized like training, run
+through the model, and written as PNG files with the detections drawn on them.
+"""
+from pathlib import Path
+
+import torch
+
+from detectron_lib.data.catalog import get_dataset
+from detectron_lib.data.loader import size_divisibility_from_cfg
+from detectron_lib.data.transforms import (
+    compute_resize_scale,
+    normalize_image,
+    pad_to_batch,
+    read_image_bgr,
+    resize_image,
+)
+from detectron_lib.engine.trainer import resolve_device
+from detectron_lib.errors import DatasetError
+from detectron_lib.inference.engine import load_model_for_inference
+from detectron_lib.inference.vis import draw_detections
+from detectron_lib.modeling.roi_heads.mask_head import paste_mask_probs
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def list_images(path):
+    """The image files named by ``path``: the file itself, or a directory's images, sorted."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DatasetError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in directory '{path}'")
+        return files
+    if not path.is_file():
+        raise DatasetError(f"input '{path}' is neither an image file nor a directory")
+    return [path]
+
+
+def class_names_for(cfg):
+    """Category names of the first training dataset, to label drawn detections."""
+    for name in tuple(cfg.TRAIN.DATASETS) + tuple(cfg.TEST.DATASETS):
+        try:
+            entry = get_dataset(name)
+        except DatasetError:
+            continue
+        if entry.category_names:
+            return list(entry.category_names)
+    return []
+
+
+class Predictor:
+    """Runs a model on single BGR images: ``predictor(image) -> Instances``."""
+
+    def __init__(self, cfg, weights):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.DEVICE)
+        self.model = load_model_for_inference(cfg, weights, self.device)
+
+    @torch.no_grad()
+    def __call__(self, image_bgr):
+        """image_bgr: (H, W, 3) uint8. Detections in its pixels (masks pasted to (N, H, W) bool
+        when the model predicts them)."""
+        h, w = image_bgr.shape[:2]
+        scale = compute_resize_scale(h, w, self.cfg.TEST.SCALE, self.cfg.TEST.MAX_SIZE)
+        resized = resize_image(image_bgr, scale)
+        images = pad_to_batch([normalize_image(resized, self.cfg.PIXEL_MEANS)],
+                              size_divisibility_from_cfg(self.cfg))
+        (out,) = self.model(images.to(self.device), [tuple(resized.shape[:2])], [scale])
+        out = out.to("cpu")
+        if out.has("mask_probs"):
+            out.masks = paste_mask_probs(out, h, w, self.cfg.MRCNN.THRESH_BINARIZE)
+        return out
+
+
+def infer_images(cfg, weights, input_path, output_dir, score_thresh=0.7):
+    """Write ``<output_dir>/<image stem>.png`` with detections drawn; yields each path."""
+    files = list_images(input_path)
+    predictor = Predictor(cfg, weights)
+    names = class_names_for(cfg)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for path in files:
+        bgr = read_image_bgr(path)
+        detections = predictor(bgr)
+        drawn = draw_detections(bgr[:, :, ::-1], detections.boxes.numpy(), detections.classes.numpy(),
+                                detections.scores.numpy(), names,
+                                masks=detections.masks.numpy() if detections.has("masks") else None,
+                                score_thresh=score_thresh)
+        out_path = output_dir / f"{path.stem}.png"
+        drawn.save(out_path)
+        yield out_path

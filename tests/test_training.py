@@ -1,0 +1,176 @@
+"""Training engine end to end on a tiny shapes dataset: CLI train/test/infer/proposals,
+resume after SIGKILL equals an uninterrupted run, 2-process gloo equals 1 process on the same
+global batch, and a diverging loss stops with the iteration named."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+from detectron_lib.cli import main as cli_main
+from detectron_lib.config import load_config
+from detectron_lib.data.shapes import generate_shapes_dataset
+from detectron_lib.engine import trainer
+from detectron_lib.engine.trainer import TrainingError, train
+
+pytestmark = pytest.mark.slow
+
+from pathlib import Path
+
+BASE_CONFIG = str(Path(__file__).resolve().parents[1] / "configs/shapes/e2e_faster_rcnn_R-18-FPN_1x.yaml")
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    """12 generated shapes images registered as 'tiny_shapes' through a catalog YAML."""
+    root = tmp_path_factory.mktemp("tiny_data")
+    annotations = generate_shapes_dataset(root / "tiny", num_images=12, seed=11, workers=1)
+    catalog = root / "catalog.yaml"
+    catalog.write_text(yaml.safe_dump({"tiny_shapes": {
+        "annotation_file": str(annotations), "image_directory": str(annotations.parent / "images")}}))
+    return catalog
+
+
+def tiny_overrides(catalog, output_dir, **extra):
+    """A small, fast version of the shapes R-18-FPN baseline."""
+    opts = {
+        "DATASET_CATALOG_FILE": str(catalog), "OUTPUT_DIR": str(output_dir),
+        "TRAIN.DATASETS": "('tiny_shapes',)", "TEST.DATASETS": "('tiny_shapes',)",
+        "TRAIN.SCALES": "(64,)", "TRAIN.MAX_SIZE": "96", "TEST.SCALE": "64", "TEST.MAX_SIZE": "96",
+        "FPN.DIM": "32", "FAST_RCNN.MLP_HEAD_DIM": "32", "TRAIN.BATCH_SIZE_PER_IM": "16",
+        "TRAIN.RPN_BATCH_SIZE_PER_IM": "32", "TRAIN.RPN_PRE_NMS_TOP_N": "300",
+        "TRAIN.RPN_POST_NMS_TOP_N": "100", "TEST.RPN_PRE_NMS_TOP_N": "200",
+        "TEST.RPN_POST_NMS_TOP_N": "50", "SOLVER.MAX_ITER": "6", "SOLVER.STEPS": "[0, 4]",
+        "SOLVER.WARM_UP_ITERS": "2", "SOLVER.BASE_LR": "0.01", "TRAIN.SNAPSHOT_ITERS": "2",
+        "TRAIN.IMS_PER_BATCH": "2", "TRAIN.ASPECT_GROUPING": "False",
+        "DATA_LOADER.NUM_THREADS": "0", "TRAIN.AUTO_RESUME": "True",
+    }
+    opts.update(extra)
+    return [token for pair in opts.items() for token in pair]
+
+
+def detectron(*args, env_extra=None):
+    env = dict(os.environ, OMP_NUM_THREADS="1", **(env_extra or {}))
+    return subprocess.Popen([sys.executable, "-m", "detectron_lib.cli", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def final_weights(output_dir):
+    return torch.load(output_dir / "model_final.pth", weights_only=False)["model"]
+
+
+def assert_same_weights(a, b, atol):
+    assert a.keys() == b.keys()
+    worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    assert worst <= atol, f"largest weight difference {worst}"
+
+
+def test_cli_train_test_proposals_infer(tiny_dataset, tmp_path, reference_dir, capsys):
+    out = tmp_path / "run"
+    assert cli_main(["train", "--cfg", BASE_CONFIG, *tiny_overrides(tiny_dataset, out)]) == 0
+    for name in ("model_final.pth", "train_log.jsonl", "config.yaml", "model_iter1.pth", "model_iter3.pth"):
+        assert (out / name).is_file(), name
+    records = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert records[0]["iter"] == 0 and records[-1]["iter"] == 5
+    assert {"loss", "lr", "time", "data_time", "loss_rpn_cls", "loss_cls"} <= set(records[-1])
+
+    weights = str(out / "model_final.pth")
+    assert cli_main(["test", "--cfg", BASE_CONFIG, "--weights", weights, *tiny_overrides(tiny_dataset, out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= metrics["bbox/AP"] <= 1.0 and metrics["inference_time_s_per_im"] > 0
+    assert "train_time_s_per_iter" in metrics
+
+    images = reference_dir / "demo_images"
+    assert cli_main(["infer", "--cfg", BASE_CONFIG, "--weights", weights, "--input", str(images),
+                     "--output", str(tmp_path / "vis"), *tiny_overrides(tiny_dataset, out)]) == 0
+    expected = sorted(p.stem for p in images.glob("*.jpg"))
+    assert sorted(p.stem for p in (tmp_path / "vis").glob("*.png")) == expected
+
+    rpn_out = tmp_path / "rpn"
+    rpn_opts = tiny_overrides(tiny_dataset, rpn_out, **{"MODEL.RPN_ONLY": "True", "MODEL.FASTER_RCNN": "False"})
+    assert cli_main(["train", "--cfg", BASE_CONFIG, *rpn_opts]) == 0
+    capsys.readouterr()
+    assert cli_main(["proposals", "--cfg", BASE_CONFIG, "--weights", str(rpn_out / "model_final.pth"),
+                     "--dataset", "tiny_shapes", "--output", str(tmp_path / "props.pkl"), *rpn_opts]) == 0
+    recall = json.loads(capsys.readouterr().out)
+    assert 0.0 <= recall["proposals/AR@100"] <= recall["proposals/AR@1000"] <= 1.0
+    assert (tmp_path / "props.pkl").is_file()
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tiny_dataset, tmp_path):
+    overrides = dict(**{"SOLVER.MAX_ITER": "10", "SOLVER.STEPS": "[0, 7]"})
+    straight = tmp_path / "straight"
+    proc = detectron("train", "--cfg", BASE_CONFIG, *tiny_overrides(tiny_dataset, straight, **overrides))
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()
+
+    killed = tmp_path / "killed"
+    args = ("train", "--cfg", BASE_CONFIG, *tiny_overrides(tiny_dataset, killed, **overrides))
+    proc = detectron(*args)
+    deadline = time.time() + 300
+    # Kill once the second snapshot exists: mid-run, between snapshots 3 and 5.
+    while not (killed / "model_iter3.pth").exists():
+        assert proc.poll() is None, "training ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "model_final.pth").exists()
+    proc = detectron(*args)
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    assert_same_weights(final_weights(straight), final_weights(killed), atol=1e-6)
+    logged = [json.loads(line)["iter"] for line in (killed / "train_log.jsonl").read_text().splitlines()]
+    assert logged == sorted(set(logged)) and logged[-1] == 9
+
+    # A finished run is not retrained.
+    mtime = (killed / "model_final.pth").stat().st_mtime
+    proc = detectron(*args)
+    assert proc.wait(timeout=300) == 0
+    assert (killed / "model_final.pth").stat().st_mtime == mtime
+
+
+def test_two_gloo_processes_match_one_process_on_the_same_global_batch(tiny_dataset, tmp_path):
+    # MAX_SIZE 64 pads every image to 64x64, so a 4-image batch and two 2-image batches see
+    # the same padded inputs (GroupNorm statistics include the padding).
+    same_size = {"TRAIN.MAX_SIZE": "64", "SOLVER.MAX_ITER": "3"}
+    one = tmp_path / "one"
+    proc = detectron("train", "--cfg", BASE_CONFIG,
+                     *tiny_overrides(tiny_dataset, one, **{"TRAIN.IMS_PER_BATCH": "4", **same_size}))
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()
+
+    two = tmp_path / "two"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "detectron_lib.cli", "train", "--cfg", BASE_CONFIG,
+           *tiny_overrides(tiny_dataset, two, **{"TRAIN.IMS_PER_BATCH": "2", **same_size})]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_weights(final_weights(one), final_weights(two), atol=1e-5)
+
+
+def test_diverging_loss_stops_naming_the_iteration(tiny_dataset, tmp_path, monkeypatch):
+    real_build = trainer.build_model
+
+    def build_with_nan_at_iter_2(cfg):
+        model = real_build(cfg)
+        forward = model.forward
+        calls = {"n": 0}
+
+        def poisoned(*args, **kwargs):
+            losses = forward(*args, **kwargs)
+            calls["n"] += 1
+            if calls["n"] == 3:
+                losses["loss_cls"] = losses["loss_cls"] * float("nan")
+            return losses
+
+        model.forward = poisoned
+        return model
+
+    monkeypatch.setattr(trainer, "build_model", build_with_nan_at_iter_2)
+    cfg = load_config(BASE_CONFIG, tiny_overrides(tiny_dataset, tmp_path / "nan"))
+    with pytest.raises(TrainingError, match="at iteration 2"):
+        train(cfg)
