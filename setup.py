@@ -21,7 +21,7 @@ def kernel_extensions():
             sources=sources,
             include_dirs=[os.path.join(HERE, "kernels")],
             # -fopenmp: ATen's at::parallel_for runs serially in code built without it.
-            extra_compile_args=["-O3", "-fopenmp", "-std=c++17"],
+            extra_compile_args=["-O3", "-fopenmp", "-std=c++20"],
             extra_link_args=["-fopenmp"],
         )
     ]

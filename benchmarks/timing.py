@@ -1,0 +1,45 @@
+"""Side-by-side timing helper shared by the benchmark scripts.
+
+Runs two callables alternately (A, B, A, B, ...) in one process after warm-up runs, so
+machine load drifts hit both equally, and reports the median of each and their ratio.
+"""
+import statistics
+import time
+
+import torch
+
+
+def compare(name, ours, theirs, repeats=7, warmup=1):
+    """Times ours() and theirs() alternately; prints and returns (median_ours, median_theirs)."""
+    for _ in range(warmup):
+        ours()
+        theirs()
+    ours_times, theirs_times = [], []
+    for _ in range(repeats):
+        for fn, times in ((ours, ours_times), (theirs, theirs_times)):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    ours_median, theirs_median = statistics.median(ours_times), statistics.median(theirs_times)
+    print(f"{name:<48} ours {ours_median * 1e3:9.2f} ms   torchvision {theirs_median * 1e3:9.2f} ms   "
+          f"speed-up x{theirs_median / ours_median:6.2f}", flush=True)
+    return ours_median, theirs_median
+
+
+def timed(name, fn, repeats=7, warmup=1):
+    """Median time of fn() alone (for ops torchvision lacks); prints and returns it."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    print(f"{name:<48} ours {median * 1e3:9.2f} ms", flush=True)
+    return median
+
+
+def setup_threads(threads):
+    torch.set_num_threads(threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
