@@ -24,12 +24,9 @@ build: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/pytest tests
 
-# The model-zoo DAG lands with workflow/; until then `make zoo` prepares the shapes
-# datasets every CPU baseline trains and evaluates on.
-ZOO_DATASETS := shapes_train shapes_val shapes_kp_train shapes_kp_val
-
+# Train, evaluate and tabulate every baseline of configs/zoo/shapes.yaml into MODEL_ZOO.md.
 zoo: $(STAMP)
-	for name in $(ZOO_DATASETS); do $(VENV)/bin/detectron data $$name || exit 1; done
+	$(VENV)/bin/snakemake --cores all --profile workflow/profiles/default reproduce_model_zoo
 
 clean:
 	rm -rf build detectron_lib/*.so

@@ -75,6 +75,14 @@ def cmd_infer(args):
         print(path)
 
 
+def cmd_zoo(args):
+    """Render a zoo manifest's MODEL_ZOO.md table from the metrics files the DAG produced."""
+    from detectron_lib.zoo.manifest import load_manifest
+    from detectron_lib.zoo.table import write_model_zoo
+
+    print(write_model_zoo(load_manifest(args.manifest), args.output))
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="detectron",
@@ -115,6 +123,12 @@ def build_parser():
     p.add_argument("--thresh", type=float, default=0.7, help="score threshold for drawing")
     _add_cfg_args(p)
     p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("zoo", help="render MODEL_ZOO.md from a zoo's metrics files "
+                                   "(`snakemake reproduce_model_zoo` runs the whole zoo)")
+    p.add_argument("--manifest", default="configs/zoo/shapes.yaml", help="zoo manifest YAML")
+    p.add_argument("--output", default=None, help="table to write (default: the manifest's)")
+    p.set_defaults(func=cmd_zoo)
     return parser
 
 

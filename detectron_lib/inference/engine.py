@@ -99,7 +99,9 @@ def test(cfg, weights, output_dir=None):
     all_metrics = {}
     for index, dataset_name in enumerate(cfg.TEST.DATASETS):
         annotation_file = materialize_dataset(dataset_name, cfg.DATA_ROOT or None)
-        loader = build_test_loader(cfg, dataset_name, dist_info.rank, dist_info.world_size)
+        proposal_file = cfg.TEST.PROPOSAL_FILES[index] if cfg.TEST.PROPOSAL_FILES else None
+        loader = build_test_loader(cfg, dataset_name, dist_info.rank, dist_info.world_size,
+                                   proposal_file=proposal_file)
         results, s_per_im = run_inference(model, loader, device, cfg.MRCNN.THRESH_BINARIZE)
         gathered = all_gather_objects((results, s_per_im))
         if not dist_info.is_main:

@@ -1,0 +1,20 @@
+"""MLflow tracking of the model-zoo DAG: the only place the library touches MLflow, so
+everything else runs without a tracking store."""
+from detectron_lib.tracking.runs import (
+    init_experiment,
+    make_tracker,
+    start_parent_run,
+    stage_run,
+)
+from detectron_lib.tracking.tracker import DEFAULT_TRACKING_URI, Tracker, metric_key, tracking_uri
+
+__all__ = [
+    "DEFAULT_TRACKING_URI",
+    "Tracker",
+    "init_experiment",
+    "make_tracker",
+    "metric_key",
+    "stage_run",
+    "start_parent_run",
+    "tracking_uri",
+]

@@ -1,0 +1,369 @@
+"""Zoo manifests: which baselines a model zoo trains, how they depend on each other, and where
+the DAG puts every file it writes.
+
+A manifest (``configs/zoo/*.yaml``) looks like::
+
+    name: shapes                      # MLflow experiment and results/<name>/
+    table: MODEL_ZOO.md               # the table the zoo_table rule renders
+    overrides: [DEVICE, cpu]          # config overrides applied to every baseline
+    default_resources: {gpus: 0, threads: 2, runtime: 60, mem_mb: 4000}
+    baselines:
+      rpn_R-18-FPN_1x:
+        config: configs/shapes/rpn_R-18-FPN_1x.yaml
+        section: rpn
+      fast_rcnn_R-18-FPN_1x:
+        config: configs/shapes/fast_rcnn_R-18-FPN_1x.yaml
+        section: fast_mask_on_proposals
+        proposals_from: rpn_R-18-FPN_1x   # trains and tests on that RPN's dumped proposals
+
+The structure is checked against ``workflow/schemas/zoo.schema.yaml`` when the DAG is built;
+``load_manifest`` checks what a schema cannot (dependencies, config files, datasets) and
+raises ConfigError naming the manifest entry at fault.
+"""
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from detectron_lib.errors import ConfigError
+
+# Detectron's MODEL_ZOO.md sections, in the order the table lists them.
+SECTIONS = {
+    "rpn": "RPN Proposal Baselines",
+    "fast_mask_on_proposals": "Fast & Mask R-CNN Baselines Using Precomputed RPN Proposals",
+    "end_to_end": "End-to-End Faster & Mask R-CNN Baselines",
+    "retinanet": "RetinaNet Baselines",
+    "keypoints_on_proposals": "Keypoint-only Mask R-CNN Baselines Using Precomputed RPN Proposals",
+    "keypoints_end_to_end": "End-to-End Keypoint-only Mask R-CNN Baselines",
+}
+
+DEFAULT_RESOURCES = {"gpus": 0, "threads": 1, "runtime": 60, "mem_mb": 4000}
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one job of a baseline asks the scheduler for.
+
+    gpus: GPUs (and torchrun workers when > 1); threads: CPU threads; runtime: minutes;
+    mem_mb: memory in MB.
+    """
+
+    gpus: int
+    threads: int
+    runtime: int
+    mem_mb: int
+
+    @property
+    def num_workers(self):
+        """Training processes: one per GPU, or a single CPU process."""
+        return max(1, self.gpus)
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """One row of the zoo table.
+
+    name: e.g. 'e2e_mask_rcnn_R-50-FPN_1x' (Detectron's file-name convention
+        '<type>_<backbone>_<lr schedule>' gives the backbone and schedule columns).
+    config: path of its Detectron-format YAML.
+    section: key of SECTIONS.
+    proposals_from: name of the RPN baseline whose dumped proposals it trains and tests on.
+    overrides: extra ``KEY VALUE`` config overrides, after the manifest-wide ones.
+    """
+
+    name: str
+    config: str
+    section: str
+    resources: Resources
+    proposals_from: str = None
+    overrides: tuple = ()
+    backbone: str = None
+    lr_schd: str = None
+
+    def __post_init__(self):
+        parts = self.name.split("_")
+        if self.backbone is None:
+            object.__setattr__(self, "backbone", parts[-2] if len(parts) >= 3 else "-")
+        if self.lr_schd is None:
+            object.__setattr__(self, "lr_schd", parts[-1] if len(parts) >= 2 else "-")
+
+
+@dataclass(frozen=True)
+class ZooLayout:
+    """Every path the DAG reads or writes for one zoo, relative to the working directory.
+
+    Methods return Snakemake patterns when given '{baseline}' / '{dataset}' and concrete
+    paths when given names.
+    """
+
+    zoo: str
+    results_dir: str = "results"
+
+    @property
+    def root(self):
+        return f"{self.results_dir}/{self.zoo}"
+
+    @property
+    def experiment_file(self):
+        """JSON written by mlflow_init: tracking URI, experiment name and id."""
+        return f"{self.root}/mlflow_experiment.json"
+
+    @property
+    def artifact_dir(self):
+        return f"{self.results_dir}/mlflow-artifacts/{self.zoo}"
+
+    def dataset_marker(self, dataset):
+        """JSON written by prepare_dataset once the dataset's files are on disk."""
+        return f"{self.root}/datasets/{dataset}.json"
+
+    def train_dir(self, baseline):
+        """The baseline's OUTPUT_DIR: snapshots, model_final.pth, train_log.jsonl, config.yaml."""
+        return f"{self.root}/{baseline}/train"
+
+    def weights(self, baseline):
+        return f"{self.train_dir(baseline)}/model_final.pth"
+
+    def train_stats(self, baseline):
+        """Train time, memory, hardware and model facts measured around training."""
+        return f"{self.train_dir(baseline)}/train_stats.json"
+
+    def run_file(self, baseline):
+        """The baseline's MLflow parent run id, read by every later stage."""
+        return f"{self.root}/{baseline}/mlflow_run.json"
+
+    def proposals(self, baseline, dataset):
+        return f"{self.root}/{baseline}/proposals/{dataset}.pkl"
+
+    def proposal_metrics(self, baseline, dataset):
+        return f"{self.root}/{baseline}/proposals/{dataset}_metrics.json"
+
+    def eval_dir(self, baseline):
+        return f"{self.root}/{baseline}/eval"
+
+    def metrics(self, baseline):
+        """metrics.json of the baseline's evaluation on its first TEST.DATASETS entry."""
+        return f"{self.eval_dir(baseline)}/metrics.json"
+
+    def log(self, rule, name):
+        return f"{self.results_dir}/logs/{self.zoo}/{rule}/{name}.log"
+
+    def benchmark(self, rule, name):
+        return f"{self.results_dir}/benchmarks/{self.zoo}/{rule}/{name}.tsv"
+
+
+@dataclass(frozen=True)
+class ZooManifest:
+    """A validated zoo manifest (see the module docstring)."""
+
+    name: str
+    table: str
+    baselines: dict                 # name -> Baseline, in manifest order
+    title: str = ""
+    description: str = ""
+    results_dir: str = "results"
+    data_root: str = ""
+    dataset_catalog: str = ""
+    overrides: tuple = ()
+    source: str = "<manifest>"
+    _datasets_cache: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def layout(self):
+        return ZooLayout(self.name, self.results_dir)
+
+    def baseline(self, name):
+        try:
+            return self.baselines[name]
+        except KeyError:
+            raise ConfigError(f"{self.source}: no baseline named '{name}'; the manifest has "
+                              f"{', '.join(self.baselines)}") from None
+
+    def rpn_consumers(self, rpn_name):
+        """Names of the baselines trained on the proposals of ``rpn_name``."""
+        return [b.name for b in self.baselines.values() if b.proposals_from == rpn_name]
+
+    def base_overrides(self, name):
+        """Manifest-level then baseline overrides, plus the data locations and NUM_GPUS the
+        DAG decides. Used to read the baseline's datasets, before proposal files exist."""
+        baseline = self.baseline(name)
+        overrides = list(self.overrides) + list(baseline.overrides)
+        if self.data_root:
+            overrides += ["DATA_ROOT", self.data_root]
+        if self.dataset_catalog:
+            overrides += ["DATASET_CATALOG_FILE", self.dataset_catalog]
+        overrides += ["NUM_GPUS", str(baseline.resources.num_workers)]
+        overrides += ["OUTPUT_DIR", self.layout.train_dir(name)]
+        return overrides
+
+    def datasets(self, name):
+        """(TRAIN.DATASETS, TEST.DATASETS) of a baseline's config after its overrides.
+
+        Proposal files are emptied for this lookup: they are the DAG's to decide, and a
+        Detectron Fast R-CNN config lists its own ones (one per dataset of its own).
+        """
+        if name not in self._datasets_cache:
+            from detectron_lib.config import load_config
+
+            baseline = self.baseline(name)
+            if not Path(baseline.config).is_file():
+                raise ConfigError(f"{self.source}: baseline '{name}': config file "
+                                  f"{baseline.config} not found; fix its 'config' entry")
+            cfg = load_config(baseline.config, self.base_overrides(name) + [
+                "TRAIN.PROPOSAL_FILES", "()", "TEST.PROPOSAL_FILES", "()",
+                "TEST.PRECOMPUTED_PROPOSALS", "False"])
+            self._datasets_cache[name] = (tuple(cfg.TRAIN.DATASETS), tuple(cfg.TEST.DATASETS))
+        return self._datasets_cache[name]
+
+    def config_overrides(self, name):
+        """The full ``KEY VALUE`` override list the DAG passes to every stage of ``name``:
+        base_overrides plus, for a baseline on precomputed proposals, the proposal files its
+        RPN baseline dumps for each of its datasets."""
+        overrides = self.base_overrides(name)
+        rpn = self.baseline(name).proposals_from
+        if rpn is None:
+            return overrides
+        train_sets, test_sets = self.datasets(name)
+        return overrides + [
+            "TRAIN.PROPOSAL_FILES", _as_tuple(self.layout.proposals(rpn, d) for d in train_sets),
+            "TEST.PROPOSAL_FILES", _as_tuple(self.layout.proposals(rpn, d) for d in test_sets),
+        ]
+
+    def proposal_datasets(self, rpn_name):
+        """Datasets the RPN baseline ``rpn_name`` must dump proposals for, sorted."""
+        needed = set()
+        for consumer in self.rpn_consumers(rpn_name):
+            train_sets, test_sets = self.datasets(consumer)
+            needed.update(train_sets, test_sets)
+        return sorted(needed)
+
+    def proposal_inputs(self, name, split):
+        """Proposal files ``name`` reads for its 'train' or 'test' datasets (empty without
+        proposals_from)."""
+        rpn = self.baseline(name).proposals_from
+        if rpn is None:
+            return []
+        train_sets, test_sets = self.datasets(name)
+        return [self.layout.proposals(rpn, d) for d in (train_sets if split == "train" else test_sets)]
+
+    def all_datasets(self):
+        """Every dataset some baseline trains or tests on, sorted."""
+        names = set()
+        for name in self.baselines:
+            train_sets, test_sets = self.datasets(name)
+            names.update(train_sets, test_sets)
+        return sorted(names)
+
+    def missing_dataset_files(self):
+        """(dataset, path) for each annotation file or image directory of a non-generated
+        dataset that is not on disk yet, i.e. what the user must download before running."""
+        from detectron_lib.data.catalog import (
+            get_dataset,
+            register_datasets_from_yaml,
+            resolve_data_root,
+        )
+
+        if self.dataset_catalog:
+            register_datasets_from_yaml(self.dataset_catalog)
+        root = resolve_data_root(self.data_root or None)
+        missing = []
+        for dataset in self.all_datasets():
+            entry = get_dataset(dataset)
+            if entry.synthetic is not None:
+                continue
+            annotation, images = entry.annotation_path(root), entry.image_path(root)
+            if not annotation.is_file():
+                missing.append((dataset, str(annotation)))
+            if not images.is_dir():
+                missing.append((dataset, str(images)))
+        return missing
+
+
+def _as_tuple(paths):
+    """A Python tuple literal of quoted paths, as a config override value."""
+    return "(" + "".join(f"'{p}'," for p in paths) + ")"
+
+
+def join_overrides(overrides):
+    """Shell-quoted ``KEY VALUE ...`` for a rule's command line."""
+    return shlex.join(str(item) for item in overrides)
+
+
+def _resources(entry, defaults, where):
+    merged = dict(DEFAULT_RESOURCES)
+    merged.update(defaults or {})
+    merged.update(entry or {})
+    unknown = set(merged) - set(DEFAULT_RESOURCES)
+    if unknown:
+        raise ConfigError(f"{where}: unknown resources {sorted(unknown)}; use "
+                          f"{', '.join(DEFAULT_RESOURCES)}")
+    try:
+        return Resources(**{k: int(v) for k, v in merged.items()})
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: resources must be whole numbers, got {merged}") from None
+
+
+def _overrides(value, where):
+    value = list(value or [])
+    if len(value) % 2:
+        raise ConfigError(f"{where}: overrides must be KEY VALUE pairs; got an odd number of "
+                          f"items {value}")
+    return tuple(str(v) for v in value)
+
+
+def parse_manifest(document, source="<manifest>"):
+    """A ZooManifest from a manifest mapping (already schema-checked or not); ConfigError
+    names the entry at fault for any missing key, unknown section or broken dependency."""
+    if not isinstance(document, dict):
+        raise ConfigError(f"{source}: a zoo manifest must be a mapping with name, table and "
+                          f"baselines")
+    for key in ("name", "table", "baselines"):
+        if not document.get(key):
+            raise ConfigError(f"{source}: missing '{key}'; see configs/zoo/shapes.yaml")
+    if not isinstance(document["baselines"], dict):
+        raise ConfigError(f"{source}: 'baselines' must map baseline names to entries")
+    defaults = document.get("default_resources")
+    baselines = {}
+    for name, entry in document["baselines"].items():
+        where = f"{source}: baseline '{name}'"
+        if not isinstance(entry, dict) or "config" not in entry or "section" not in entry:
+            raise ConfigError(f"{where} needs 'config' and 'section'")
+        if entry["section"] not in SECTIONS:
+            raise ConfigError(f"{where}: unknown section '{entry['section']}'; use one of "
+                              f"{', '.join(SECTIONS)}")
+        baselines[name] = Baseline(
+            name=str(name), config=str(entry["config"]), section=entry["section"],
+            resources=_resources(entry.get("resources"), defaults, where),
+            proposals_from=entry.get("proposals_from"),
+            overrides=_overrides(entry.get("overrides"), where),
+            backbone=entry.get("backbone"), lr_schd=entry.get("lr_schd"))
+    for baseline in baselines.values():
+        rpn = baseline.proposals_from
+        if rpn is None:
+            continue
+        if rpn not in baselines:
+            raise ConfigError(f"{source}: baseline '{baseline.name}' takes proposals from "
+                              f"'{rpn}', which is not a baseline of this manifest")
+        if baselines[rpn].section != "rpn" or baselines[rpn].proposals_from is not None:
+            raise ConfigError(f"{source}: baseline '{baseline.name}' takes proposals from "
+                              f"'{rpn}', which must be an RPN baseline (section: rpn) that "
+                              f"trains on images, not on proposals")
+    return ZooManifest(
+        name=str(document["name"]), table=str(document["table"]), baselines=baselines,
+        title=document.get("title", ""), description=document.get("description", ""),
+        results_dir=document.get("results_dir", "results"),
+        data_root=document.get("data_root", "") or "",
+        dataset_catalog=document.get("dataset_catalog", "") or "",
+        overrides=_overrides(document.get("overrides"), source), source=source)
+
+
+def load_manifest(path):
+    """Read and check a zoo manifest YAML file."""
+    try:
+        with open(path) as f:
+            document = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"zoo manifest {path} not found; see configs/zoo/") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"zoo manifest {path} is not valid YAML: {e}") from None
+    return parse_manifest(document, source=str(path))

@@ -1,0 +1,181 @@
+"""MODEL_ZOO.md, rendered from the files the DAG produced for each baseline.
+
+Per baseline the table reads ``eval/metrics.json`` (AP, AR, inference time),
+``train/train_stats.json`` (train time, memory, hardware, model type, images per GPU) and
+``mlflow_run.json`` (the model id). Sections and columns follow Detectron's MODEL_ZOO.md.
+Rows are sorted and nothing time-dependent is written, so unchanged metrics give a
+byte-identical file.
+"""
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from detectron_lib.errors import DatasetError
+from detectron_lib.evaluation.metrics import read_metrics
+from detectron_lib.utils.io import atomic_write
+from detectron_lib.zoo.manifest import SECTIONS
+
+COLUMNS = (
+    "backbone", "type", "lr schd", "im/ gpu", "train mem (GB)", "train time (s/iter)",
+    "train time total (hr)", "inference time (s/im)", "box AP", "mask AP", "kp AP",
+    "prop. AR", "model id", "download links",
+)
+MISSING = "-"
+
+
+def model_type(cfg):
+    """Detectron's 'type' column for a config: RPN, RetinaNet, Kps, Mask, Faster or Fast."""
+    if cfg.MODEL.RPN_ONLY:
+        return "RPN"
+    if cfg.RETINANET.RETINANET_ON:
+        return "RetinaNet"
+    if cfg.MODEL.KEYPOINTS_ON:
+        return "Mask+Kps" if cfg.MODEL.MASK_ON else "Kps"
+    if cfg.MODEL.MASK_ON:
+        return "Mask"
+    return "Faster" if cfg.MODEL.FASTER_RCNN else "Fast"
+
+
+@dataclass(frozen=True)
+class ZooRow:
+    """One baseline's numbers. Times in seconds, memory in GB, AP/AR as fractions; NaN where
+    a number does not apply (e.g. mask AP of a Faster R-CNN)."""
+
+    name: str
+    section: str
+    backbone: str
+    model_type: str
+    lr_schd: str
+    ims_per_gpu: int
+    train_mem_gb: float
+    train_time_s_per_iter: float
+    train_time_total_s: float
+    inference_time_s_per_im: float
+    box_ap: float
+    mask_ap: float
+    kp_ap: float
+    proposal_ar: float
+    run_id: str
+    config_path: str
+    weights_path: str
+    hardware: str
+
+
+def _read_json(path, what):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise DatasetError(f"{what} {path} not found; run the DAG stage that writes it "
+                           f"(snakemake {path})") from None
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{what} {path} is not valid JSON ({e}); delete it and rerun "
+                           f"the DAG") from None
+
+
+def _number(mapping, key):
+    value = mapping.get(key)
+    return math.nan if value is None else float(value)
+
+
+def collect_rows(manifest):
+    """ZooRows of every baseline of ``manifest`` from the files under its results folder."""
+    layout = manifest.layout
+    rows = []
+    for baseline in manifest.baselines.values():
+        metrics = read_metrics(layout.metrics(baseline.name))
+        stats = _read_json(layout.train_stats(baseline.name), "train stats file")
+        run = _read_json(layout.run_file(baseline.name), "MLflow run file")
+        rows.append(ZooRow(
+            name=baseline.name, section=baseline.section, backbone=baseline.backbone,
+            model_type=stats.get("model_type", MISSING), lr_schd=baseline.lr_schd,
+            ims_per_gpu=stats.get("ims_per_gpu"),
+            train_mem_gb=_number(stats, "train_mem_gb"),
+            train_time_s_per_iter=_number(stats, "train_time_s_per_iter"),
+            train_time_total_s=_number(stats, "train_time_total_s"),
+            inference_time_s_per_im=metrics.get("inference_time_s_per_im", math.nan),
+            box_ap=metrics.get("bbox/AP", math.nan), mask_ap=metrics.get("segm/AP", math.nan),
+            kp_ap=metrics.get("keypoints/AP", math.nan),
+            proposal_ar=metrics.get("proposals/AR@1000", math.nan),
+            run_id=run.get("parent_run_id") or MISSING, config_path=baseline.config,
+            weights_path=layout.weights(baseline.name), hardware=stats.get("hardware", "")))
+    return rows
+
+
+def _natural_key(text):
+    """'R-101-FPN' after 'R-50-FPN': digit runs compare as numbers."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part)
+            for part in re.split(r"(\d+)", str(text))]
+
+
+def _fixed(value, digits, scale=1.0):
+    return MISSING if value is None or math.isnan(value) else f"{value * scale:.{digits}f}"
+
+
+def _link(target, table_dir):
+    return os.path.relpath(target, table_dir).replace(os.sep, "/")
+
+
+def _row_cells(row, table_dir):
+    links = (f"[model]({_link(row.weights_path, table_dir)})"
+             f" / [config]({_link(row.config_path, table_dir)})")
+    return (
+        row.backbone, row.model_type, row.lr_schd,
+        MISSING if row.ims_per_gpu is None else str(row.ims_per_gpu),
+        _fixed(row.train_mem_gb, 1), _fixed(row.train_time_s_per_iter, 3),
+        _fixed(row.train_time_total_s, 2, 1 / 3600), _fixed(row.inference_time_s_per_im, 3),
+        _fixed(row.box_ap, 1, 100), _fixed(row.mask_ap, 1, 100), _fixed(row.kp_ap, 1, 100),
+        _fixed(row.proposal_ar, 1, 100), f"`{row.run_id}`" if row.run_id != MISSING else MISSING,
+        links,
+    )
+
+
+def render_model_zoo(manifest, rows, table_path):
+    """MODEL_ZOO.md text: a header naming the zoo and hardware, then one table per section
+    (Detectron's order; sections without rows are left out). Links are relative to
+    ``table_path``'s folder."""
+    table_dir = str(Path(table_path).parent) or "."
+    title = manifest.title or f"Model zoo: {manifest.name}"
+    lines = [f"# {title}", ""]
+    if manifest.description:
+        lines += [manifest.description.strip(), ""]
+    lines += [
+        f"Generated by the model-zoo DAG (`snakemake zoo_table`, zoo `{manifest.name}`) from "
+        f"the metrics files under `{manifest.layout.root}/`; edit the configs or the manifest "
+        f"and rerun rather than editing this file.",
+        "",
+        "- AP and AR are COCO-style, in percent (pycocotools) on each baseline's first test "
+        "dataset; prop. AR is AR@1000 of the RPN's proposals.",
+        "- Train mem is the peak memory of the training process (peak RSS on CPU, peak "
+        "allocated CUDA memory on GPU); train time (s/iter) is the median iteration time; "
+        "train time total is the wall time of the training job.",
+        "- Model id is the baseline's MLflow run id (see the tracking store); links point to "
+        "the weights and config in this checkout.",
+        "",
+        "## Hardware",
+        "",
+    ]
+    hardware = sorted({row.hardware for row in rows if row.hardware})
+    lines += [f"- {h}" for h in hardware] or ["- not recorded"]
+    for section, heading in SECTIONS.items():
+        section_rows = sorted((r for r in rows if r.section == section), key=lambda r: (
+            _natural_key(r.backbone), _natural_key(r.lr_schd), r.model_type, r.name))
+        if not section_rows:
+            continue
+        lines += ["", f"## {heading}", "",
+                  "| " + " | ".join(COLUMNS) + " |",
+                  "|" + "|".join(":---:" for _ in COLUMNS) + "|"]
+        lines += ["| " + " | ".join(_row_cells(row, table_dir)) + " |" for row in section_rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_model_zoo(manifest, output_path=None):
+    """Collect the rows of ``manifest`` and write its table atomically; returns the path."""
+    output_path = Path(output_path or manifest.table)
+    text = render_model_zoo(manifest, collect_rows(manifest), output_path)
+    with atomic_write(output_path) as f:
+        f.write(text)
+    return output_path

@@ -1,0 +1,105 @@
+"""MODEL_ZOO.md rendering from metrics / train-stats / run files written by hand here.
+
+Expected cells are hand-computed from those files (AP 0.3774 -> '37.7', 5400 s -> '1.50' hr,
+NaN -> '-'); the layout is Detectron's (sections in its order, its column names)."""
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from detectron_lib.config import load_config
+from detectron_lib.errors import DatasetError
+from detectron_lib.evaluation.metrics import write_metrics
+from detectron_lib.zoo.manifest import parse_manifest
+from detectron_lib.zoo.table import COLUMNS, collect_rows, model_type, write_model_zoo
+
+MANIFEST = {
+    "name": "toy", "title": "Toy zoo", "table": "docs/MODEL_ZOO.md",
+    "baselines": {
+        "e2e_mask_rcnn_R-101-FPN_1x": {"config": "configs/mask101.yaml", "section": "end_to_end"},
+        "rpn_R-50-FPN_1x": {"config": "configs/rpn.yaml", "section": "rpn"},
+        "e2e_faster_rcnn_R-50-FPN_1x": {"config": "configs/f50.yaml", "section": "end_to_end"},
+    },
+}
+FILES = {
+    "e2e_mask_rcnn_R-101-FPN_1x": (
+        {"bbox/AP": 0.3774, "segm/AP": 0.3412, "inference_time_s_per_im": 0.1234},
+        {"model_type": "Mask", "ims_per_gpu": 2, "train_mem_gb": 8.64,
+         "train_time_s_per_iter": 0.8766, "train_time_total_s": 5400.0,
+         "hardware": "8x V100"}, "a" * 32),
+    "rpn_R-50-FPN_1x": (
+        {"proposals/AR@1000": 0.5712, "bbox/APl": math.nan, "inference_time_s_per_im": 0.05},
+        {"model_type": "RPN", "ims_per_gpu": 2, "train_mem_gb": 3.0,
+         "train_time_s_per_iter": 0.4, "train_time_total_s": 3600.0,
+         "hardware": "2x CPU"}, "b" * 32),
+    "e2e_faster_rcnn_R-50-FPN_1x": (
+        {"bbox/AP": 0.3665, "inference_time_s_per_im": 0.1},
+        {"model_type": "Faster", "ims_per_gpu": 2, "train_mem_gb": None,
+         "train_time_s_per_iter": 0.5, "train_time_total_s": 1800.0,
+         "hardware": "8x V100"}, None),
+}
+
+
+@pytest.fixture
+def toy_zoo(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    zoo = parse_manifest(MANIFEST)
+    for name, (metrics, stats, run_id) in FILES.items():
+        write_metrics(zoo.layout.metrics(name), metrics)
+        Path(zoo.layout.train_stats(name)).parent.mkdir(parents=True, exist_ok=True)
+        Path(zoo.layout.train_stats(name)).write_text(json.dumps(stats))
+        Path(zoo.layout.run_file(name)).write_text(json.dumps({"parent_run_id": run_id}))
+    return zoo
+
+
+def _table_rows(text, heading):
+    section = text.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return [[c.strip() for c in line.strip("|").split("|")]
+            for line in section.splitlines() if line.startswith("| ") and "backbone" not in line]
+
+
+def test_rows_sections_and_cells(toy_zoo):
+    text = write_model_zoo(toy_zoo).read_text()
+    assert text.startswith("# Toy zoo\n")
+    assert text.index("## RPN Proposal Baselines") < text.index(
+        "## End-to-End Faster & Mask R-CNN Baselines")
+    assert "Fast & Mask R-CNN Baselines Using Precomputed" not in text   # no rows, no section
+    assert "| " + " | ".join(COLUMNS) + " |" in text
+    assert "- 2x CPU\n- 8x V100\n" in text                               # hardware, sorted
+
+    (rpn,) = _table_rows(text, "RPN Proposal Baselines")
+    assert rpn[:12] == ["R-50-FPN", "RPN", "1x", "2", "3.0", "0.400", "1.00", "0.050",
+                        "-", "-", "-", "57.1"]
+    assert rpn[12] == "`" + "b" * 32 + "`"
+    assert rpn[13] == ("[model](../results/toy/rpn_R-50-FPN_1x/train/model_final.pth)"
+                       " / [config](../configs/rpn.yaml)")
+
+    e2e = _table_rows(text, "End-to-End Faster & Mask R-CNN Baselines")
+    # R-50 before R-101 (numbers compare as numbers)
+    assert [row[:2] for row in e2e] == [["R-50-FPN", "Faster"], ["R-101-FPN", "Mask"]]
+    assert e2e[0][4] == "-" and e2e[0][12] == "-"                        # no mem, no run id
+    assert e2e[1][4:11] == ["8.6", "0.877", "1.50", "0.123", "37.7", "34.1", "-"]
+
+
+def test_rerender_is_byte_identical(toy_zoo):
+    first = write_model_zoo(toy_zoo).read_bytes()
+    assert write_model_zoo(toy_zoo).read_bytes() == first
+
+
+def test_missing_metrics_file_names_it(toy_zoo):
+    Path(toy_zoo.layout.metrics("rpn_R-50-FPN_1x")).unlink()
+    with pytest.raises(DatasetError, match="rpn_R-50-FPN_1x/eval/metrics.json"):
+        collect_rows(toy_zoo)
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["MODEL.RPN_ONLY", "True"], "RPN"),
+    (["MODEL.FASTER_RCNN", "True"], "Faster"),
+    (["MODEL.FASTER_RCNN", "True", "MODEL.MASK_ON", "True"], "Mask"),
+    (["MODEL.FASTER_RCNN", "True", "MODEL.KEYPOINTS_ON", "True"], "Kps"),
+    (["RETINANET.RETINANET_ON", "True"], "RetinaNet"),
+    ([], "Fast"),
+])
+def test_model_type_column(overrides, expected):
+    assert model_type(load_config(None, overrides)) == expected

@@ -1,0 +1,24 @@
+# Stage 5: evaluate a baseline's final weights on its TEST.DATASETS (pycocotools).
+
+
+rule evaluate:
+    input:
+        unpack(evaluate_inputs),
+    output:
+        metrics=LAYOUT.metrics("{baseline}"),
+    params:
+        overrides=lambda wildcards: overrides_of(wildcards.baseline),
+        eval_dir=lambda wildcards: LAYOUT.eval_dir(wildcards.baseline),
+    threads: resource_of("threads")
+    resources:
+        gpu=lambda wildcards: min(1, ZOO.baseline(wildcards.baseline).resources.gpus),
+        mem_mb=resource_of("mem_mb"),
+        runtime=resource_of("runtime"),
+    log:
+        LAYOUT.log("evaluate", "{baseline}"),
+    benchmark:
+        LAYOUT.benchmark("evaluate", "{baseline}")
+    shell:
+        "python -m detectron_lib.workflow_steps evaluate --cfg {input.config}"
+        " --weights {input.weights} --output-dir {params.eval_dir} --run-file {input.run}"
+        " --threads {threads} --log-file {log} {params.overrides} > {log} 2>&1"

@@ -1,0 +1,29 @@
+# Stage 4: an RPN baseline writes its proposals for every dataset that a baseline trained on
+# its proposals (proposals_from) trains or tests on.
+
+
+rule dump_proposals:
+    input:
+        config=rpn_config,
+        weights=LAYOUT.weights("{rpn}"),
+        run=LAYOUT.run_file("{rpn}"),
+        dataset=LAYOUT.dataset_marker("{dataset}"),
+    output:
+        proposals=LAYOUT.proposals("{rpn}", "{dataset}"),
+        metrics=LAYOUT.proposal_metrics("{rpn}", "{dataset}"),
+    params:
+        overrides=lambda wildcards: overrides_of(wildcards.rpn),
+    threads: resource_of("threads")
+    resources:
+        gpu=lambda wildcards: min(1, ZOO.baseline(wildcards.rpn).resources.gpus),
+        mem_mb=resource_of("mem_mb"),
+        runtime=resource_of("runtime"),
+    log:
+        LAYOUT.log("dump_proposals", "{rpn}_{dataset}"),
+    benchmark:
+        LAYOUT.benchmark("dump_proposals", "{rpn}_{dataset}")
+    shell:
+        "python -m detectron_lib.workflow_steps dump-proposals --cfg {input.config}"
+        " --weights {input.weights} --dataset {wildcards.dataset} --output {output.proposals}"
+        " --metrics-file {output.metrics} --run-file {input.run} --threads {threads}"
+        " --log-file {log} {params.overrides} > {log} 2>&1"

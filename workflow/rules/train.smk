@@ -1,0 +1,31 @@
+# Stage 3: train a baseline, on images or on the proposals of its RPN baseline. One process
+# for <= 1 GPU, torchrun with one worker per GPU otherwise; the job's threads are split among
+# the workers (OMP_NUM_THREADS per worker) by the step itself.
+
+
+rule train:
+    input:
+        unpack(train_inputs),
+    output:
+        weights=LAYOUT.weights("{baseline}"),
+        stats=LAYOUT.train_stats("{baseline}"),
+        run=LAYOUT.run_file("{baseline}"),
+    params:
+        overrides=lambda wildcards: overrides_of(wildcards.baseline),
+        launcher=train_launcher,
+        zoo=ZOO.name,
+    threads: resource_of("threads")
+    resources:
+        gpu=resource_of("gpus"),
+        mem_mb=resource_of("mem_mb"),
+        runtime=resource_of("runtime"),
+    log:
+        LAYOUT.log("train", "{baseline}"),
+    benchmark:
+        LAYOUT.benchmark("train", "{baseline}")
+    shell:
+        "{params.launcher} -m detectron_lib.workflow_steps train"
+        " --zoo {params.zoo} --baseline {wildcards.baseline} --cfg {input.config}"
+        " --experiment-file {input.experiment} --run-file {output.run}"
+        " --stats-file {output.stats} --threads {threads} --log-file {log}"
+        " {params.overrides} > {log} 2>&1"
