@@ -13,7 +13,7 @@ from detectron_lib.config.names import MODEL_TYPE
 from detectron_lib.errors import ConfigError
 from detectron_lib.modeling.anchors import AnchorGenerator, fpn_rpn_anchor_specs
 from detectron_lib.modeling.backbone.build import build_backbone, build_roi_box_head
-from detectron_lib.modeling.poolers import RoIPooler
+from detectron_lib.modeling.poolers import roi_pooler_from_config
 from detectron_lib.modeling.roi_heads.fast_rcnn import (
     BoxROIHeads,
     FastRCNNPredictor,
@@ -133,17 +133,9 @@ def build_box_roi_heads(cfg, backbone):
         in_features = [list(backbone.out_channels)[-1]]
     in_channels = backbone.out_channels[in_features[0]]
     box_head = build_roi_box_head(cfg, in_channels)
-    f = cfg.FAST_RCNN
-    pooler = RoIPooler(
-        getattr(box_head, "resolution", f.ROI_XFORM_RESOLUTION),
-        [backbone.strides[name] for name in in_features],
-        sampling_ratio=f.ROI_XFORM_SAMPLING_RATIO,
-        method=f.ROI_XFORM_METHOD,
-        aligned=cfg.MODEL.ROI_ALIGN_ALIGNED,
-        canonical_level=cfg.FPN.ROI_CANONICAL_LEVEL,
-        canonical_scale=cfg.FPN.ROI_CANONICAL_SCALE,
-        legacy_plus_one=cfg.MODEL.BBOX_LEGACY_PLUS_ONE,
-    )
+    # The VGG16 fc head fixes its own input resolution (Detectron pooled it at 7x7).
+    pooler = roi_pooler_from_config(cfg, cfg.FAST_RCNN, [backbone.strides[name] for name in in_features],
+                                    resolution=getattr(box_head, "resolution", None))
     if cfg.MODEL.NUM_CLASSES < 2:
         raise ConfigError(f"MODEL.NUM_CLASSES is {cfg.MODEL.NUM_CLASSES}; set it to the number "
                           "of object classes plus one for background")

@@ -68,3 +68,18 @@ class RoIPooler(nn.Module):
             if members.numel():
                 out = out.index_copy(0, members, self._pool(feature, rois[members], scale))
         return out
+
+
+def roi_pooler_from_config(cfg, head_cfg, strides, resolution=None):
+    """RoIPooler from a head's ROI_XFORM_* keys (cfg.FAST_RCNN, cfg.MRCNN or cfg.KRCNN), the FPN
+    canonical level / scale and the MODEL box switches; ``resolution`` overrides the head's."""
+    return RoIPooler(
+        resolution or head_cfg.ROI_XFORM_RESOLUTION,
+        strides,
+        sampling_ratio=head_cfg.ROI_XFORM_SAMPLING_RATIO,
+        method=head_cfg.ROI_XFORM_METHOD,
+        aligned=cfg.MODEL.ROI_ALIGN_ALIGNED,
+        canonical_level=cfg.FPN.ROI_CANONICAL_LEVEL,
+        canonical_scale=cfg.FPN.ROI_CANONICAL_SCALE,
+        legacy_plus_one=cfg.MODEL.BBOX_LEGACY_PLUS_ONE,
+    )

@@ -33,7 +33,7 @@ from detectron_lib.modeling.backbone.build import (
 )
 from detectron_lib.modeling.backbone.resnet import RESNET_BLOCK_COUNTS, make_stage
 from detectron_lib.modeling.init import constant_fill_, fill_, gaussian_fill_
-from detectron_lib.modeling.poolers import RoIPooler
+from detectron_lib.modeling.poolers import roi_pooler_from_config
 from detectron_lib.structures.masks import (
     bitmap_to_mask_in_box,
     is_rle,
@@ -458,15 +458,6 @@ def build_mask_roi_heads(cfg, backbone_out_channels, backbone_strides, box_head=
                 f"{predicted}x{predicted} masks; set MRCNN.RESOLUTION to {predicted}")
         weight_fill = m.CONV_INIT if m.CLS_SPECIFIC_MASK else "GaussianFill"
         predictor = MaskPredictor(head.out_channels, num_masks, weight_fill, m.UPSAMPLE_RATIO)
-    pooler = RoIPooler(
-        m.ROI_XFORM_RESOLUTION,
-        [backbone_strides[name] for name in in_features],
-        sampling_ratio=m.ROI_XFORM_SAMPLING_RATIO,
-        method=m.ROI_XFORM_METHOD,
-        aligned=cfg.MODEL.ROI_ALIGN_ALIGNED,
-        canonical_level=cfg.FPN.ROI_CANONICAL_LEVEL,
-        canonical_scale=cfg.FPN.ROI_CANONICAL_SCALE,
-        legacy_plus_one=cfg.MODEL.BBOX_LEGACY_PLUS_ONE,
-    )
+    pooler = roi_pooler_from_config(cfg, m, [backbone_strides[name] for name in in_features])
     return MaskROIHeads(pooler, head, predictor, in_features, m.CLS_SPECIFIC_MASK,
                         shared_res5=shared_res5, loss_weight=m.WEIGHT_LOSS_MASK)
