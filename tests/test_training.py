@@ -174,3 +174,25 @@ def test_diverging_loss_stops_naming_the_iteration(tiny_dataset, tmp_path, monke
     cfg = load_config(BASE_CONFIG, tiny_overrides(tiny_dataset, tmp_path / "nan"))
     with pytest.raises(TrainingError, match="at iteration 2"):
         train(cfg)
+
+
+def test_two_process_inference_merges_to_the_single_process_result(tiny_dataset, tmp_path):
+    out = tmp_path / "run"
+    assert cli_main(["train", "--cfg", BASE_CONFIG, *tiny_overrides(tiny_dataset, out, **{"SOLVER.MAX_ITER": "2"})]) == 0
+    weights = str(out / "model_final.pth")
+    single, double = tmp_path / "single", tmp_path / "double"
+    assert cli_main(["test", "--cfg", BASE_CONFIG, "--weights", weights, *tiny_overrides(tiny_dataset, single)]) == 0
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "detectron_lib.cli", "test", "--cfg", BASE_CONFIG, "--weights", weights,
+           *tiny_overrides(tiny_dataset, double)]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    detections = [json.loads((d / "tiny_shapes_bbox_results.json").read_text()) for d in (single, double)]
+    key = lambda det: (det["image_id"], -det["score"], det["category_id"])
+    assert len(detections[0]) == len(detections[1]) > 0
+    for a, b in zip(sorted(detections[0], key=key), sorted(detections[1], key=key)):
+        assert a["image_id"] == b["image_id"] and a["category_id"] == b["category_id"]
+        assert a["bbox"] == pytest.approx(b["bbox"], abs=1e-3) and a["score"] == pytest.approx(b["score"], abs=1e-5)
+    metrics = [json.loads((d / "metrics.json").read_text()) for d in (single, double)]
+    assert metrics[0]["bbox/AP"] == pytest.approx(metrics[1]["bbox/AP"], abs=1e-6)
