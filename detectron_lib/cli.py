@@ -13,8 +13,9 @@ from detectron_lib.errors import DetectronError
 def _add_cfg_args(parser):
     parser.add_argument("--cfg", dest="cfg_file", required=True, help="config YAML (Detectron format)")
     parser.add_argument(
-        "opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
-        help="config overrides, e.g. TRAIN.SCALES '(400,)' SOLVER.BASE_LR 0.01",
+        "opts", nargs="*", metavar="KEY VALUE",
+        help="config overrides, e.g. TRAIN.SCALES '(400,)' SOLVER.BASE_LR 0.01 (before or "
+             "after the options)",
     )
 
 
@@ -132,8 +133,20 @@ def build_parser():
     return parser
 
 
+def parse_args(argv=None):
+    """Parse the command line; KEY VALUE overrides may come before, between or after options."""
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    unknown_options = [token for token in extras if token.startswith("--")]
+    if unknown_options or (extras and not hasattr(args, "opts")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown_options or extras)}")
+    if extras:
+        args.opts = list(args.opts) + extras
+    return args
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         args.func(args)
