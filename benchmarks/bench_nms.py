@@ -4,13 +4,12 @@
 Soft-NMS has no torchvision counterpart: its time alone is reported (target < 100 ms).
 Run: .venv/bin/python benchmarks/bench_nms.py
 """
-import argparse
 
 import torch
 import torchvision
 
 from detectron_lib import ops
-from timing import compare, setup_threads, timed
+from timing import bench_args, compare, timed
 
 
 def clustered_boxes(num_boxes, num_objects, generator):
@@ -26,12 +25,8 @@ def clustered_boxes(num_boxes, num_objects, generator):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--boxes", type=int, default=10_000)
-    args = parser.parse_args()
-    setup_threads(args.threads)
+    args = bench_args(__doc__, repeats=9,
+                      extra=lambda parser: parser.add_argument("--boxes", type=int, default=10_000))
     generator = torch.Generator().manual_seed(0)
     boxes, scores = clustered_boxes(args.boxes, 300, generator)
     classes = torch.randint(0, 80, (args.boxes,), generator=generator)

@@ -6,7 +6,6 @@ F.interpolate; ours samples the mask bilinearly at every pixel centre (grid_samp
 semantics, sub-pixel boxes). The figures compare the cost of the same job.
 Run: .venv/bin/python benchmarks/bench_paste_masks.py
 """
-import argparse
 
 import torch
 from torchvision.models.detection.roi_heads import paste_masks_in_image
@@ -14,15 +13,11 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image
 from bench_roi_align import random_rois
 from detectron_lib import ops
 from detectron_lib.ops import reference
-from timing import compare, setup_threads
+from timing import bench_args, compare
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=7)
-    args = parser.parse_args()
-    setup_threads(args.threads)
+    args = bench_args(__doc__, repeats=7)
     generator = torch.Generator().manual_seed(0)
     height, width = 800, 1333
     masks = torch.rand(100, 28, 28, generator=generator)

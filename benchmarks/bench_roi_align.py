@@ -5,7 +5,6 @@ sampling_ratio 2) and an FPN training step (512 RoIs per image x 2 images over P
 800x1333 input, levels assigned with Detectron's rule), where ours is one multi-level call
 and torchvision one roi_align per level. Run: .venv/bin/python benchmarks/bench_roi_align.py
 """
-import argparse
 import math
 
 import torch
@@ -13,7 +12,7 @@ import torchvision
 
 from detectron_lib import ops
 from detectron_lib.ops import reference
-from timing import compare, setup_threads
+from timing import bench_args, compare
 
 
 def random_rois(num_rois, batch_size, image_h, image_w, min_size, max_size, generator):
@@ -89,11 +88,7 @@ def fpn_case(generator, repeats):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=7)
-    args = parser.parse_args()
-    setup_threads(args.threads)
+    args = bench_args(__doc__, repeats=7)
     generator = torch.Generator().manual_seed(0)
     issue_case(generator, args.repeats)
     fpn_case(generator, args.repeats)

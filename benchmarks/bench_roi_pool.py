@@ -5,14 +5,13 @@ position-sensitive ops at an R-FCN size (2 images, 7x7 bins x 21 classes = 1029 
 at stride 16 of 600x1000, 300 RoIs per image). Forward and backward are timed apart.
 Run: .venv/bin/python benchmarks/bench_roi_pool.py
 """
-import argparse
 
 import torch
 import torchvision
 
 from bench_roi_align import random_rois
 from detectron_lib import ops
-from timing import compare, setup_threads
+from timing import bench_args, compare
 
 
 def forward_and_backward(name, ours_fn, theirs_fn, features, generator, repeats):
@@ -27,11 +26,7 @@ def forward_and_backward(name, ours_fn, theirs_fn, features, generator, repeats)
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
-    setup_threads(args.threads)
+    args = bench_args(__doc__, repeats=5)
     generator = torch.Generator().manual_seed(0)
 
     features = torch.randn(4, 256, 40, 40, generator=generator, requires_grad=True)

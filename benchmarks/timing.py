@@ -3,6 +3,7 @@
 Runs two callables alternately (A, B, A, B, ...) in one process after warm-up runs, so
 machine load drifts hit both equally, and reports the median of each and their ratio.
 """
+import argparse
 import statistics
 import time
 
@@ -38,6 +39,17 @@ def timed(name, fn, repeats=7, warmup=1):
     median = statistics.median(times)
     print(f"{name:<48} ours {median * 1e3:9.2f} ms", flush=True)
     return median
+
+
+def bench_args(description, repeats, extra=lambda parser: None):
+    """Parse a benchmark's --threads / --repeats (plus ``extra``'s options), set the threads."""
+    parser = argparse.ArgumentParser(description=description.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=repeats)
+    extra(parser)
+    args = parser.parse_args()
+    setup_threads(args.threads)
+    return args
 
 
 def setup_threads(threads):
