@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from detectron_lib.config import load_config
+from detectron_lib.config import ConfigError, load_config
+from detectron_lib.modeling.backbone import body_autocast_dtype, body_features
 from detectron_lib.modeling.meta_arch import build_model
 from detectron_lib.modeling.poolers import RoIPooler, assign_fpn_levels
 from detectron_lib.modeling.roi_heads.fast_rcnn import (
@@ -160,3 +161,41 @@ def test_detectron_config_trains_one_step_and_infers(reference_dir, name, expect
         # Boxes come back in original-image pixels: inside (w, h) / scale.
         assert (result.boxes[:, 2] <= w / scale + 1e-3).all() and (result.boxes[:, 3] <= h / scale + 1e-3).all()
         assert (result.scores[:-1] >= result.scores[1:]).all()
+
+
+def test_bfloat16_body_features_are_float32_and_close_to_float32_body(reference_dir):
+    # MODEL.BODY_PRECISION bfloat16 autocasts the backbone only: heads get float32 maps whose
+    # values stay within bfloat16's ~3 significant digits of the float32 body's.
+    name = reference_dir / "detectron_configs" / "12_2017_baselines" / "e2e_faster_rcnn_R-50-FPN_1x.yaml"
+    overrides = ["MODEL.NUM_CLASSES", "5", "MODEL.BODY_PRECISION"]
+    torch.manual_seed(0)
+    model_fp32 = build_model(load_config(name, overrides + ["float32"])).eval()
+    model_bf16 = build_model(load_config(name, overrides + ["bfloat16"])).eval()
+    model_bf16.load_state_dict(model_fp32.state_dict())
+    images = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        reference = model_fp32.backbone(images)
+        mixed = body_features(model_bf16.backbone, images, model_bf16.body_precision)
+    assert list(mixed) == list(reference)
+    for level, features in mixed.items():
+        assert features.dtype == torch.float32
+        scale = reference[level].abs().max()
+        assert (features - reference[level]).abs().max() < 0.05 * scale, level
+        assert not torch.equal(features, reference[level]), "the body did not run in bfloat16"
+    # The whole model, in inference, keeps float32 boxes and scores.
+    with torch.no_grad():
+        (result,) = model_bf16(images, [(64, 96)], [1.0])
+    assert result.boxes.dtype == torch.float32 and result.scores.dtype == torch.float32
+
+
+@pytest.mark.parametrize("precision,device_type,expected", [
+    ("auto", "cpu", None), ("auto", "cuda", torch.float16), ("float32", "cuda", None),
+    ("bfloat16", "cpu", torch.bfloat16), ("float16", "cuda", torch.float16),
+])
+def test_body_autocast_dtype(precision, device_type, expected):
+    assert body_autocast_dtype(precision, device_type) == expected
+
+
+def test_body_precision_rejects_unknown_value():
+    with pytest.raises(ConfigError, match="MODEL.BODY_PRECISION.*bfloat16"):
+        load_config(None, ["MODEL.BODY_PRECISION", "bf16"])

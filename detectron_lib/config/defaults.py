@@ -581,6 +581,11 @@ _C.DEVICE = "auto"
 _C.MODEL.BBOX_LEGACY_PLUS_ONE = False
 # RoIAlign with the half-pixel offset of detectron2 / torchvision (False: Detectron's RoIAlign)
 _C.MODEL.ROI_ALIGN_ALIGNED = False
+# Precision of the convolutional body (backbone and FPN) in training and inference: 'auto'
+# (float16 autocast on CUDA, float32 on the CPU), 'float32', 'float16' or 'bfloat16'. Heads,
+# box coding and losses always run in float32. bfloat16 pays on CPUs with native bf16
+# arithmetic (AVX512-BF16 / AMX) and on recent GPUs.
+_C.MODEL.BODY_PRECISION = "auto"
 
 _C.freeze()
 

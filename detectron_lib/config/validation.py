@@ -22,6 +22,7 @@ CHOICE_KEYS = {
     "TEST.BBOX_VOTE.SCORING_METHOD": (
         "ID", "TEMP_AVG", "AVG", "IOU_AVG", "GENERALIZED_AVG", "QUASI_SUM",
     ),
+    "MODEL.BODY_PRECISION": ("auto", "float32", "float16", "bfloat16"),
 }
 
 # Stages after which ResNet backbones can stop gradients (0: train everything).

@@ -26,6 +26,7 @@ from detectron_lib.engine.checkpoint import (
 from detectron_lib.engine.distributed import all_reduce_mean, barrier, init_distributed
 from detectron_lib.engine.optim import build_optimizer, lr_schedule_from_cfg, set_lr
 from detectron_lib.errors import DetectronError
+from detectron_lib.modeling.backbone.build import body_autocast_dtype
 from detectron_lib.modeling.meta_arch import build_model
 from detectron_lib.utils.io import atomic_write
 
@@ -71,8 +72,9 @@ def train(cfg, output_dir=None, log_period=20):
     loader = build_train_loader(cfg, start_iter=start_iter, rank=dist_info.rank,
                                 world_size=dist_info.world_size)
     log_file = _open_train_log(output_dir / TRAIN_LOG, start_iter) if dist_info.is_main else None
-    use_amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    # The model runs its body in MODEL.BODY_PRECISION itself; float16 gradients need scaling.
+    float16_body = body_autocast_dtype(cfg.MODEL.BODY_PRECISION, device.type) == torch.float16
+    scaler = torch.amp.GradScaler(device.type, enabled=float16_body)
     model.train()
     data_start = time.perf_counter()
     try:
@@ -81,8 +83,7 @@ def train(cfg, output_dir=None, log_period=20):
             step_start = time.perf_counter()
             lr = lr_at(it)
             set_lr(optimizer, lr)
-            with torch.autocast(device.type, enabled=use_amp):
-                losses = model(**batch.model_inputs(device))
+            losses = model(**batch.model_inputs(device))
             total = sum(losses.values())
             if not torch.isfinite(total):
                 raise TrainingError(

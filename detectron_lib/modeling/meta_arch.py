@@ -12,7 +12,7 @@ import detectron_lib.modeling.roi_heads.box_head  # noqa: F401  (registers the b
 from detectron_lib.config.names import MODEL_TYPE
 from detectron_lib.errors import ConfigError
 from detectron_lib.modeling.anchors import AnchorGenerator, fpn_rpn_anchor_specs
-from detectron_lib.modeling.backbone.build import build_backbone, build_roi_box_head
+from detectron_lib.modeling.backbone.build import body_features, build_backbone, build_roi_box_head
 from detectron_lib.modeling.poolers import roi_pooler_from_config
 from detectron_lib.modeling.roi_heads.fast_rcnn import (
     BoxROIHeads,
@@ -27,10 +27,11 @@ from detectron_lib.structures.boxes import BoxCoder
 class GeneralizedRCNN(nn.Module):
     """backbone -> (RPN) -> (box RoI heads) -> (mask heads).
 
-    Images enter normalized and padded, (N, 3, H, W).
+    Images enter normalized and padded, (N, 3, H, W). ``body_precision`` is
+    MODEL.BODY_PRECISION, the precision the backbone runs in.
     """
 
-    def __init__(self, backbone, rpn=None, roi_heads=None, mask_heads=None):
+    def __init__(self, backbone, rpn=None, roi_heads=None, mask_heads=None, body_precision="float32"):
         super().__init__()
         if rpn is None and roi_heads is None:
             raise ValueError("a generalized R-CNN needs an RPN, RoI heads, or both")
@@ -38,6 +39,7 @@ class GeneralizedRCNN(nn.Module):
         self.rpn = rpn
         self.roi_heads = roi_heads
         self.mask_heads = mask_heads
+        self.body_precision = body_precision
 
     def forward(self, images, image_sizes, scales, targets=None, seeds=None, proposals=None):
         """Run the model on a batch.
@@ -52,7 +54,7 @@ class GeneralizedRCNN(nn.Module):
         scaled back to original-image pixels (RPN only: proposals with their scores); with
         mask heads the detections also carry ``mask_probs`` (N, M, M) in box coordinates.
         """
-        features = self.backbone(images)
+        features = body_features(self.backbone, images, self.body_precision)
         generators = None
         if targets is not None and seeds is not None:
             generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
@@ -165,7 +167,7 @@ def build_generalized_rcnn(cfg):
             raise ConfigError("MODEL.MASK_ON needs box RoI heads; set MODEL.RPN_ONLY to False")
         mask_heads = build_mask_roi_heads(cfg, backbone.out_channels, backbone.strides,
                                           box_head=roi_heads.box_head)
-    return GeneralizedRCNN(backbone, rpn, roi_heads, mask_heads)
+    return GeneralizedRCNN(backbone, rpn, roi_heads, mask_heads, cfg.MODEL.BODY_PRECISION)
 
 
 def build_model(cfg):

@@ -4,6 +4,8 @@ Importing this package registers the builders under Detectron's MODEL.CONV_BODY,
 FAST_RCNN.ROI_BOX_HEAD and RESNETS.*_FUNC names (see build.py).
 """
 from detectron_lib.modeling.backbone.build import (
+    body_autocast_dtype,
+    body_features,
     build_backbone,
     build_roi_box_head,
     fpn_levels_from_config,
@@ -29,6 +31,8 @@ __all__ = [
     "ResNetRoIHead",
     "VGG16Body",
     "VGG16RoIHead",
+    "body_autocast_dtype",
+    "body_features",
     "build_backbone",
     "build_roi_box_head",
     "detectron_blob_names",

@@ -19,6 +19,8 @@ ZERO_INIT_LATERAL, USE_GN).
 import re
 from functools import partial
 
+import torch
+
 from detectron_lib.config.names import (
     CONV_BODY,
     RESNET_SHORTCUT_FUNC,
@@ -212,6 +214,24 @@ def resnet_roi_head_from_config(cfg, in_channels):
 def vgg16_roi_head_from_config(cfg, in_channels):
     """fc6/fc7 head; Detectron pools its RoIs at 7x7 whatever ROI_XFORM_RESOLUTION says."""
     return VGG16RoIHead(in_channels=in_channels)
+
+
+def body_autocast_dtype(precision, device_type):
+    """The autocast dtype MODEL.BODY_PRECISION selects on ``device_type``; None: float32."""
+    if precision == "auto":
+        return torch.float16 if device_type == "cuda" else None
+    return None if precision == "float32" else getattr(torch, precision)
+
+
+def body_features(backbone, images, precision):
+    """Feature maps of ``images`` (N, 3, H, W), the body run in the MODEL.BODY_PRECISION
+    ``precision``; the maps come back in float32 for the heads, box coding and losses."""
+    dtype = body_autocast_dtype(precision, images.device.type)
+    if dtype is None:
+        return backbone(images)
+    with torch.autocast(images.device.type, dtype=dtype):
+        features = backbone(images)
+    return type(features)((name, f.float()) for name, f in features.items())
 
 
 def build_backbone(cfg):
