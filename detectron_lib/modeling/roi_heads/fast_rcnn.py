@@ -125,12 +125,16 @@ class BoxROIHeads(nn.Module):
         pooled = self.pooler([features[f] for f in self.in_features], boxes_per_image)
         return self.box_head(pooled)
 
+    def predict(self, features, boxes_per_image):
+        """(cls_logits (R, K+1), box_deltas (R, 4(K+1)) or (R, 8)) for the concatenated boxes."""
+        return self.predictor(self.box_features(features, boxes_per_image))
+
     def forward(self, features, proposals, gt_instances=None, generators=None):
         """Training: (sampled RoIs, losses). Inference: ([Instances(boxes, scores, classes)], {})."""
         if gt_instances is not None:
             rois = sample_rois(proposals, gt_instances, self.matcher, self.batch_size_per_image,
                                self.fg_fraction, self.box_coder, generators)
-            cls_logits, deltas = self.predictor(self.box_features(features, [r.boxes for r in rois]))
+            cls_logits, deltas = self.predict(features, [r.boxes for r in rois])
             losses = fast_rcnn_losses(cls_logits, deltas, torch.cat([r.classes for r in rois]),
                                       torch.cat([r.regression_targets for r in rois]))
             return rois, losses
@@ -138,7 +142,7 @@ class BoxROIHeads(nn.Module):
 
     @torch.no_grad()
     def inference(self, features, proposals):
-        cls_logits, deltas = self.predictor(self.box_features(features, [p.boxes for p in proposals]))
+        cls_logits, deltas = self.predict(features, [p.boxes for p in proposals])
         scores = F.softmax(cls_logits, dim=1)
         results = []
         start = 0
