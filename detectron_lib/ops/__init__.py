@@ -8,7 +8,7 @@ implementations of detectron_lib.ops.reference. If the kernels are not built, im
 this package warns and falls back to the references.
 """
 from detectron_lib.ops._backend import KERNELS_ERROR, get_backend, set_backend
-from detectron_lib.ops.boxes import batched_nms, box_iou, nms, soft_nms
+from detectron_lib.ops.boxes import batched_nms, box_iou, box_voting, nms, soft_nms
 from detectron_lib.ops.masks import paste_masks
 from detectron_lib.ops.roi_ops import (
     boxes_to_rois,
@@ -26,6 +26,7 @@ __all__ = [
     "KERNELS_ERROR",
     "batched_nms",
     "box_iou",
+    "box_voting",
     "boxes_to_rois",
     "get_backend",
     "multilevel_roi_align",

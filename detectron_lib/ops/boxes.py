@@ -1,8 +1,10 @@
-"""NMS, class-wise NMS, soft-NMS and pairwise IoU of (x1, y1, x2, y2) boxes (no +1 widths).
+"""NMS, class-wise NMS, soft-NMS, box voting and pairwise IoU of (x1, y1, x2, y2) boxes (no +1
+widths).
 
 nms, batched_nms and box_iou are drop-ins for torchvision.ops'. CPU tensors run the
 compiled kernels (or the references when that backend is selected); CUDA tensors run
-torchvision (soft-NMS, which torchvision lacks, runs on the CPU and moves back).
+torchvision (soft-NMS, which torchvision lacks, runs on the CPU and moves back). Box voting
+is plain tensor code on any device.
 """
 import torch
 import torchvision
@@ -68,3 +70,59 @@ def box_iou(boxes1, boxes2):
     if not _backend.use_kernels():
         return reference.box_iou(boxes1, boxes2)
     return torch.ops.detectron.box_iou(boxes1, boxes2.to(boxes1.dtype))
+
+
+BOX_VOTING_SCORING_METHODS = ("ID", "TEMP_AVG", "AVG", "IOU_AVG", "GENERALIZED_AVG", "QUASI_SUM")
+
+
+def box_voting(top_boxes, top_scores, all_boxes, all_scores, iou_threshold, scoring_method="ID",
+               beta=1.0, top_labels=None, all_labels=None):
+    """Box voting (Gidaris & Komodakis 2015) with Detectron's box_utils.box_voting scorings.
+
+    The voters of a kept box are the boxes of ``all_boxes`` with IoU >= iou_threshold against
+    it (and, when labels are given, the same label). The kept box becomes the score-weighted
+    mean of its voters; its score becomes, over the voters' scores s_i (IoUs o_i, n voters):
+    ID: unchanged; AVG: mean s_i; IOU_AVG: sum o_i s_i / sum o_i; GENERALIZED_AVG:
+    (mean s_i^beta)^(1/beta); QUASI_SUM: sum s_i / n^beta; TEMP_AVG: mean of
+    sigmoid(logit(s_i) / beta), the two-class softmax (s_i, 1 - s_i) at temperature beta.
+    A box without voters (or whose voters all score 0) is returned unchanged.
+
+    top_boxes: (N, 4), top_scores: (N,) - typically NMS survivors; all_boxes: (M, 4),
+    all_scores: (M,) - the candidates before NMS; labels: (N,), (M,) int or None.
+    Pure tensor code (no kernel): one (N, M) IoU matrix. Returns (boxes (N, 4), scores (N,)).
+    """
+    if scoring_method not in BOX_VOTING_SCORING_METHODS:
+        raise ConfigError(
+            f"box-voting scoring method {scoring_method!r} is unknown "
+            f"(TEST.BBOX_VOTE.SCORING_METHOD); use one of {', '.join(BOX_VOTING_SCORING_METHODS)}")
+    if scoring_method in ("TEMP_AVG", "GENERALIZED_AVG") and beta == 0:
+        raise ConfigError(f"box-voting scoring method {scoring_method} divides by beta "
+                          "(TEST.BBOX_VOTE.SCORING_METHOD_BETA); it must not be 0")
+    dtype = all_boxes.dtype
+    iou = box_iou(top_boxes, all_boxes).to(dtype)
+    voters = iou >= iou_threshold
+    if top_labels is not None:
+        voters &= top_labels[:, None] == all_labels[None, :]
+    is_voter = voters.to(dtype)
+    scores = all_scores.to(dtype)
+    weights = is_voter * scores[None, :]
+    weight_sum = weights.sum(dim=1)
+    valid = weight_sum > 0
+    voted = (weights @ all_boxes) / weight_sum.clamp(min=torch.finfo(dtype).tiny)[:, None]
+    boxes = torch.where(valid[:, None], voted, top_boxes.to(dtype))
+    count = is_voter.sum(dim=1).clamp(min=1)
+    if scoring_method == "ID":
+        return boxes, top_scores
+    if scoring_method == "AVG":
+        new_scores = weight_sum / count
+    elif scoring_method == "IOU_AVG":
+        overlap = is_voter * iou
+        new_scores = (overlap @ scores) / overlap.sum(dim=1).clamp(min=torch.finfo(dtype).tiny)
+    elif scoring_method == "GENERALIZED_AVG":
+        powered = torch.where(voters, scores.pow(beta)[None, :], torch.zeros_like(iou))
+        new_scores = (powered.sum(dim=1) / count).pow(1.0 / beta)
+    elif scoring_method == "QUASI_SUM":
+        new_scores = weight_sum / count.pow(beta)
+    else:  # TEMP_AVG
+        new_scores = (is_voter @ torch.sigmoid(torch.logit(scores) / beta)) / count
+    return boxes, torch.where(valid, new_scores.to(top_scores.dtype), top_scores)

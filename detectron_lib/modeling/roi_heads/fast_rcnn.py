@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from detectron_lib import ops
+from detectron_lib.modeling.postprocess import class_wise_nms
 from detectron_lib.modeling.sampling import Matcher, sample_labels
 from detectron_lib.structures.boxes import BoxCoder, clip_boxes, nonempty_boxes
 from detectron_lib.structures.instances import Instances
@@ -73,10 +74,12 @@ def fast_rcnn_losses(cls_logits, box_deltas, classes, regression_targets, smooth
 
 
 def box_results_with_nms_and_limit(scores, boxes, image_size, score_thresh, nms_thresh,
-                                   detections_per_image):
-    """Per-class thresholding and NMS, then the top ``detections_per_image`` over classes.
+                                   detections_per_image, soft_nms=None, box_voting=None):
+    """Per-class thresholding and NMS (or soft-NMS, then box voting when given: see
+    modeling.postprocess), then the top ``detections_per_image`` over classes.
 
     scores: (R, K+1) softmax probabilities. boxes: (R, 4(K+1)) decoded and clipped.
+    soft_nms: postprocess.SoftNMS or None; box_voting: postprocess.BoxVoting or None.
     Returns Instances(boxes, scores, classes) with classes in 1..K.
     """
     num_classes = scores.shape[1]
@@ -92,11 +95,9 @@ def box_results_with_nms_and_limit(scores, boxes, image_size, score_thresh, nms_
     det_scores = scores[roi_idx, cls_idx]
     keep = nonempty_boxes(det_boxes)
     det_boxes, det_scores, cls_idx = det_boxes[keep], det_scores[keep], cls_idx[keep]
-    keep = ops.batched_nms(det_boxes, det_scores, cls_idx, nms_thresh)
-    if detections_per_image > 0:
-        keep = keep[:detections_per_image]
-    return Instances(image_size, boxes=det_boxes[keep], scores=det_scores[keep],
-                     classes=cls_idx[keep] + 1)
+    det_boxes, det_scores, cls_idx = class_wise_nms(
+        det_boxes, det_scores, cls_idx, nms_thresh, soft_nms, box_voting, detections_per_image)
+    return Instances(image_size, boxes=det_boxes, scores=det_scores, classes=cls_idx + 1)
 
 
 class BoxROIHeads(nn.Module):
@@ -104,10 +105,12 @@ class BoxROIHeads(nn.Module):
 
     pooler: RoIPooler. box_head: a module with ``out_dim`` (MLPHead, ConvFCHead, or the
     res5 / VGG fc heads of the backbone). in_features: feature names to pool from.
+    soft_nms / box_voting: the test-time options of modeling.postprocess (None: off).
     """
 
     def __init__(self, pooler, box_head, predictor, in_features, *, matcher, batch_size_per_image,
-                 fg_fraction, box_coder, score_thresh, nms_thresh, detections_per_image):
+                 fg_fraction, box_coder, score_thresh, nms_thresh, detections_per_image,
+                 soft_nms=None, box_voting=None):
         super().__init__()
         self.pooler = pooler
         self.box_head = box_head
@@ -120,6 +123,8 @@ class BoxROIHeads(nn.Module):
         self.score_thresh = score_thresh
         self.nms_thresh = nms_thresh
         self.detections_per_image = detections_per_image
+        self.soft_nms = soft_nms
+        self.box_voting = box_voting
 
     def box_features(self, features, boxes_per_image):
         pooled = self.pooler([features[f] for f in self.in_features], boxes_per_image)
@@ -142,6 +147,13 @@ class BoxROIHeads(nn.Module):
 
     @torch.no_grad()
     def inference(self, features, proposals):
+        return [self.postprocess(scores, boxes, props.image_size)
+                for (scores, boxes), props in zip(self.predict_boxes(features, proposals), proposals)]
+
+    @torch.no_grad()
+    def predict_boxes(self, features, proposals):
+        """Per image, before NMS: (scores (R, K+1) softmax probabilities, boxes (R, 4(K+1)) or
+        (R, 8) class-agnostic, decoded and clipped, in the pixels of the proposals' image)."""
         cls_logits, deltas = self.predict(features, [p.boxes for p in proposals])
         scores = F.softmax(cls_logits, dim=1)
         results = []
@@ -151,11 +163,16 @@ class BoxROIHeads(nn.Module):
             h, w = props.image_size
             boxes = self.box_coder.decode(deltas[start:start + n], props.boxes)
             boxes = clip_boxes(boxes.view(-1, 4), h, w, self.box_coder.legacy_plus_one).view(n, -1)
-            results.append(box_results_with_nms_and_limit(
-                scores[start:start + n], boxes, props.image_size, self.score_thresh,
-                self.nms_thresh, self.detections_per_image))
+            results.append((scores[start:start + n], boxes))
             start += n
         return results
+
+    def postprocess(self, scores, boxes, image_size):
+        """Detections of one image from predict_boxes' (scores, boxes): thresholding, NMS or
+        soft-NMS, box voting and the limit. Returns Instances(boxes, scores, classes)."""
+        return box_results_with_nms_and_limit(
+            scores, boxes, image_size, self.score_thresh, self.nms_thresh,
+            self.detections_per_image, self.soft_nms, self.box_voting)
 
 
 def build_fast_rcnn_matcher(fg_thresh, bg_thresh_hi, bg_thresh_lo):
