@@ -20,3 +20,19 @@ def test_draws_box_mask_and_keypoints_above_threshold_only():
     # The kept mask is tinted, the untouched background stays black.
     assert out[35, 25].sum() > 0
     assert out[2, 2].sum() == 0
+
+
+def test_keypoints_below_threshold_and_their_lines_are_not_drawn():
+    """keypoint_thresh (Detectron's infer_simple: logit >= 2) hides low-scoring keypoints and
+    every skeleton line touching one; the others are drawn."""
+    image = np.zeros((60, 80, 3), dtype=np.uint8)
+    boxes = np.array([[0, 0, 79, 59]], dtype=np.float32)
+    kps = np.array([[[20, 30, 5.0], [60, 30, 0.5], [20, 50, 3.0]]], dtype=np.float32)
+    out = np.asarray(draw_detections(image, boxes, [1], [0.9], ["star"], keypoints=kps,
+                                     skeleton=[(0, 1), (0, 2)], keypoint_thresh=2.0))
+    assert out[30, 20].sum() > 0 and out[50, 20].sum() > 0   # drawn points
+    assert out[40, 20].sum() > 0                              # line 0-2
+    assert out[30, 60].sum() == 0 and out[30, 40].sum() == 0  # hidden point, no line 0-1
+    every = np.asarray(draw_detections(image, boxes, [1], [0.9], ["star"], keypoints=kps,
+                                       skeleton=[(0, 1), (0, 2)]))
+    assert every[30, 60].sum() > 0 and every[30, 40].sum() > 0

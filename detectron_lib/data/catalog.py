@@ -42,6 +42,13 @@ COCO_PERSON_KEYPOINT_FLIP_MAP = tuple(
     (f"left_{part}", f"right_{part}")
     for part in ("eye", "ear", "shoulder", "elbow", "wrist", "hip", "knee", "ankle")
 )
+# The lines drawn between keypoints: the 'skeleton' of COCO's person category (1-based there).
+COCO_PERSON_KEYPOINT_SKELETON = tuple(
+    (COCO_PERSON_KEYPOINT_NAMES[a - 1], COCO_PERSON_KEYPOINT_NAMES[b - 1])
+    for a, b in ((16, 14), (14, 12), (17, 15), (15, 13), (12, 13), (6, 12), (7, 13), (6, 7),
+                 (6, 8), (7, 9), (8, 10), (9, 11), (2, 3), (1, 2), (1, 3), (2, 4), (3, 5),
+                 (4, 6), (5, 7))
+)
 # COCO's per-keypoint OKS standard deviations (cocoeval.py's kpt_oks_sigmas).
 COCO_PERSON_KEYPOINT_OKS_SIGMAS = tuple(
     v / 10.0 for v in (.26, .25, .25, .35, .35, .79, .79, .72, .72, .62, .62,
@@ -57,7 +64,7 @@ CITYSCAPES_CATEGORY_NAMES = (
 )
 
 _METADATA_KEYS = ("category_names", "keypoint_names", "keypoint_flip_map",
-                  "keypoint_oks_sigmas", "image_prefix", "devkit_dir")
+                  "keypoint_oks_sigmas", "keypoint_skeleton", "image_prefix", "devkit_dir")
 
 
 @dataclass(frozen=True)
@@ -66,7 +73,8 @@ class DatasetEntry:
 
     annotation_file, image_dir, devkit_dir: paths, relative ones under the data root.
     category_names: names in category-id order, or None to take them from the JSON.
-    keypoint_*: per-keypoint names, left/right pairs swapped by a flip, OKS sigmas.
+    keypoint_*: per-keypoint names, left/right pairs swapped by a flip, OKS sigmas, and the
+        pairs of names joined by a line when keypoints are drawn (skeleton).
     image_prefix: prefix of image file names missing from the JSON (COCO 2017 test).
     synthetic: generate_shapes_dataset arguments for generated datasets, else None.
     """
@@ -78,6 +86,7 @@ class DatasetEntry:
     keypoint_names: tuple = None
     keypoint_flip_map: tuple = None
     keypoint_oks_sigmas: tuple = None
+    keypoint_skeleton: tuple = None
     image_prefix: str = ""
     devkit_dir: str = None
     synthetic: dict = None
@@ -116,6 +125,7 @@ def _coco(name, image_dir, annotation_file, keypoints=False, image_prefix=""):
                             keypoint_names=COCO_PERSON_KEYPOINT_NAMES,
                             keypoint_flip_map=COCO_PERSON_KEYPOINT_FLIP_MAP,
                             keypoint_oks_sigmas=COCO_PERSON_KEYPOINT_OKS_SIGMAS,
+                            keypoint_skeleton=COCO_PERSON_KEYPOINT_SKELETON,
                             image_prefix=image_prefix)
     return DatasetEntry(name, f"coco/annotations/{annotation_file}", f"coco/{image_dir}",
                         category_names=COCO_CATEGORY_NAMES, image_prefix=image_prefix)
@@ -140,7 +150,10 @@ def _shapes(name, num_images, seed, keypoints):
     if keypoints:
         kp = dict(keypoint_names=shapes.STAR_KEYPOINT_NAMES,
                   keypoint_flip_map=shapes.STAR_KEYPOINT_FLIP_MAP,
-                  keypoint_oks_sigmas=shapes.STAR_KEYPOINT_OKS_SIGMAS)
+                  keypoint_oks_sigmas=shapes.STAR_KEYPOINT_OKS_SIGMAS,
+                  keypoint_skeleton=tuple((shapes.STAR_KEYPOINT_NAMES[a - 1],
+                                           shapes.STAR_KEYPOINT_NAMES[b - 1])
+                                          for a, b in shapes.STAR_SKELETON))
     return DatasetEntry(name, f"shapes/{name}/{shapes.ANNOTATION_FILE}",
                         f"shapes/{name}/{shapes.IMAGE_DIR}",
                         category_names=shapes.dataset_categories(keypoints),
@@ -208,7 +221,8 @@ def register_coco_dataset(name, annotation_file, image_dir, **metadata):
     Args:
         annotation_file, image_dir: paths; relative ones resolve under the data root.
         **metadata: any of category_names, keypoint_names, keypoint_flip_map,
-            keypoint_oks_sigmas, image_prefix, devkit_dir; other keys are kept in ``extra``.
+            keypoint_oks_sigmas, keypoint_skeleton, image_prefix, devkit_dir; other keys are
+            kept in ``extra``.
     Returns the DatasetEntry. Re-registering an identical entry is a no-op; redefining a
     name (or a built-in one) raises DatasetError.
     """
@@ -217,8 +231,9 @@ def register_coco_dataset(name, annotation_file, image_dir, **metadata):
     for key in ("category_names", "keypoint_names", "keypoint_oks_sigmas"):
         if known.get(key) is not None:
             known[key] = tuple(known[key])
-    if known.get("keypoint_flip_map") is not None:
-        known["keypoint_flip_map"] = tuple(tuple(pair) for pair in known["keypoint_flip_map"])
+    for key in ("keypoint_flip_map", "keypoint_skeleton"):
+        if known.get(key) is not None:
+            known[key] = tuple(tuple(pair) for pair in known[key])
     entry = DatasetEntry(str(name), str(annotation_file), str(image_dir), extra=extra, **known)
     existing = _CATALOG.get(entry.name)
     if existing is not None and existing != entry:

@@ -133,12 +133,16 @@ def load_coco_json(annotation_file, image_dir, image_prefix="", min_area=0.0,
     return LoadedDataset(records, categories, keypoint_names)
 
 
-def filter_for_training(records):
-    """Records with at least one non-crowd box (Detectron trains only on those)."""
+def filter_for_training(records, require_keypoints=False):
+    """Records with at least one non-crowd box (Detectron trains only on those) and, with
+    ``require_keypoints`` (MODEL.KEYPOINTS_ON), at least one visible (v > 0) keypoint."""
     kept = [r for r in records if (~r["is_crowd"]).any()]
+    if require_keypoints:
+        kept = [r for r in kept
+                if r["keypoints"] is not None and (r["keypoints"][:, :, 2] > 0).any()]
     if len(kept) < len(records):
-        logger.info("training on %d of %d images (the others have no usable box)",
-                    len(kept), len(records))
+        logger.info("training on %d of %d images (the others have no usable box%s)",
+                    len(kept), len(records), " or keypoint" if require_keypoints else "")
     return kept
 
 

@@ -260,9 +260,9 @@ def build_train_loader(cfg, rank=0, world_size=1, start_iter=0, data_root=None):
         tuple(cfg.TRAIN.DATASETS), data_root or cfg.DATA_ROOT or None,
         min_area=cfg.TRAIN.GT_MIN_AREA, proposal_files=tuple(cfg.TRAIN.PROPOSAL_FILES),
         proposal_limit=-1)
-    dataset = TrainingDataset(filter_for_training(records), cfg.TRAIN.SCALES,
-                              cfg.TRAIN.MAX_SIZE, cfg.PIXEL_MEANS, cfg.TRAIN.USE_FLIPPED,
-                              cfg.RNG_SEED, flip_perm)
+    dataset = TrainingDataset(filter_for_training(records, cfg.MODEL.KEYPOINTS_ON),
+                              cfg.TRAIN.SCALES, cfg.TRAIN.MAX_SIZE, cfg.PIXEL_MEANS,
+                              cfg.TRAIN.USE_FLIPPED, cfg.RNG_SEED, flip_perm)
     return make_train_loader(dataset, cfg.TRAIN.IMS_PER_BATCH, cfg.RNG_SEED,
                              num_workers=cfg.DATA_LOADER.NUM_THREADS,
                              aspect_grouping=cfg.TRAIN.ASPECT_GROUPING,

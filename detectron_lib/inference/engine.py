@@ -22,6 +22,7 @@ from detectron_lib.evaluation.coco import (
     detections_to_coco_results,
     evaluate_coco,
     evaluate_proposals,
+    keypoints_to_coco_results,
     masks_to_coco_results,
 )
 from detectron_lib.errors import ConfigError
@@ -61,8 +62,9 @@ def run_inference(model, loader, device, mask_thresh=0.5):
     return results, seconds / max(len(results), 1)
 
 
-def coco_results(results, contiguous_to_json_id, legacy_plus_one):
-    """COCO result lists by type ('bbox', and 'segm' when masks are present)."""
+def coco_results(results, contiguous_to_json_id, legacy_plus_one, keypoint_confidence="bbox"):
+    """COCO result lists by type: 'bbox', 'segm' when masks are present, 'keypoints' when
+    keypoints are, scored as KRCNN.KEYPOINT_CONFIDENCE ('bbox', 'logit' or 'prob') says."""
     by_type = {"bbox": []}
     for image_id, inst in results:
         by_type["bbox"].extend(detections_to_coco_results(
@@ -70,6 +72,13 @@ def coco_results(results, contiguous_to_json_id, legacy_plus_one):
         if inst.has("masks"):
             by_type.setdefault("segm", []).extend(masks_to_coco_results(
                 image_id, inst.masks, inst.scores, inst.classes, contiguous_to_json_id))
+        if inst.has("keypoints"):
+            keypoints = inst.keypoints  # (x, y, logit)
+            if keypoint_confidence == "prob":
+                keypoints = torch.cat([keypoints[:, :, :2], inst.keypoint_probs[:, :, None]], dim=2)
+            by_type.setdefault("keypoints", []).extend(keypoints_to_coco_results(
+                image_id, keypoints, inst.scores, inst.classes, contiguous_to_json_id,
+                keypoint_confidence))
     return by_type
 
 
@@ -113,7 +122,7 @@ def test(cfg, weights, output_dir=None):
                                               legacy_plus_one=cfg.MODEL.BBOX_LEGACY_PLUS_ONE))
         else:
             by_type = coco_results(results, loader.categories.contiguous_to_json_id,
-                                   cfg.MODEL.BBOX_LEGACY_PLUS_ONE)
+                                   cfg.MODEL.BBOX_LEGACY_PLUS_ONE, cfg.KRCNN.KEYPOINT_CONFIDENCE)
             write_json_atomic(output_dir / f"{dataset_name}_bbox_results.json", by_type["bbox"])
             metrics.update(evaluate_coco(str(annotation_file), by_type,
                                          kpt_oks_sigmas=get_dataset(dataset_name).keypoint_oks_sigmas))

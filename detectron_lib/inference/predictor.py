@@ -23,6 +23,8 @@ from detectron_lib.inference.vis import draw_detections
 from detectron_lib.modeling.roi_heads.mask_head import paste_mask_probs
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+# Detectron's infer_simple draws keypoints whose heatmap logit is at least this
+KEYPOINT_DRAW_THRESH = 2.0
 
 
 def list_images(path):
@@ -50,6 +52,20 @@ def class_names_for(cfg):
     return []
 
 
+def keypoint_skeleton_for(cfg):
+    """Index pairs of the keypoints joined when drawn, from the first dataset of the config
+    whose catalog entry names keypoints and a skeleton; [] if none does."""
+    for name in tuple(cfg.TRAIN.DATASETS) + tuple(cfg.TEST.DATASETS):
+        try:
+            entry = get_dataset(name)
+        except DatasetError:
+            continue
+        if entry.keypoint_names and entry.keypoint_skeleton:
+            index = {kp: k for k, kp in enumerate(entry.keypoint_names)}
+            return [(index[a], index[b]) for a, b in entry.keypoint_skeleton]
+    return []
+
+
 class Predictor:
     """Runs a model on single BGR images: ``predictor(image) -> Instances``."""
 
@@ -61,7 +77,8 @@ class Predictor:
     @torch.no_grad()
     def __call__(self, image_bgr):
         """image_bgr: (H, W, 3) uint8. Detections in its pixels (masks pasted to (N, H, W) bool
-        when the model predicts them)."""
+        when the model predicts them, keypoints (N, K, 3) (x, y, logit) when it predicts
+        them)."""
         h, w = image_bgr.shape[:2]
         scale = compute_resize_scale(h, w, self.cfg.TEST.SCALE, self.cfg.TEST.MAX_SIZE)
         resized = resize_image(image_bgr, scale)
@@ -79,6 +96,7 @@ def infer_images(cfg, weights, input_path, output_dir, score_thresh=0.7):
     files = list_images(input_path)
     predictor = Predictor(cfg, weights)
     names = class_names_for(cfg)
+    skeleton = keypoint_skeleton_for(cfg)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     for path in files:
@@ -87,7 +105,10 @@ def infer_images(cfg, weights, input_path, output_dir, score_thresh=0.7):
         drawn = draw_detections(bgr[:, :, ::-1], detections.boxes.numpy(), detections.classes.numpy(),
                                 detections.scores.numpy(), names,
                                 masks=detections.masks.numpy() if detections.has("masks") else None,
-                                score_thresh=score_thresh)
+                                keypoints=(detections.keypoints.numpy()
+                                           if detections.has("keypoints") else None),
+                                skeleton=skeleton, score_thresh=score_thresh,
+                                keypoint_thresh=KEYPOINT_DRAW_THRESH)
         out_path = output_dir / f"{path.stem}.png"
         drawn.save(out_path)
         yield out_path

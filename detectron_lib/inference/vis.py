@@ -18,12 +18,14 @@ def class_color(class_id):
 
 
 def draw_detections(image, boxes, classes, scores, class_names, masks=None, keypoints=None,
-                    skeleton=(), score_thresh=0.7):
+                    skeleton=(), score_thresh=0.7, keypoint_thresh=None):
     """Return a PIL RGB image with the detections scoring >= ``score_thresh`` drawn on it.
 
     image: (H, W, 3) uint8 RGB. boxes: (N, 4) x1y1x2y2 in image pixels. classes: (N,) in
     1..K (class_names[k - 1] names class k). scores: (N,). masks: optional (N, H, W) bool.
     keypoints: optional (N, K, 3) with (x, y, score); skeleton: pairs of keypoint indices.
+    keypoint_thresh: draw only keypoints (and lines between two such) whose score is >= it
+    (Detectron's infer_simple: heatmap logit >= 2); None draws every keypoint.
     """
     boxes, classes, scores = (np.asarray(a) for a in (boxes, classes, scores))
     keep = np.flatnonzero(scores >= score_thresh)
@@ -52,12 +54,14 @@ def draw_detections(image, boxes, classes, scores, class_names, masks=None, keyp
         draw.rectangle([x1, top, x1 + (tx2 - tx1) + 4, top + (ty2 - ty1) + 2], fill=color)
         draw.text((x1 + 2, top), label, fill=(255, 255, 255), font=font)
         if keypoints is not None:
-            _draw_keypoints(draw, np.asarray(keypoints[i]), skeleton, color)
+            _draw_keypoints(draw, np.asarray(keypoints[i]), skeleton, color, keypoint_thresh)
     return out
 
 
-def _draw_keypoints(draw, kps, skeleton, color, radius=3):
+def _draw_keypoints(draw, kps, skeleton, color, thresh=None, radius=3):
+    shown = np.ones(len(kps), dtype=bool) if thresh is None else kps[:, 2] >= thresh
     for a, b in skeleton:
-        draw.line([tuple(kps[a, :2]), tuple(kps[b, :2])], fill=color, width=2)
-    for x, y, _ in kps:
+        if shown[a] and shown[b]:
+            draw.line([tuple(kps[a, :2]), tuple(kps[b, :2])], fill=color, width=2)
+    for x, y, _ in kps[shown]:
         draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=(255, 255, 255), outline=color)

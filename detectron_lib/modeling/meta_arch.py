@@ -19,19 +19,21 @@ from detectron_lib.modeling.roi_heads.fast_rcnn import (
     FastRCNNPredictor,
     build_fast_rcnn_matcher,
 )
+from detectron_lib.modeling.roi_heads.keypoint_head import build_keypoint_roi_heads
 from detectron_lib.modeling.roi_heads.mask_head import build_mask_roi_heads
 from detectron_lib.modeling.rpn import RPN, RPNHead, build_rpn_matcher
 from detectron_lib.structures.boxes import BoxCoder
 
 
 class GeneralizedRCNN(nn.Module):
-    """backbone -> (RPN) -> (box RoI heads) -> (mask heads).
+    """backbone -> (RPN) -> (box RoI heads) -> (mask heads) (keypoint heads).
 
     Images enter normalized and padded, (N, 3, H, W). ``body_precision`` is
     MODEL.BODY_PRECISION, the precision the backbone runs in.
     """
 
-    def __init__(self, backbone, rpn=None, roi_heads=None, mask_heads=None, body_precision="float32"):
+    def __init__(self, backbone, rpn=None, roi_heads=None, mask_heads=None, body_precision="float32",
+                 *, keypoint_heads=None):
         super().__init__()
         if rpn is None and roi_heads is None:
             raise ValueError("a generalized R-CNN needs an RPN, RoI heads, or both")
@@ -39,6 +41,7 @@ class GeneralizedRCNN(nn.Module):
         self.rpn = rpn
         self.roi_heads = roi_heads
         self.mask_heads = mask_heads
+        self.keypoint_heads = keypoint_heads
         self.body_precision = body_precision
 
     def forward(self, images, image_sizes, scales, targets=None, seeds=None, proposals=None):
@@ -52,7 +55,9 @@ class GeneralizedRCNN(nn.Module):
 
         Training: dict of losses. Inference: [Instances(boxes, scores, classes)] with boxes
         scaled back to original-image pixels (RPN only: proposals with their scores); with
-        mask heads the detections also carry ``mask_probs`` (N, M, M) in box coordinates.
+        mask heads the detections also carry ``mask_probs`` (N, M, M) in box coordinates; with
+        keypoint heads ``keypoints`` (N, K, 3) (x, y, logit) in original-image pixels and
+        ``keypoint_probs`` (N, K).
         """
         features = body_features(self.backbone, images, self.body_precision)
         generators = None
@@ -74,6 +79,9 @@ class GeneralizedRCNN(nn.Module):
         if self.mask_heads is not None:
             detections, mask_losses = self.mask_heads(features, detections, targets)
             roi_losses.update(mask_losses)
+        if self.keypoint_heads is not None:
+            detections, keypoint_losses = self.keypoint_heads(features, detections, targets, scales)
+            roi_losses.update(keypoint_losses)
         if targets is not None:
             losses.update(roi_losses)
             return losses
@@ -167,7 +175,13 @@ def build_generalized_rcnn(cfg):
             raise ConfigError("MODEL.MASK_ON needs box RoI heads; set MODEL.RPN_ONLY to False")
         mask_heads = build_mask_roi_heads(cfg, backbone.out_channels, backbone.strides,
                                           box_head=roi_heads.box_head)
-    return GeneralizedRCNN(backbone, rpn, roi_heads, mask_heads, cfg.MODEL.BODY_PRECISION)
+    keypoint_heads = None
+    if cfg.MODEL.KEYPOINTS_ON:
+        if roi_heads is None:
+            raise ConfigError("MODEL.KEYPOINTS_ON needs box RoI heads; set MODEL.RPN_ONLY to False")
+        keypoint_heads = build_keypoint_roi_heads(cfg, backbone.out_channels, backbone.strides)
+    return GeneralizedRCNN(backbone, rpn, roi_heads, mask_heads, cfg.MODEL.BODY_PRECISION,
+                           keypoint_heads=keypoint_heads)
 
 
 def build_model(cfg):
