@@ -526,7 +526,7 @@ _C.USE_NCCL = False
 _C.DEDUP_BOXES = 1.0 / 16.0
 # Clamp for predicted log width/height deltas, so exp() cannot overflow
 _C.BBOX_XFORM_CLIP = math.log(1000.0 / 16.0)
-# Per-channel pixel means subtracted from input images, in BGR order
+# Per-channel pixel means subtracted from input images, in PIXEL_ORDER (BGR by default)
 _C.PIXEL_MEANS = (102.9801, 115.9465, 122.7717)
 # Seed of the random number generators
 _C.RNG_SEED = 3
@@ -579,8 +579,19 @@ _C.DEVICE = "auto"
 # anchors, clipping and evaluation. False: x2 - x1, as torchvision and detectron2 (datasets
 # are always loaded with x2 = x + w)
 _C.MODEL.BBOX_LEGACY_PLUS_ONE = False
-# RoIAlign with the half-pixel offset of detectron2 / torchvision (False: Detectron's RoIAlign)
+# RoIAlign with the half-pixel offset of detectron2 (False: the RoIAlign of Detectron and of
+# torchvision's detection models)
 _C.MODEL.ROI_ALIGN_ALIGNED = False
+# Channel order of the images the model receives: 'BGR' (Detectron, detectron2's MSRA models)
+# or 'RGB' (torchvision); PIXEL_MEANS and PIXEL_STDS are given in this order
+_C.PIXEL_ORDER = "BGR"
+# Per-channel divisors applied after PIXEL_MEANS is subtracted, in PIXEL_ORDER (1: none, as in
+# Detectron; torchvision's ImageNet models use 255 x (0.229, 0.224, 0.225) in RGB)
+_C.PIXEL_STDS = (1.0, 1.0, 1.0)
+# Paste masks into the image as Detectron and torchvision do (the mask, padded by one cell,
+# resized to its box rounded to whole pixels); False: detectron2's bilinear sampling of the
+# mask at every pixel centre of the exact box
+_C.MRCNN.LEGACY_PASTE = False
 # Precision of the convolutional body (backbone and FPN) in training and inference: 'auto'
 # (float16 autocast on CUDA, float32 on the CPU), 'float32', 'float16' or 'bfloat16'. Heads,
 # box coding and losses always run in float32. bfloat16 pays on CPUs with native bf16

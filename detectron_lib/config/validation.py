@@ -11,6 +11,7 @@ from detectron_lib.errors import ConfigError
 CHOICE_KEYS = {
     "SOLVER.WARM_UP_METHOD": ("constant", "linear"),
     "FAST_RCNN.ROI_XFORM_METHOD": ("RoIPoolF", "RoIAlign"),
+    "PIXEL_ORDER": ("BGR", "RGB"),
     "MRCNN.ROI_XFORM_METHOD": ("RoIPoolF", "RoIAlign"),
     "KRCNN.ROI_XFORM_METHOD": ("RoIPoolF", "RoIAlign"),
     "KRCNN.KEYPOINT_CONFIDENCE": ("bbox", "logit", "prob"),
@@ -41,6 +42,9 @@ def finalize(cfg):
     if cfg.RPN.RPN_ON or cfg.RETINANET.RETINANET_ON:
         cfg.TEST.PRECOMPUTED_PROPOSALS = False
     cfg.PIXEL_MEANS = _flat_pixel_means(cfg.PIXEL_MEANS)
+    cfg.PIXEL_STDS = _flat_pixel_means(cfg.PIXEL_STDS, "PIXEL_STDS")
+    if min(cfg.PIXEL_STDS) <= 0:
+        raise ConfigError(f"PIXEL_STDS must be positive, got {cfg.PIXEL_STDS}")
 
     flat = cfg.to_flat_dict()
     for key, registry in FUNCTION_NAME_KEYS.items():
@@ -59,8 +63,8 @@ def finalize(cfg):
     return cfg.freeze()
 
 
-def _flat_pixel_means(means):
-    """Three BGR means; Detectron's (1, 1, 3) nesting ``[[[b, g, r]]]`` is flattened."""
+def _flat_pixel_means(means, key="PIXEL_MEANS"):
+    """Three per-channel values; Detectron's (1, 1, 3) nesting ``[[[b, g, r]]]`` is flattened."""
     while isinstance(means, (tuple, list)) and len(means) == 1 and isinstance(means[0], (tuple, list)):
         means = means[0]
     if (
@@ -68,7 +72,8 @@ def _flat_pixel_means(means):
         or len(means) != 3
         or not all(isinstance(m, (int, float)) and not isinstance(m, bool) for m in means)
     ):
-        raise ConfigError(f"PIXEL_MEANS must be three numbers (B, G, R), got {means!r}")
+        raise ConfigError(f"{key} must be three numbers, one per channel in PIXEL_ORDER, "
+                          f"got {means!r}")
     return tuple(float(m) for m in means)
 
 

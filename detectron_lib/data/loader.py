@@ -109,14 +109,15 @@ class TrainingDataset(Dataset):
         records: per-image dicts from coco.load_coco_json.
         scales: short-side target sizes, one drawn per sample (TRAIN.SCALES).
         max_size: long-side cap (TRAIN.MAX_SIZE).
-        pixel_means: BGR means subtracted (PIXEL_MEANS).
+        pixel_means, pixel_stds, channel_order: PIXEL_MEANS, PIXEL_STDS, PIXEL_ORDER
+            (transforms.normalize_image).
         use_flip: random horizontal flip with probability 0.5 (TRAIN.USE_FLIPPED).
         seed: RNG_SEED; augmentation is a pure function of (seed, position).
         keypoint_flip_perm: (K,) from structures.keypoints.flip_permutation, for keypoints.
     """
 
     def __init__(self, records, scales, max_size, pixel_means, use_flip, seed,
-                 keypoint_flip_perm=None):
+                 keypoint_flip_perm=None, pixel_stds=(1.0, 1.0, 1.0), channel_order="BGR"):
         self.records = records
         self.scales = tuple(scales)
         self.max_size = max_size
@@ -124,6 +125,8 @@ class TrainingDataset(Dataset):
         self.use_flip = use_flip
         self.seed = seed
         self.keypoint_flip_perm = keypoint_flip_perm
+        self.pixel_stds = tuple(pixel_stds)
+        self.channel_order = channel_order
 
     def __len__(self):
         return len(self.records)
@@ -133,7 +136,8 @@ class TrainingDataset(Dataset):
         target_size, flip, sample_seed = augmentation_for_position(
             self.seed, position, self.scales, self.use_flip)
         sample = prepare_sample(self.records[index], target_size, self.max_size,
-                                self.pixel_means, flip, self.keypoint_flip_perm)
+                                self.pixel_means, flip, self.keypoint_flip_perm,
+                                self.pixel_stds, self.channel_order)
         sample["position"] = position
         sample["seed"] = sample_seed
         return sample
@@ -142,17 +146,21 @@ class TrainingDataset(Dataset):
 class InferenceDataset(Dataset):
     """Records to test samples at one scale (TEST.SCALE, TEST.MAX_SIZE), never flipped."""
 
-    def __init__(self, records, scale, max_size, pixel_means):
+    def __init__(self, records, scale, max_size, pixel_means, pixel_stds=(1.0, 1.0, 1.0),
+                 channel_order="BGR"):
         self.records = records
         self.scale = scale
         self.max_size = max_size
         self.pixel_means = tuple(pixel_means)
+        self.pixel_stds = tuple(pixel_stds)
+        self.channel_order = channel_order
 
     def __len__(self):
         return len(self.records)
 
     def __getitem__(self, index):
-        return prepare_sample(self.records[index], self.scale, self.max_size, self.pixel_means)
+        return prepare_sample(self.records[index], self.scale, self.max_size, self.pixel_means,
+                              pixel_stds=self.pixel_stds, channel_order=self.channel_order)
 
 
 def aspect_group_ids(records):
@@ -262,7 +270,8 @@ def build_train_loader(cfg, rank=0, world_size=1, start_iter=0, data_root=None):
         proposal_limit=-1)
     dataset = TrainingDataset(filter_for_training(records, cfg.MODEL.KEYPOINTS_ON),
                               cfg.TRAIN.SCALES, cfg.TRAIN.MAX_SIZE, cfg.PIXEL_MEANS,
-                              cfg.TRAIN.USE_FLIPPED, cfg.RNG_SEED, flip_perm)
+                              cfg.TRAIN.USE_FLIPPED, cfg.RNG_SEED, flip_perm,
+                              pixel_stds=cfg.PIXEL_STDS, channel_order=cfg.PIXEL_ORDER)
     return make_train_loader(dataset, cfg.TRAIN.IMS_PER_BATCH, cfg.RNG_SEED,
                              num_workers=cfg.DATA_LOADER.NUM_THREADS,
                              aspect_grouping=cfg.TRAIN.ASPECT_GROUPING,
@@ -280,7 +289,8 @@ def build_test_loader(cfg, dataset_name, rank=0, world_size=1, data_root=None,
         (dataset_name,), data_root or cfg.DATA_ROOT or None,
         proposal_files=(proposal_file,) if proposal_file else (),
         proposal_limit=cfg.TEST.PROPOSAL_LIMIT)
-    dataset = InferenceDataset(records, cfg.TEST.SCALE, cfg.TEST.MAX_SIZE, cfg.PIXEL_MEANS)
+    dataset = InferenceDataset(records, cfg.TEST.SCALE, cfg.TEST.MAX_SIZE, cfg.PIXEL_MEANS,
+                               cfg.PIXEL_STDS, cfg.PIXEL_ORDER)
     return InferenceLoader(dataset, num_workers=cfg.DATA_LOADER.NUM_THREADS,
                            size_divisibility=size_divisibility_from_cfg(cfg),
                            rank=rank, world_size=world_size, categories=categories)

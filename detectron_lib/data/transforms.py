@@ -2,8 +2,9 @@
 
 Detectron's conventions: images are BGR, resized so the short side equals a target scale
 unless that makes the long side exceed MAX_SIZE, then the per-channel PIXEL_MEANS (BGR) are
-subtracted; boxes are x1y1x2y2 in pixels of the resized image and ``im_scale`` is returned so
-that predictions can be mapped back to the original image.
+subtracted (PIXEL_ORDER RGB and PIXEL_STDS express torchvision's normalization instead); boxes
+are x1y1x2y2 in pixels of the resized image and ``im_scale`` is returned so that predictions
+can be mapped back to the original image.
 """
 from dataclasses import dataclass
 
@@ -49,10 +50,15 @@ def resize_image(image, scale):
     return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
 
 
-def normalize_image(image, pixel_means):
-    """(H, W, 3) uint8 BGR -> (3, H, W) float32 tensor with ``pixel_means`` (BGR) subtracted."""
+def normalize_image(image, pixel_means, pixel_stds=(1.0, 1.0, 1.0), channel_order="BGR"):
+    """(H, W, 3) uint8 BGR -> (3, H, W) float32 tensor in ``channel_order`` ('BGR' or 'RGB'),
+    ``pixel_means`` subtracted and divided by ``pixel_stds`` (both given in ``channel_order``:
+    PIXEL_MEANS, PIXEL_STDS, PIXEL_ORDER)."""
+    if channel_order == "RGB":
+        image = image[:, :, ::-1]
     means = np.asarray(pixel_means, dtype=np.float32).reshape(1, 1, 3)
-    chw = (image.astype(np.float32) - means).transpose(2, 0, 1)
+    stds = np.asarray(pixel_stds, dtype=np.float32).reshape(1, 1, 3)
+    chw = ((image.astype(np.float32) - means) / stds).transpose(2, 0, 1)
     return torch.from_numpy(np.ascontiguousarray(chw))
 
 
@@ -104,7 +110,7 @@ def transform_annotations(record, scale, flip, keypoint_flip_perm=None):
 
 
 def prepare_sample(record, target_size, max_size, pixel_means, flip=False,
-                   keypoint_flip_perm=None):
+                   keypoint_flip_perm=None, pixel_stds=(1.0, 1.0, 1.0), channel_order="BGR"):
     """Read, optionally flip, resize and normalize one record's image with its annotations.
 
     Returns a dict: image (3, H', W') float32 tensor, image_size (H', W'), im_scale (float),
@@ -120,7 +126,7 @@ def prepare_sample(record, target_size, max_size, pixel_means, flip=False,
     scale = compute_resize_scale(record["height"], record["width"], target_size, max_size)
     image = resize_image(np.ascontiguousarray(image), scale)
     return {
-        "image": normalize_image(image, pixel_means),
+        "image": normalize_image(image, pixel_means, pixel_stds, channel_order),
         "image_size": tuple(image.shape[:2]),
         "im_scale": scale,
         "original_size": (record["height"], record["width"]),

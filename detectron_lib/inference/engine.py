@@ -45,9 +45,10 @@ def load_model_for_inference(cfg, weights, device):
 
 
 @torch.no_grad()
-def run_inference(model, loader, device, mask_thresh=0.5):
+def run_inference(model, loader, device, mask_thresh=0.5, legacy_paste=False):
     """Per image: (image_id, Instances in original-image pixels, with ``masks`` (N, H, W)
-    bool when the model predicts masks). Returns (results, seconds per image)."""
+    bool when the model predicts masks; MRCNN.THRESH_BINARIZE / LEGACY_PASTE as
+    ``mask_thresh`` / ``legacy_paste``). Returns (results, seconds per image)."""
     results = []
     seconds = 0.0
     for batch in loader:
@@ -56,7 +57,7 @@ def run_inference(model, loader, device, mask_thresh=0.5):
         for image_id, output, (h, w) in zip(batch.image_ids, outputs, batch.original_sizes):
             output = output.to("cpu")
             if output.has("mask_probs"):
-                output.masks = paste_mask_probs(output, h, w, mask_thresh)
+                output.masks = paste_mask_probs(output, h, w, mask_thresh, legacy_paste)
             results.append((image_id, output))
         seconds += time.perf_counter() - start
     return results, seconds / max(len(results), 1)
@@ -111,7 +112,8 @@ def test(cfg, weights, output_dir=None):
         proposal_file = cfg.TEST.PROPOSAL_FILES[index] if cfg.TEST.PROPOSAL_FILES else None
         loader = build_test_loader(cfg, dataset_name, dist_info.rank, dist_info.world_size,
                                    proposal_file=proposal_file)
-        results, s_per_im = run_inference(model, loader, device, cfg.MRCNN.THRESH_BINARIZE)
+        results, s_per_im = run_inference(model, loader, device, cfg.MRCNN.THRESH_BINARIZE,
+                                          cfg.MRCNN.LEGACY_PASTE)
         gathered = all_gather_objects((results, s_per_im))
         if not dist_info.is_main:
             continue

@@ -82,12 +82,14 @@ class Predictor:
         h, w = image_bgr.shape[:2]
         scale = compute_resize_scale(h, w, self.cfg.TEST.SCALE, self.cfg.TEST.MAX_SIZE)
         resized = resize_image(image_bgr, scale)
-        images = pad_to_batch([normalize_image(resized, self.cfg.PIXEL_MEANS)],
-                              size_divisibility_from_cfg(self.cfg))
+        image = normalize_image(resized, self.cfg.PIXEL_MEANS, self.cfg.PIXEL_STDS,
+                                self.cfg.PIXEL_ORDER)
+        images = pad_to_batch([image], size_divisibility_from_cfg(self.cfg))
         (out,) = self.model(images.to(self.device), [tuple(resized.shape[:2])], [scale])
         out = out.to("cpu")
         if out.has("mask_probs"):
-            out.masks = paste_mask_probs(out, h, w, self.cfg.MRCNN.THRESH_BINARIZE)
+            out.masks = paste_mask_probs(out, h, w, self.cfg.MRCNN.THRESH_BINARIZE,
+                                         self.cfg.MRCNN.LEGACY_PASTE)
         return out
 
 

@@ -34,6 +34,7 @@ from detectron_lib.modeling.backbone.build import (
 from detectron_lib.modeling.backbone.resnet import RESNET_BLOCK_COUNTS, make_stage
 from detectron_lib.modeling.init import constant_fill_, fill_, gaussian_fill_
 from detectron_lib.modeling.poolers import roi_pooler_from_config
+from detectron_lib.ops.masks import paste_masks_legacy
 from detectron_lib.structures.masks import (
     bitmap_to_mask_in_box,
     is_rle,
@@ -243,18 +244,21 @@ def mask_probs_of_channels(mask_logits, channels):
     return _channel_of_each_roi(mask_logits, channels).sigmoid()
 
 
-def paste_mask_probs(detections, image_height, image_width, thresh=0.5):
+def paste_mask_probs(detections, image_height, image_width, thresh=0.5, legacy=False):
     """Binary full-image instance masks of ``detections``.
 
     detections: Instances(boxes (N, 4) x1y1x2y2 in the pixels of the image, mask_probs
     (N, M, M)), i.e. after boxes were scaled back to the original image. Each soft mask is
-    resampled into its box (ops.paste_masks) and binarized at > ``thresh``
-    (MRCNN.THRESH_BINARIZE). Returns (N, image_height, image_width) bool.
+    resampled into its box and binarized at > ``thresh`` (MRCNN.THRESH_BINARIZE): by
+    detectron2's bilinear sampling (ops.paste_masks), or with ``legacy`` (MRCNN.LEGACY_PASTE)
+    by Detectron's and torchvision's resize into the box rounded to whole pixels
+    (ops.masks.paste_masks_legacy). Returns (N, image_height, image_width) bool.
     """
     if len(detections) == 0:
         return torch.zeros((0, image_height, image_width), dtype=torch.bool,
                            device=detections.boxes.device)
-    probs = ops.paste_masks(detections.mask_probs, detections.boxes, image_height, image_width)
+    paste = paste_masks_legacy if legacy else ops.paste_masks
+    probs = paste(detections.mask_probs, detections.boxes, image_height, image_width)
     return probs > thresh
 
 

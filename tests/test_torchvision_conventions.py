@@ -1,0 +1,54 @@
+"""The config switches for torchvision's conventions, each against torchvision's own code:
+pixel normalization (PIXEL_ORDER, PIXEL_MEANS, PIXEL_STDS) and mask pasting
+(MRCNN.LEGACY_PASTE)."""
+import numpy as np
+import pytest
+import torch
+from torchvision.models.detection.roi_heads import paste_masks_in_image
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+from detectron_lib.config import ConfigError, load_config
+from detectron_lib.data.transforms import normalize_image
+from detectron_lib.ops.masks import paste_masks_legacy
+
+
+def test_rgb_normalization_matches_torchvision_transform(repo_root):
+    # Reference: GeneralizedRCNNTransform.normalize on the RGB image in [0, 1].
+    cfg = load_config(repo_root / "configs/torchvision/fasterrcnn_resnet50_fpn.yaml")
+    rng = np.random.default_rng(0)
+    bgr = rng.integers(0, 256, size=(20, 30, 3), dtype=np.uint8)
+    ours = normalize_image(bgr, cfg.PIXEL_MEANS, cfg.PIXEL_STDS, cfg.PIXEL_ORDER)
+    transform = GeneralizedRCNNTransform(20, 30, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    rgb = torch.from_numpy(bgr[:, :, ::-1].copy()).permute(2, 0, 1).float() / 255
+    torch.testing.assert_close(ours, transform.normalize(rgb), rtol=0, atol=2e-6)
+
+
+def test_default_normalization_is_detectrons_bgr_mean_subtraction():
+    bgr = np.array([[[10, 20, 30]]], dtype=np.uint8)
+    out = normalize_image(bgr, (1.0, 2.0, 3.0))
+    assert out[:, 0, 0].tolist() == [9.0, 18.0, 27.0]
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["PIXEL_STDS", "(1.0, 0.0, 1.0)"], "PIXEL_STDS must be positive"),
+    (["PIXEL_STDS", "(1.0, 2.0)"], "PIXEL_STDS must be three numbers"),
+    (["PIXEL_ORDER", "GBR"], "PIXEL_ORDER: unknown value 'GBR'"),
+])
+def test_bad_normalization_keys_are_config_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_legacy_paste_equals_torchvision_paste_masks_in_image():
+    # Reference: torchvision's paste_masks_in_image (padding 1), which follows Detectron's
+    # segm_results; boxes of every size, some touching the image border.
+    g = torch.Generator().manual_seed(0)
+    masks = torch.rand(60, 28, 28, generator=g)
+    corners = torch.rand(60, 2, generator=g) * 70
+    sizes = torch.rand(60, 2, generator=g) * torch.tensor([60.0, 40.0]) + 0.2
+    boxes = torch.cat([corners, corners + sizes], dim=1)
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(max=130)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(max=100)
+    expected = paste_masks_in_image(masks[:, None], boxes, (100, 130), padding=1)[:, 0]
+    assert torch.equal(paste_masks_legacy(masks, boxes, 100, 130), expected)
+    assert paste_masks_legacy(masks[:0], boxes[:0], 100, 130).shape == (0, 100, 130)
