@@ -10,6 +10,10 @@ import sys
 from detectron_lib.errors import DetectronError
 
 
+WEIGHTS_HELP = ("weights file or URL, of ours or Detectron (.pkl), detectron2 (.pkl/.pth) or "
+                "torchvision (.pth), told apart by content (default: TEST.WEIGHTS)")
+
+
 def _add_cfg_args(parser):
     parser.add_argument("--cfg", dest="cfg_file", required=True, help="config YAML (Detectron format)")
     parser.add_argument(
@@ -72,7 +76,8 @@ def cmd_infer(args):
     from detectron_lib.inference.predictor import infer_images
 
     cfg = load_config(args.cfg_file, args.opts)
-    for path in infer_images(cfg, args.weights, args.input, args.output, args.thresh):
+    for path in infer_images(cfg, args.weights, args.input, args.output, args.thresh,
+                             write_json=args.json):
         print(path)
 
 
@@ -106,22 +111,25 @@ def build_parser():
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("test", help="evaluate weights on TEST.DATASETS, write metrics.json")
-    p.add_argument("--weights", required=True, help="checkpoint (.pth) to evaluate")
+    p.add_argument("--weights", default="", help=WEIGHTS_HELP)
     _add_cfg_args(p)
     p.set_defaults(func=cmd_test)
 
     p = sub.add_parser("proposals", help="write an RPN model's proposals for a dataset (pkl)")
-    p.add_argument("--weights", required=True, help="checkpoint of an RPN_ONLY model")
+    p.add_argument("--weights", default="", help="weights of an RPN_ONLY model; " + WEIGHTS_HELP)
     p.add_argument("--dataset", required=True, help="catalog dataset name, e.g. shapes_train")
     p.add_argument("--output", required=True, help="proposal file to write (.pkl)")
     _add_cfg_args(p)
     p.set_defaults(func=cmd_proposals)
 
     p = sub.add_parser("infer", help="draw detections on images (like Detectron's infer_simple)")
-    p.add_argument("--weights", required=True, help="checkpoint (.pth)")
+    p.add_argument("--weights", default="", help=WEIGHTS_HELP)
     p.add_argument("--input", required=True, help="an image file or a directory of images")
     p.add_argument("--output", required=True, help="directory for the PNG files")
     p.add_argument("--thresh", type=float, default=0.7, help="score threshold for drawing")
+    p.add_argument("--json", action="store_true",
+                   help="also write <image>.json: every detection's box (x1, y1, x2, y2 in input-"
+                        "image pixels), label, score, mask (COCO RLE) and keypoints")
     _add_cfg_args(p)
     p.set_defaults(func=cmd_infer)
 

@@ -76,22 +76,6 @@ def load_checkpoint(path):
         raise CheckpointError(f"checkpoint '{path}' cannot be read ({type(e).__name__}: {e})") from e
 
 
-def load_model_weights(model, state_dict, source):
-    """Load ``state_dict`` into ``model`` strictly; a CheckpointError lists what does not fit."""
-    model = _unwrap(model)
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    mis_shaped = sorted(k for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
-    if missing or unexpected or mis_shaped:
-        parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mis_shaped)):
-            if keys:
-                parts.append(f"{label}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}")
-        raise CheckpointError(f"weights in '{source}' do not fit the model ({'; '.join(parts)})")
-    model.load_state_dict(state_dict)
-
-
 def _unwrap(model):
     """The module inside a DistributedDataParallel wrapper."""
     return getattr(model, "module", model)

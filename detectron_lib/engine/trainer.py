@@ -23,6 +23,7 @@ from detectron_lib.engine.checkpoint import (
     set_rng_state,
     snapshot_name,
 )
+from detectron_lib.engine.checkpoint_formats import load_weights
 from detectron_lib.engine.distributed import all_reduce_mean, barrier, init_distributed
 from detectron_lib.engine.optim import build_optimizer, lr_schedule_from_cfg, set_lr
 from detectron_lib.errors import DetectronError
@@ -61,6 +62,8 @@ def train(cfg, output_dir=None, log_period=20):
     optimizer = build_optimizer(cfg, model)
     lr_at = lr_schedule_from_cfg(cfg)
     start_iter = _resume(cfg, output_dir, model, optimizer)
+    if start_iter == 0 and cfg.TRAIN.WEIGHTS:  # pretrained initialization (any format, or a URL)
+        load_weights(model, cfg.TRAIN.WEIGHTS, for_training=True, cache_dir=cfg.DOWNLOAD_CACHE)
     if dist_info.world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[dist_info.local_rank] if device.type == "cuda" else None)

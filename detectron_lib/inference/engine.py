@@ -15,7 +15,7 @@ import torch
 from detectron_lib.data.catalog import get_dataset, materialize_dataset, register_datasets_from_cfg
 from detectron_lib.data.loader import build_test_loader
 from detectron_lib.data.proposals import save_proposals
-from detectron_lib.engine.checkpoint import load_checkpoint, load_model_weights
+from detectron_lib.engine.checkpoint_formats import load_weights
 from detectron_lib.engine.distributed import all_gather_objects, init_distributed
 from detectron_lib.engine.trainer import TRAIN_LOG, resolve_device
 from detectron_lib.evaluation.coco import (
@@ -37,10 +37,14 @@ METRICS_FILE = "metrics.json"
 
 
 def load_model_for_inference(cfg, weights, device):
-    """The config's model with ``weights`` (a checkpoint of ours) loaded, in eval mode."""
+    """The config's model in eval mode with ``weights`` loaded: a path or URL of any format
+    engine.checkpoint_formats reads (ours, Detectron, detectron2, torchvision); empty means
+    TEST.WEIGHTS."""
+    weights = weights or cfg.TEST.WEIGHTS
+    if not weights:
+        raise ConfigError("no weights to run: give --weights or set TEST.WEIGHTS")
     model = build_model(cfg)
-    state = load_checkpoint(weights)
-    load_model_weights(model, state.get("model", state), weights)
+    load_weights(model, weights, for_training=False, cache_dir=cfg.DOWNLOAD_CACHE)
     return model.to(device).eval()
 
 

@@ -18,9 +18,11 @@ from detectron_lib.data.transforms import (
 )
 from detectron_lib.engine.trainer import resolve_device
 from detectron_lib.errors import DatasetError
+from detectron_lib.evaluation.coco import encode_masks_rle
 from detectron_lib.inference.engine import load_model_for_inference
 from detectron_lib.inference.vis import draw_detections
 from detectron_lib.modeling.roi_heads.mask_head import paste_mask_probs
+from detectron_lib.utils.io import write_json_atomic
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # Detectron's infer_simple draws keypoints whose heatmap logit is at least this
@@ -93,8 +95,31 @@ class Predictor:
         return out
 
 
-def infer_images(cfg, weights, input_path, output_dir, score_thresh=0.7):
-    """Write ``<output_dir>/<image stem>.png`` with detections drawn; yields each path."""
+def detections_to_json(detections, class_names=()):
+    """One image's detections as JSON-ready dicts, best first: ``box`` [x1, y1, x2, y2] in the
+    pixels of the input image, ``label`` (1..K), ``category`` (its name, when known),
+    ``score``, and when predicted ``mask`` (COCO compressed RLE of the binary mask) and
+    ``keypoints`` [[x, y, logit], ...]."""
+    masks = encode_masks_rle(detections.masks) if detections.has("masks") else None
+    entries = []
+    for i, (box, label, score) in enumerate(zip(detections.boxes.tolist(),
+                                                detections.classes.tolist(),
+                                                detections.scores.tolist())):
+        entry = {"box": box, "label": label, "score": score}
+        if 0 < label <= len(class_names):
+            entry["category"] = class_names[label - 1]
+        if masks is not None:
+            entry["mask"] = masks[i]
+        if detections.has("keypoints"):
+            entry["keypoints"] = detections.keypoints[i].tolist()
+        entries.append(entry)
+    return entries
+
+
+def infer_images(cfg, weights, input_path, output_dir, score_thresh=0.7, write_json=False):
+    """Write ``<output_dir>/<image stem>.png`` with the detections scoring >= ``score_thresh``
+    drawn, and with ``write_json`` ``<image stem>.json`` with all of them (detections_to_json);
+    yields each path written."""
     files = list_images(input_path)
     predictor = Predictor(cfg, weights)
     names = class_names_for(cfg)
@@ -114,3 +139,9 @@ def infer_images(cfg, weights, input_path, output_dir, score_thresh=0.7):
         out_path = output_dir / f"{path.stem}.png"
         drawn.save(out_path)
         yield out_path
+        if write_json:
+            json_path = output_dir / f"{path.stem}.json"
+            write_json_atomic(json_path, {
+                "image": str(path), "height": int(bgr.shape[0]), "width": int(bgr.shape[1]),
+                "detections": detections_to_json(detections, names)})
+            yield json_path

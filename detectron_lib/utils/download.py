@@ -1,0 +1,84 @@
+"""Files named by URL (weights, proposal files), fetched once into a local cache.
+
+``cached_path(path_or_url, cache_dir)`` returns local paths unchanged and maps a URL onto
+``<cache_dir>/<host>/<url path>``, downloading it there on first use. Downloads are atomic
+(written beside the target, then renamed) and checked: the byte count against the server's
+Content-Length, and, for torch.hub-style names ``<name>-<hex>.<ext>`` (torchvision's weight
+files, e.g. ``resnet50-0676ba61.pth``), the SHA-256 digest against that hex prefix.
+"""
+import hashlib
+import re
+import shutil
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from detectron_lib.errors import DetectronError
+from detectron_lib.utils.io import atomic_write
+
+URL_SCHEMES = ("http", "https", "ftp")
+# torch.hub's convention: the file name ends in the first hex digits of its SHA-256
+_HASH_IN_NAME = re.compile(r"-([a-f0-9]{6,})\.[A-Za-z0-9]+$")
+_CHUNK = 1 << 20
+
+
+class DownloadError(DetectronError):
+    """A URL cannot be fetched, or the fetched file fails its check."""
+
+
+def is_url(path):
+    return urllib.parse.urlparse(str(path)).scheme in URL_SCHEMES
+
+
+def cache_path_for(url, cache_dir):
+    """Where ``url`` is cached: ``<cache_dir>/<host>/<path of the url>``."""
+    parsed = urllib.parse.urlparse(url)
+    parts = [p for p in parsed.path.split("/") if p not in ("", ".", "..")]
+    if not parts:
+        raise DownloadError(f"URL '{url}' names no file")
+    return Path(cache_dir, parsed.netloc, *parts)
+
+
+def cached_path(path_or_url, cache_dir, timeout=60):
+    """A local path for ``path_or_url``: the path itself, or the cached download of the URL."""
+    if not is_url(path_or_url):
+        return Path(path_or_url)
+    url = str(path_or_url)
+    target = cache_path_for(url, cache_dir)
+    if target.is_file():
+        return target
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            expected = response.headers.get("Content-Length")
+            with atomic_write(target, "wb") as f:
+                shutil.copyfileobj(response, f, _CHUNK)
+                size = f.tell()
+                if expected is not None and size != int(expected):
+                    raise DownloadError(f"download of '{url}' stopped after {size} of {expected} "
+                                        "bytes; run again to retry")
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise DownloadError(
+            f"cannot download '{url}' ({reason}). Without internet access, fetch the file "
+            f"elsewhere and put it at '{target}' (DOWNLOAD_CACHE is '{cache_dir}'), or give a "
+            "local path instead of the URL") from None
+    check_hash_in_name(target)
+    return target
+
+
+def check_hash_in_name(path):
+    """Check ``path`` against the SHA-256 prefix its name carries, if any; a mismatching file
+    is deleted and a DownloadError raised."""
+    match = _HASH_IN_NAME.search(Path(path).name)
+    if not match:
+        return
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(chunk)
+    if not digest.hexdigest().startswith(match.group(1)):
+        Path(path).unlink()
+        raise DownloadError(f"'{path}' does not match the SHA-256 prefix {match.group(1)} in its "
+                            f"name (got {digest.hexdigest()[:len(match.group(1))]}); the download "
+                            "was corrupted and has been deleted, run again to retry")

@@ -1,0 +1,461 @@
+"""Weight import (engine.checkpoint_formats): Detectron .pkl, detectron2 .pkl/.pth, torchvision
+detection and ImageNet state dicts, our own checkpoints; URL download and cache.
+
+The files are made here from a model's own weights under the names the other code bases use,
+written out by hand from their sources (Detectron's blob names, detectron2's and torchvision's
+module names), so the loader's rules are checked against an independent spelling. The
+torchvision ImageNet backbones are checked against torchvision's own forward pass.
+"""
+import http.server
+import logging
+import pickle
+import socket
+import threading
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from detectron_lib.config import load_config
+from detectron_lib.engine.checkpoint import CheckpointError, save_checkpoint
+from detectron_lib.engine.checkpoint_formats import (
+    DETECTRON,
+    DETECTRON2,
+    OURS,
+    TORCHVISION,
+    TORCHVISION_IMAGENET,
+    load_weights,
+    read_weights_file,
+)
+from detectron_lib.modeling.meta_arch import build_model
+from detectron_lib.utils.download import DownloadError, cache_path_for, cached_path
+
+
+# Narrow heads and bottlenecks keep the R-50 models small; names and structure are Detectron's.
+NARROW = ["FPN.DIM", "32", "FAST_RCNN.MLP_HEAD_DIM", "64", "MRCNN.DIM_REDUCED", "32",
+          "RESNETS.WIDTH_PER_GROUP", "8"]
+
+
+def _config(reference_dir, name, *overrides):
+    path = reference_dir / "detectron_configs" / "12_2017_baselines" / name
+    return load_config(path, ["MODEL.BODY_PRECISION", "float32", *overrides])
+
+
+def _mask_config(reference_dir, *overrides):
+    """Detectron's e2e Mask R-CNN R-50-FPN, narrowed, with 5 classes unless overridden."""
+    return _config(reference_dir, "e2e_mask_rcnn_R-50-FPN_1x.yaml", *NARROW,
+                   "MODEL.NUM_CLASSES", "5", *overrides)
+
+
+def _randomized(model, seed=0):
+    """``model`` with every tensor random (frozen-BN scales positive), so a misplaced tensor
+    shows."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for key, value in model.state_dict().items():
+            if value.is_floating_point():
+                value.copy_(torch.rand(value.shape, generator=g) + 0.5 if key.endswith("norm.weight")
+                            else torch.randn(value.shape, generator=g) * 0.1)
+    return model
+
+
+@pytest.fixture(scope="module")
+def mask_r50_fpn(reference_dir):
+    """The narrowed Mask R-CNN R-50-FPN (5 classes) with random weights."""
+    torch.manual_seed(0)
+    cfg = _mask_config(reference_dir)
+    return cfg, _randomized(build_model(cfg))
+
+
+def _assert_same_state(model, reference, skip=()):
+    own, ref = model.state_dict(), reference.state_dict()
+    for key in ref:
+        if not key.startswith(tuple(skip)):
+            assert torch.equal(own[key], ref[key]), key
+
+
+# ---- Detectron ------------------------------------------------------------------------------
+R50_BLOCKS = {2: 3, 3: 4, 4: 6, 5: 3}
+
+
+def detectron_blobs(model, with_heads=True):
+    """Detectron's blob names for an R-50-FPN Mask R-CNN (FPN.add_fpn_ResNet50_conv5_body,
+    add_roi_2mlp_head, mask_rcnn_fcn_head_v1up4convs), spelled out from Detectron's sources."""
+    sd = {k: v.numpy() for k, v in model.state_dict().items()}
+    body = "backbone.bottom_up."
+    blobs = {"conv1_w": sd[body + "stem.conv1.weight"],
+             "res_conv1_bn_s": sd[body + "stem.conv1.norm.weight"],
+             "res_conv1_bn_b": sd[body + "stem.conv1.norm.bias"]}
+    for stage, count in R50_BLOCKS.items():
+        for i in range(count):
+            for branch in ("branch2a", "branch2b", "branch2c") + (("branch1",) if i == 0 else ()):
+                ours = f"{body}res{stage}.{i}.{branch}"
+                blobs[f"res{stage}_{i}_{branch}_w"] = sd[ours + ".weight"]
+                blobs[f"res{stage}_{i}_{branch}_bn_s"] = sd[ours + ".norm.weight"]
+                blobs[f"res{stage}_{i}_{branch}_bn_b"] = sd[ours + ".norm.bias"]
+    if not with_heads:
+        return blobs
+    for stage, count in R50_BLOCKS.items():
+        sum_blob = f"res{stage}_{count - 1}_sum"
+        lateral = f"fpn_inner_{sum_blob}" + ("" if stage == 5 else "_lateral")
+        for blob, ours in ((lateral, f"backbone.lateral_convs.res{stage}"),
+                           (f"fpn_{sum_blob}", f"backbone.output_convs.res{stage}")):
+            blobs[blob + "_w"], blobs[blob + "_b"] = sd[ours + ".weight"], sd[ours + ".bias"]
+    heads = {
+        "conv_rpn_fpn2": "rpn.head.conv", "rpn_cls_logits_fpn2": "rpn.head.cls_logits",
+        "rpn_bbox_pred_fpn2": "rpn.head.bbox_pred", "fc6": "roi_heads.box_head.fc6",
+        "fc7": "roi_heads.box_head.fc7", "cls_score": "roi_heads.predictor.cls_score",
+        "bbox_pred": "roi_heads.predictor.bbox_pred", "_[mask]_fcn1": "mask_heads.head.convs.0",
+        "_[mask]_fcn2": "mask_heads.head.convs.2", "_[mask]_fcn3": "mask_heads.head.convs.4",
+        "_[mask]_fcn4": "mask_heads.head.convs.6", "conv5_mask": "mask_heads.head.upsample",
+        "mask_fcn_logits": "mask_heads.predictor.logits",
+    }
+    for blob, ours in heads.items():
+        blobs[blob + "_w"], blobs[blob + "_b"] = sd[ours + ".weight"], sd[ours + ".bias"]
+    return blobs
+
+
+def _write_pickle(path, obj):
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=2)  # Detectron wrote Python 2 pickles
+    return path
+
+
+def test_detectron_model_zoo_pkl_loads_every_blob(mask_r50_fpn, tmp_path):
+    cfg, reference = mask_r50_fpn
+    blobs = detectron_blobs(reference)
+    momentum = {"fc6_w_momentum": np.zeros((1,), np.float32)}  # optimizer state, not weights
+    path = _write_pickle(tmp_path / "model_final.pkl", {"blobs": {**blobs, **momentum},
+                                                         "cfg": "MODEL:\n  NUM_CLASSES: 5\n"})
+    assert read_weights_file(path).format == DETECTRON
+    model = build_model(cfg)
+    report = load_weights(model, path)
+    assert report.missing == [] and report.unused == [] and report.mis_shaped == []
+    assert report.ignored == ["fc6_w_momentum"]
+    _assert_same_state(model, reference)
+
+
+def test_detectron_imagenet_backbone_initializes_training_and_lists_the_rest(
+        mask_r50_fpn, tmp_path, caplog):
+    cfg, reference = mask_r50_fpn
+    blobs = detectron_blobs(reference, with_heads=False)
+    blobs["pred_w"] = np.zeros((1000, 2048), np.float32)  # the ImageNet classifier (fc1000)
+    blobs["pred_b"] = np.zeros((1000,), np.float32)
+    path = _write_pickle(tmp_path / "R-50.pkl", blobs)  # MSRA files hold the blobs directly
+    model = build_model(cfg)
+    heads_before = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("rpn.")}
+    with caplog.at_level(logging.WARNING):
+        report = load_weights(model, path, for_training=True)
+    assert report.unused == ["pred_b", "pred_w"]
+    assert all(not k.startswith("backbone.bottom_up.") for k in report.missing)
+    assert "rpn.head.conv.weight" in report.missing and "backbone.lateral_convs.res5.weight" in report.missing
+    _assert_same_state(model, reference, skip=("backbone.lateral", "backbone.output", "rpn.",
+                                               "roi_heads.", "mask_heads."))
+    for key, value in heads_before.items():
+        assert torch.equal(model.state_dict()[key], value), key
+    warning = caplog.text
+    assert "pred_w" in warning and "kept their initialization" in warning and "rpn.head.conv.weight" in warning
+    # As inference weights the same file is an error naming what is missing.
+    with pytest.raises(CheckpointError, match=r"missing from the file.*rpn\.head\.conv\.weight"):
+        load_weights(build_model(cfg), path)
+
+
+def test_class_count_mismatch_skips_predictors_for_fine_tuning_only(
+        mask_r50_fpn, reference_dir, tmp_path, caplog):
+    cfg, reference = mask_r50_fpn
+    path = _write_pickle(tmp_path / "model_final.pkl", {"blobs": detectron_blobs(reference)})
+    cfg3 = _mask_config(reference_dir, "MODEL.NUM_CLASSES", "3")
+    model = build_model(cfg3)
+    with caplog.at_level(logging.WARNING):
+        report = load_weights(model, path, for_training=True)
+    skipped = {key for key, *_ in report.skipped}
+    assert skipped == {"roi_heads.predictor.cls_score.weight", "roi_heads.predictor.cls_score.bias",
+                       "roi_heads.predictor.bbox_pred.weight", "roi_heads.predictor.bbox_pred.bias",
+                       "mask_heads.predictor.logits.weight", "mask_heads.predictor.logits.bias"}
+    assert report.missing == [] and report.mis_shaped == []
+    assert "cls_score_w: [5, 64] vs [3, 64]" in caplog.text
+    _assert_same_state(model, reference, skip=("roi_heads.predictor.", "mask_heads.predictor."))
+    with pytest.raises(CheckpointError, match=r"cls_score_w: \[5, 64\] vs \[3, 64\]"):
+        load_weights(build_model(cfg3), path)
+
+
+def test_other_mis_shaped_tensors_are_an_error_even_for_training(mask_r50_fpn, reference_dir, tmp_path):
+    _, reference = mask_r50_fpn
+    path = _write_pickle(tmp_path / "model_final.pkl", {"blobs": detectron_blobs(reference)})
+    other = _mask_config(reference_dir, "FAST_RCNN.MLP_HEAD_DIM", "48")
+    with pytest.raises(CheckpointError, match=r"of another shape.*roi_heads\.box_head\.fc6\.weight <- fc6_w"):
+        load_weights(build_model(other), path, for_training=True)
+
+
+def test_detectron_c4_and_mask_res5_follow_the_shared_initialization_rule(reference_dir, tmp_path):
+    # v0up's own res5 is '_[mask]_res5_*'; absent from the file it falls back to 'res5_*', as
+    # Detectron's initialize_gpu_from_weights_file does for '_[xyz]_' blobs.
+    cfg = _config(reference_dir, "e2e_mask_rcnn_R-50-C4_1x.yaml", *NARROW, "MODEL.NUM_CLASSES", "3",
+                  "MRCNN.ROI_MASK_HEAD", "mask_rcnn_heads.mask_rcnn_fcn_head_v0up")
+    reference = _randomized(build_model(cfg))
+    sd = {k: v.numpy() for k, v in reference.state_dict().items()}
+    blobs = {}
+    for i in range(3):
+        for branch in ("branch2a", "branch2b", "branch2c") + (("branch1",) if i == 0 else ()):
+            ours = f"roi_heads.box_head.res5.{i}.{branch}"
+            blobs[f"res5_{i}_{branch}_w"] = sd[ours + ".weight"]
+            blobs[f"res5_{i}_{branch}_bn_s"] = sd[ours + ".norm.weight"]
+            blobs[f"res5_{i}_{branch}_bn_b"] = sd[ours + ".norm.bias"]
+    path = _write_pickle(tmp_path / "res5.pkl", blobs)
+    model = build_model(cfg)
+    report = load_weights(model, path, for_training=True)
+    assert report.unused == []
+    state = model.state_dict()
+    for i in range(3):
+        key = f"res5.{i}.branch2b.weight"
+        assert torch.equal(state["roi_heads.box_head." + key], reference.state_dict()["roi_heads.box_head." + key])
+        assert torch.equal(state["mask_heads.head." + key], reference.state_dict()["roi_heads.box_head." + key])
+
+
+# ---- detectron2 -----------------------------------------------------------------------------
+def detectron2_state(model):
+    """detectron2's names and class layout for an R-50-FPN Mask R-CNN (its GeneralizedRCNN,
+    FPN, StandardRPNHead, FastRCNNConvFCHead, FastRCNNOutputLayers, MaskRCNNConvUpsampleHead):
+    background is the last cls_score row and has no bbox_pred rows or mask channel."""
+    sd = model.state_dict()
+    out = {}
+    body = "backbone.bottom_up."
+    for suffix in ("weight", "norm.weight", "norm.bias"):
+        out[f"{body}stem.conv1.{suffix}"] = sd[f"{body}stem.conv1.{suffix}"]
+    for stage, count in R50_BLOCKS.items():
+        for i in range(count):
+            for ours, theirs in (("branch2a", "conv1"), ("branch2b", "conv2"), ("branch2c", "conv3"),
+                                 ("branch1", "shortcut")):
+                if ours == "branch1" and i > 0:
+                    continue
+                for suffix in ("weight", "norm.weight", "norm.bias"):
+                    out[f"{body}res{stage}.{i}.{theirs}.{suffix}"] = sd[f"{body}res{stage}.{i}.{ours}.{suffix}"]
+    names = {f"backbone.fpn_lateral{s}": f"backbone.lateral_convs.res{s}" for s in R50_BLOCKS}
+    names.update({f"backbone.fpn_output{s}": f"backbone.output_convs.res{s}" for s in R50_BLOCKS})
+    names.update({
+        "proposal_generator.rpn_head.conv": "rpn.head.conv",
+        "proposal_generator.rpn_head.objectness_logits": "rpn.head.cls_logits",
+        "proposal_generator.rpn_head.anchor_deltas": "rpn.head.bbox_pred",
+        "roi_heads.box_head.fc1": "roi_heads.box_head.fc6", "roi_heads.box_head.fc2": "roi_heads.box_head.fc7",
+        "roi_heads.mask_head.mask_fcn1": "mask_heads.head.convs.0",
+        "roi_heads.mask_head.mask_fcn2": "mask_heads.head.convs.2",
+        "roi_heads.mask_head.mask_fcn3": "mask_heads.head.convs.4",
+        "roi_heads.mask_head.mask_fcn4": "mask_heads.head.convs.6",
+        "roi_heads.mask_head.deconv": "mask_heads.head.upsample",
+    })
+    for theirs, ours in names.items():
+        out[theirs + ".weight"], out[theirs + ".bias"] = sd[ours + ".weight"], sd[ours + ".bias"]
+    for suffix in ("weight", "bias"):
+        cls = sd[f"roi_heads.predictor.cls_score.{suffix}"]
+        out[f"roi_heads.box_predictor.cls_score.{suffix}"] = torch.cat([cls[1:], cls[:1]])
+        out[f"roi_heads.box_predictor.bbox_pred.{suffix}"] = sd[f"roi_heads.predictor.bbox_pred.{suffix}"][4:]
+        out[f"roi_heads.mask_head.predictor.{suffix}"] = sd[f"mask_heads.predictor.logits.{suffix}"][1:]
+    out["pixel_mean"] = torch.tensor([103.53, 116.28, 123.675]).view(3, 1, 1)
+    out["pixel_std"] = torch.ones(3, 1, 1)
+    return out
+
+
+@pytest.mark.parametrize("suffix", ["pkl", "pth"])
+def test_detectron2_checkpoint_loads_with_background_moved_first(mask_r50_fpn, tmp_path, suffix):
+    cfg, reference = mask_r50_fpn
+    with torch.no_grad():  # detectron2 has no background rows; they come back as zeros
+        reference.roi_heads.predictor.bbox_pred.weight[:4] = 0
+        reference.roi_heads.predictor.bbox_pred.bias[:4] = 0
+        reference.mask_heads.predictor.logits.weight[:1] = 0
+        reference.mask_heads.predictor.logits.bias[:1] = 0
+    state = detectron2_state(reference)
+    if suffix == "pkl":  # detectron2's model zoo: numpy arrays under "model"
+        path = _write_pickle(tmp_path / "model_final_f10217.pkl", {
+            "model": {k: v.numpy() for k, v in state.items()}, "__author__": "Detectron2 Model Zoo"})
+    else:
+        path = tmp_path / "model_final.pth"
+        torch.save({"model": state, "iteration": 90000}, path)
+    assert read_weights_file(path).format == DETECTRON2
+    model = build_model(cfg)
+    report = load_weights(model, path)
+    assert report.missing == [] and report.unused == []
+    assert report.ignored == ["pixel_mean", "pixel_std"]
+    _assert_same_state(model, reference)
+
+
+# ---- torchvision ----------------------------------------------------------------------------
+def _randomize_batchnorm(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return model.eval()
+
+
+def _resnet_stages(net, x):
+    """torchvision ResNet: the outputs of layer1..layer4 (our res2..res5)."""
+    x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+    outputs = {}
+    for index in range(1, 5):
+        x = getattr(net, f"layer{index}")(x)
+        outputs[f"res{index + 1}"] = x
+    return outputs
+
+
+@pytest.mark.parametrize("arch,overrides", [
+    ("resnet50", []),
+    ("resnext50_32x4d", ["RESNETS.NUM_GROUPS", "32", "RESNETS.WIDTH_PER_GROUP", "4"]),
+])
+def test_torchvision_imagenet_backbone_matches_torchvision_forward(reference_dir, tmp_path, arch, overrides):
+    # Reference: torchvision's own ResNet / ResNeXt forward (BatchNorm in eval mode) on the
+    # same input; ours runs the folded frozen BN. STRIDE_1X1 False is torchvision's layout.
+    torch.manual_seed(0)
+    net = _randomize_batchnorm(getattr(torchvision.models, arch)())
+    path = tmp_path / f"{arch}.pth"
+    torch.save(net.state_dict(), path)
+    assert read_weights_file(path).format == TORCHVISION_IMAGENET
+    cfg = _config(reference_dir, "e2e_faster_rcnn_R-50-FPN_1x.yaml", "MODEL.NUM_CLASSES", "3",
+                  "RESNETS.STRIDE_1X1", "False", *overrides)
+    model = build_model(cfg).eval()
+    report = load_weights(model, path, for_training=True)
+    assert report.unused == ["fc.bias", "fc.weight"] and report.mis_shaped == []
+    assert all(not k.startswith("backbone.bottom_up.") for k in report.missing)
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ours = model.backbone.bottom_up(x)
+        theirs = _resnet_stages(net, x)
+    for stage in ("res2", "res3", "res4", "res5"):
+        torch.testing.assert_close(ours[stage], theirs[stage], rtol=1e-4, atol=1e-4 * theirs[stage].abs().max().item())
+
+
+def test_torchvision_imagenet_res5_goes_to_the_c4_box_head(reference_dir, tmp_path):
+    torch.manual_seed(0)
+    net = _randomize_batchnorm(torchvision.models.resnet50())
+    path = tmp_path / "resnet50.pth"
+    torch.save(net.state_dict(), path)
+    cfg = _config(reference_dir, "e2e_faster_rcnn_R-50-C4_1x.yaml", "MODEL.NUM_CLASSES", "3",
+                  "RESNETS.STRIDE_1X1", "False")
+    model = build_model(cfg).eval()
+    load_weights(model, path, for_training=True)
+    x = torch.randn(2, 1024, 14, 14, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(model.roi_heads.box_head.res5(x), net.layer4(x), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("legacy_names", [False, True])
+def test_torchvision_maskrcnn_state_dict_loads_completely(tmp_path, repo_root, legacy_names):
+    # torchvision >= 0.13 names Conv2dNormActivation blocks (rpn.head.conv.0.0, inner_blocks.0.0,
+    # mask_head.0.0); its published COCO weights still use the older names (rpn.head.conv,
+    # inner_blocks.0, mask_head.mask_fcn1). Both load.
+    torch.manual_seed(0)
+    net = torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)
+    state = net.state_dict()
+    if legacy_names:
+        renamed = {}
+        for key, value in state.items():
+            key = key.replace("rpn.head.conv.0.0.", "rpn.head.conv.")
+            for blocks in ("inner_blocks", "layer_blocks"):
+                for i in range(4):
+                    key = key.replace(f"fpn.{blocks}.{i}.0.", f"fpn.{blocks}.{i}.")
+            for i in range(4):
+                key = key.replace(f"roi_heads.mask_head.{i}.0.", f"roi_heads.mask_head.mask_fcn{i + 1}.")
+            renamed[key] = value
+        state = renamed
+    path = tmp_path / "maskrcnn_resnet50_fpn_coco.pth"
+    torch.save(state, path)
+    assert read_weights_file(path).format == TORCHVISION
+    cfg = load_config(repo_root / "configs/torchvision/maskrcnn_resnet50_fpn.yaml")
+    model = build_model(cfg)
+    report = load_weights(model, path)
+    assert report.missing == [] and report.unused == [] and report.mis_shaped == []
+    assert torch.equal(model.rpn.head.conv.weight, net.rpn.head.conv[0][0].weight)
+    assert torch.equal(model.mask_heads.head.convs[6].weight, net.roi_heads.mask_head[3][0].weight)
+    assert torch.equal(model.backbone.lateral_convs["res2"].weight, net.backbone.fpn.inner_blocks[0][0].weight)
+
+
+def test_batchnorm_weights_do_not_load_into_group_norm(tmp_path, repo_root):
+    net = torchvision.models.resnet18()
+    path = tmp_path / "resnet18.pth"
+    torch.save(net.state_dict(), path)
+    cfg = load_config(repo_root / "configs/shapes/e2e_faster_rcnn_R-18-FPN_1x.yaml")  # GN
+    report = load_weights(build_model(cfg), path, for_training=True)
+    assert "backbone.bottom_up.stem.conv1.norm.weight" in report.missing
+    assert "bn1.running_var" in report.unused
+    assert "backbone.bottom_up.stem.conv1.weight" in report.loaded
+
+
+# ---- our own checkpoints, errors ------------------------------------------------------------
+def test_own_checkpoint_is_strict_at_inference(mask_r50_fpn, tmp_path):
+    cfg, reference = mask_r50_fpn
+    path = tmp_path / "model_final.pth"
+    save_checkpoint(path, reference, iteration=3)
+    model = build_model(cfg)
+    assert load_weights(model, path).format == OURS
+    _assert_same_state(model, reference)
+    state = torch.load(path, weights_only=False)
+    state["model"]["roi_heads.extra.weight"] = torch.zeros(1)
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r"taken by no layer.*roi_heads\.extra\.weight"):
+        load_weights(build_model(cfg), path)
+
+
+def test_unreadable_and_unknown_files_name_the_file(tmp_path):
+    truncated = tmp_path / "truncated.pkl"
+    truncated.write_bytes(pickle.dumps({"blobs": {"conv1_w": np.zeros(3)}})[:20])
+    with pytest.raises(CheckpointError, match="truncated.pkl' cannot be read"):
+        read_weights_file(truncated)
+    unknown = _write_pickle(tmp_path / "unknown.pkl", {"something": 1, "else": [2]})
+    with pytest.raises(CheckpointError, match=r"unknown.pkl' is of no format.*'something'"):
+        read_weights_file(unknown)
+    with pytest.raises(CheckpointError, match="missing.pth' does not exist"):
+        load_weights(torch.nn.Linear(1, 1), tmp_path / "missing.pth")
+
+
+# ---- URLs ----------------------------------------------------------------------------------
+@pytest.fixture
+def http_server(tmp_path):
+    """A local HTTP server over tmp_path/www; yields its base URL."""
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_url_weights_are_downloaded_once_into_the_cache(mask_r50_fpn, http_server, tmp_path):
+    cfg, reference = mask_r50_fpn
+    root, base = http_server
+    (root / "zoo").mkdir()
+    save_checkpoint(root / "zoo" / "model_final.pth", reference)
+    url = f"{base}/zoo/model_final.pth"
+    cache = tmp_path / "cache"
+    model = build_model(cfg)
+    load_weights(model, url, cache_dir=cache)
+    cached = cache_path_for(url, cache)
+    assert cached.is_file() and cached.parent.parent.name == f"127.0.0.1:{base.rsplit(':', 1)[1]}"
+    _assert_same_state(model, reference)
+    (root / "zoo" / "model_final.pth").unlink()  # served no more: the cache answers
+    assert cached_path(url, cache) == cached
+
+
+def test_offline_url_names_the_url_and_where_to_put_the_file(tmp_path):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/ImageNetPretrained/MSRA/R-50.pkl"
+    expected = tmp_path / f"127.0.0.1:{port}" / "ImageNetPretrained" / "MSRA" / "R-50.pkl"
+    with pytest.raises(CheckpointError, match=f"cannot download '{url}'.*put it at '{expected}'"):
+        load_weights(torch.nn.Linear(1, 1), url, cache_dir=tmp_path)
+
+
+def test_download_with_a_wrong_hash_in_its_name_is_rejected(http_server, tmp_path):
+    root, base = http_server
+    (root / "resnet50-0123abcd.pth").write_bytes(b"not the file the name promises")
+    with pytest.raises(DownloadError, match="SHA-256 prefix 0123abcd"):
+        cached_path(f"{base}/resnet50-0123abcd.pth", tmp_path / "cache")
+    assert not cache_path_for(f"{base}/resnet50-0123abcd.pth", tmp_path / "cache").exists()
