@@ -11,8 +11,16 @@ import pytest
 import torch
 
 from detectron_lib import ops
+from detectron_lib.config import load_config
 from detectron_lib.errors import ConfigError
-from detectron_lib.modeling.postprocess import BoxVoting, SoftNMS, class_wise_nms
+from detectron_lib.modeling.meta_arch import build_model
+from detectron_lib.modeling.postprocess import (
+    BoxVoting,
+    SoftNMS,
+    box_voting_from_config,
+    class_wise_nms,
+    soft_nms_from_config,
+)
 from detectron_lib.modeling.roi_heads.fast_rcnn import box_results_with_nms_and_limit
 
 # Two boxes overlapping with IoU 50 / 150 = 1/3 (same height, shifted by half the width).
@@ -134,7 +142,8 @@ def test_box_voting_threshold_and_labels():
                               top_labels=labels[:1], all_labels=labels)
     assert boxes.tolist() == [TOP]
     # A kept box without voters stays as it is.
-    boxes, scores = ops.box_voting(VOTE_BOXES[:1], VOTE_SCORES[:1], VOTE_BOXES[2:], VOTE_SCORES[2:], 0.5, "AVG")
+    boxes, scores = ops.box_voting(VOTE_BOXES[:1], VOTE_SCORES[:1], VOTE_BOXES[2:], VOTE_SCORES[2:],
+                                   0.5, "AVG")
     assert boxes.tolist() == [TOP] and scores.tolist() == pytest.approx([0.8])
 
 
@@ -200,3 +209,16 @@ def test_rcnn_post_processing_with_soft_nms_and_box_voting():
     # Plain NMS at 0.5 keeps RoI 0 and RoI 1; RoI 0 votes with RoI 2 (IoU 5/6 >= 0.8).
     assert voted.scores.tolist() == pytest.approx([(0.9 + 0.4) / 2, 0.6])
     torch.testing.assert_close(voted.boxes[0], torch.tensor([0.0, 0.0, 10.0, (9 + 4.8) / 1.3]))
+
+
+def test_config_turns_soft_nms_and_box_voting_on(reference_dir):
+    name = reference_dir / "detectron_configs" / "12_2017_baselines" / "e2e_faster_rcnn_R-50-FPN_1x.yaml"
+    cfg = load_config(name, ["MODEL.NUM_CLASSES", "3", "TEST.SOFT_NMS.ENABLED", "True",
+                             "TEST.SOFT_NMS.METHOD", "gaussian", "TEST.SOFT_NMS.SIGMA", "0.7",
+                             "TEST.BBOX_VOTE.ENABLED", "True", "TEST.BBOX_VOTE.SCORING_METHOD",
+                             "QUASI_SUM", "TEST.BBOX_VOTE.SCORING_METHOD_BETA", "0.5"])
+    assert soft_nms_from_config(cfg) == SoftNMS("gaussian", 0.7, 0.0001)
+    assert box_voting_from_config(cfg) == BoxVoting(0.8, "QUASI_SUM", 0.5)
+    heads = build_model(cfg).roi_heads
+    assert heads.soft_nms == SoftNMS("gaussian", 0.7) and heads.box_voting.scoring_method == "QUASI_SUM"
+    assert soft_nms_from_config(load_config(name, ["MODEL.NUM_CLASSES", "3"])) is None

@@ -60,6 +60,7 @@ def finalize(cfg):
     _check_lr_schedule(cfg)
     _check_group_norm(cfg)
     _check_proposal_files(cfg)
+    _check_test_augmentation(cfg)
     return cfg.freeze()
 
 
@@ -125,6 +126,37 @@ def _check_group_norm(cfg):
             "exactly one of GROUP_NORM.DIM_PER_GP and GROUP_NORM.NUM_GROUPS must be -1 "
             f"(got DIM_PER_GP={gn.DIM_PER_GP}, NUM_GROUPS={gn.NUM_GROUPS})"
         )
+
+
+def _check_test_augmentation(cfg):
+    """TEST.BBOX_AUG / MASK_AUG / KPS_AUG settings inference/tta.py can run (Detectron asserted
+    the heuristic pairings only once testing had started)."""
+    aug = cfg.TEST.BBOX_AUG
+    if aug.ENABLED:
+        if cfg.MODEL.RPN_ONLY or cfg.RETINANET.RETINANET_ON:
+            raise ConfigError("TEST.BBOX_AUG works for R-CNN detectors only, not RPN-only or "
+                              "RetinaNet models; set TEST.BBOX_AUG.ENABLED False")
+        if (aug.SCORE_HEUR == "UNION") != (aug.COORD_HEUR == "UNION"):
+            raise ConfigError(
+                f"TEST.BBOX_AUG.SCORE_HEUR is {aug.SCORE_HEUR} and COORD_HEUR is {aug.COORD_HEUR}: "
+                "UNION stacks the RoIs of all passes, so both must be UNION or neither")
+        if cfg.RPN.RPN_ON and aug.SCORE_HEUR != "UNION":
+            raise ConfigError(
+                f"TEST.BBOX_AUG.SCORE_HEUR / COORD_HEUR {aug.SCORE_HEUR}: with an RPN every pass "
+                "has its own RoIs, which only UNION combines (ID and AVG need precomputed proposals)")
+        if aug.SCALE_SIZE_DEP and aug.SCORE_HEUR != "UNION":
+            raise ConfigError("TEST.BBOX_AUG.SCALE_SIZE_DEP drops boxes per pass, which needs "
+                              "SCORE_HEUR and COORD_HEUR UNION")
+    for name in ("BBOX_AUG", "MASK_AUG", "KPS_AUG"):
+        node = getattr(cfg.TEST, name)
+        if not node.ENABLED:
+            continue
+        if any(s <= 0 for s in node.SCALES) or node.MAX_SIZE <= 0:
+            raise ConfigError(f"TEST.{name}.SCALES {tuple(node.SCALES)} and MAX_SIZE "
+                              f"{node.MAX_SIZE} must be positive pixel sizes")
+        if any(r <= 0 for r in node.ASPECT_RATIOS):
+            raise ConfigError(f"TEST.{name}.ASPECT_RATIOS {tuple(node.ASPECT_RATIOS)} must be "
+                              "positive width factors")
 
 
 def _check_proposal_files(cfg):

@@ -27,6 +27,7 @@ from detectron_lib.evaluation.coco import (
 )
 from detectron_lib.errors import ConfigError
 from detectron_lib.evaluation.metrics import write_metrics
+from detectron_lib.inference.tta import augmentation_enabled, run_inference_with_augmentation
 from detectron_lib.modeling.meta_arch import build_model
 from detectron_lib.modeling.roi_heads.mask_head import paste_mask_probs
 from detectron_lib.utils.io import write_json_atomic
@@ -116,8 +117,11 @@ def test(cfg, weights, output_dir=None):
         proposal_file = cfg.TEST.PROPOSAL_FILES[index] if cfg.TEST.PROPOSAL_FILES else None
         loader = build_test_loader(cfg, dataset_name, dist_info.rank, dist_info.world_size,
                                    proposal_file=proposal_file)
-        results, s_per_im = run_inference(model, loader, device, cfg.MRCNN.THRESH_BINARIZE,
-                                          cfg.MRCNN.LEGACY_PASTE)
+        if augmentation_enabled(cfg):
+            results, s_per_im = run_inference_with_augmentation(model, cfg, loader, device)
+        else:
+            results, s_per_im = run_inference(model, loader, device, cfg.MRCNN.THRESH_BINARIZE,
+                                              cfg.MRCNN.LEGACY_PASTE)
         gathered = all_gather_objects((results, s_per_im))
         if not dist_info.is_main:
             continue

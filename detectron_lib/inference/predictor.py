@@ -20,6 +20,7 @@ from detectron_lib.engine.trainer import resolve_device
 from detectron_lib.errors import DatasetError
 from detectron_lib.evaluation.coco import encode_masks_rle
 from detectron_lib.inference.engine import load_model_for_inference
+from detectron_lib.inference.tta import augmentation_enabled, detect_with_augmentation
 from detectron_lib.inference.vis import draw_detections
 from detectron_lib.modeling.roi_heads.mask_head import paste_mask_probs
 from detectron_lib.utils.io import write_json_atomic
@@ -82,12 +83,15 @@ class Predictor:
         when the model predicts them, keypoints (N, K, 3) (x, y, logit) when it predicts
         them)."""
         h, w = image_bgr.shape[:2]
-        scale = compute_resize_scale(h, w, self.cfg.TEST.SCALE, self.cfg.TEST.MAX_SIZE)
-        resized = resize_image(image_bgr, scale)
-        image = normalize_image(resized, self.cfg.PIXEL_MEANS, self.cfg.PIXEL_STDS,
-                                self.cfg.PIXEL_ORDER)
-        images = pad_to_batch([image], size_divisibility_from_cfg(self.cfg))
-        (out,) = self.model(images.to(self.device), [tuple(resized.shape[:2])], [scale])
+        if augmentation_enabled(self.cfg):
+            out = detect_with_augmentation(self.model, self.cfg, image_bgr, self.device)
+        else:
+            scale = compute_resize_scale(h, w, self.cfg.TEST.SCALE, self.cfg.TEST.MAX_SIZE)
+            resized = resize_image(image_bgr, scale)
+            image = normalize_image(resized, self.cfg.PIXEL_MEANS, self.cfg.PIXEL_STDS,
+                                    self.cfg.PIXEL_ORDER)
+            images = pad_to_batch([image], size_divisibility_from_cfg(self.cfg))
+            (out,) = self.model(images.to(self.device), [tuple(resized.shape[:2])], [scale])
         out = out.to("cpu")
         if out.has("mask_probs"):
             out.masks = paste_mask_probs(out, h, w, self.cfg.MRCNN.THRESH_BINARIZE,

@@ -14,6 +14,7 @@ from detectron_lib.errors import ConfigError
 from detectron_lib.modeling.anchors import AnchorGenerator, fpn_rpn_anchor_specs
 from detectron_lib.modeling.backbone.build import body_features, build_backbone, build_roi_box_head
 from detectron_lib.modeling.poolers import roi_pooler_from_config
+from detectron_lib.modeling.postprocess import box_voting_from_config, soft_nms_from_config
 from detectron_lib.modeling.roi_heads.fast_rcnn import (
     BoxROIHeads,
     FastRCNNPredictor,
@@ -86,6 +87,62 @@ class GeneralizedRCNN(nn.Module):
             losses.update(roi_losses)
             return losses
         return [_to_original_scale(d, s) for d, s in zip(detections, scales)]
+
+    # ---- inference in steps, for test-time augmentation (inference/tta.py) ----
+
+    @torch.no_grad()
+    def extract_features(self, images):
+        """Backbone feature maps {name: (N, C, H, W)} of a normalized, padded batch."""
+        return body_features(self.backbone, images, self.body_precision)
+
+    @torch.no_grad()
+    def predict_boxes(self, features, image_sizes, scales, proposals=None):
+        """Class scores and boxes of every RoI before NMS: per image (scores (R, K+1), boxes
+        (R, 4(K+1)) or (R, 8) class-agnostic) in original-image pixels (resized / scale).
+        proposals: [Instances(boxes)] in resized-image pixels, for models without RPN."""
+        if self.rpn is not None:
+            proposals, _ = self.rpn(image_sizes, features, scales)
+        elif proposals is None:
+            raise ValueError("a model without RPN needs precomputed proposals")
+        predictions = self.roi_heads.predict_boxes(features, proposals)
+        return [(scores, boxes / scale) for (scores, boxes), scale in zip(predictions, scales)]
+
+    @torch.no_grad()
+    def predict_masks(self, features, detections, scales):
+        """mask_probs (N_i, M, M) per image for detections [Instances(boxes, classes)] whose
+        boxes are in original-image pixels (the images were resized by ``scales``)."""
+        resized = [_scaled_boxes(d, s) for d, s in zip(detections, scales)]
+        return [d.mask_probs for d in self.mask_heads(features, resized)[0]]
+
+    @torch.no_grad()
+    def predict_keypoint_heatmaps(self, features, detections, scales):
+        """Keypoint heatmap logits (N_i, K, M, M) per image for detections [Instances(boxes)]
+        whose boxes are in original-image pixels (the images were resized by ``scales``)."""
+        boxes = [d.boxes * s for d, s in zip(detections, scales)]
+        logits = self.keypoint_heads.heatmap_logits(features, boxes)
+        return list(logits.split([len(d) for d in detections]))
+
+    @torch.no_grad()
+    def predict_instance_heads(self, features, detections, scales):
+        """Detections [Instances(boxes, scores, classes)] in original-image pixels with the
+        fields the mask and keypoint heads add, as forward() returns them."""
+        resized = [_scaled_boxes(d, s) for d, s in zip(detections, scales)]
+        if self.mask_heads is not None:
+            resized, _ = self.mask_heads(features, resized)
+        if self.keypoint_heads is not None:
+            resized, _ = self.keypoint_heads(features, resized, None, scales)
+        results = []
+        for original, out in zip(detections, resized):
+            out = out[:]
+            out.boxes = original.boxes
+            results.append(out)
+        return results
+
+
+def _scaled_boxes(instances, scale):
+    out = instances[:]
+    out.boxes = instances.boxes * scale
+    return out
 
 
 def _to_original_scale(instances, scale):
@@ -161,6 +218,8 @@ def build_box_roi_heads(cfg, backbone):
         score_thresh=s.SCORE_THRESH,
         nms_thresh=s.NMS,
         detections_per_image=s.DETECTIONS_PER_IM,
+        soft_nms=soft_nms_from_config(cfg),
+        box_voting=box_voting_from_config(cfg),
     )
 
 
