@@ -1,8 +1,8 @@
 """Anchors: the reference boxes RPN and RetinaNet classify and regress.
 
-A cell's anchors are enumerated aspect ratio first, then size, as in Detectron; ``grid_anchors``
-shifts them over a feature map, ordered (y, x, anchor) to match predictions reshaped from
-``(N, A, H, W)`` to ``(N, H, W, A)``.
+A cell's anchors are enumerated aspect ratio first, then size, as Detectron's RPN (size first for
+its RetinaNet: ``sizes_first``); ``grid_anchors`` shifts them over a feature map, ordered
+(y, x, anchor) to match predictions reshaped from ``(N, A, H, W)`` to ``(N, H, W, A)``.
 
 Two geometries exist, selected by ``legacy_plus_one``:
 
@@ -15,11 +15,13 @@ import numpy as np
 import torch
 
 
-def generate_cell_anchors(stride, sizes, aspect_ratios, legacy_plus_one=True):
+def generate_cell_anchors(stride, sizes, aspect_ratios, legacy_plus_one=True, sizes_first=False):
     """Anchors of one feature-map cell: (len(aspect_ratios) * len(sizes), 4) float32 tensor.
 
     stride: the feature map's stride in input pixels. sizes: anchor sizes (sqrt of area) in
-    input pixels. aspect_ratios: height / width.
+    input pixels. aspect_ratios: height / width. Anchor ``r * len(sizes) + s`` has ratio r and
+    size s; with ``sizes_first`` it is anchor ``s * len(aspect_ratios) + r`` instead (the
+    order of Detectron's RetinaNet: octave scales outer, aspect ratios inner).
     """
     sizes = np.asarray(sizes, dtype=np.float64)
     ratios = np.asarray(aspect_ratios, dtype=np.float64)
@@ -30,8 +32,8 @@ def generate_cell_anchors(stride, sizes, aspect_ratios, legacy_plus_one=True):
         ratio_ws = np.round(np.sqrt(area / ratios))
         ratio_hs = np.round(ratio_ws * ratios)
         scales = sizes / stride
-        ws = (ratio_ws[:, None] * scales[None, :]).reshape(-1)
-        hs = (ratio_hs[:, None] * scales[None, :]).reshape(-1)
+        ws = _flatten_grid(ratio_ws[:, None] * scales[None, :], sizes_first)
+        hs = _flatten_grid(ratio_hs[:, None] * scales[None, :], sizes_first)
         anchors = np.stack(
             (center - 0.5 * (ws - 1), center - 0.5 * (hs - 1),
              center + 0.5 * (ws - 1), center + 0.5 * (hs - 1)),
@@ -39,10 +41,15 @@ def generate_cell_anchors(stride, sizes, aspect_ratios, legacy_plus_one=True):
         )
     else:
         h_ratios = np.sqrt(ratios)
-        ws = (sizes[None, :] / h_ratios[:, None]).reshape(-1)
-        hs = (sizes[None, :] * h_ratios[:, None]).reshape(-1)
+        ws = _flatten_grid(sizes[None, :] / h_ratios[:, None], sizes_first)
+        hs = _flatten_grid(sizes[None, :] * h_ratios[:, None], sizes_first)
         anchors = np.round(np.stack((-ws, -hs, ws, hs), axis=1) / 2)
     return torch.as_tensor(anchors, dtype=torch.float32)
+
+
+def _flatten_grid(values, sizes_first):
+    """(ratios, sizes) array -> flat, ratio-major (or size-major with ``sizes_first``)."""
+    return (values.T if sizes_first else values).reshape(-1)
 
 
 def grid_anchors(cell_anchors, stride, height, width):
@@ -86,15 +93,16 @@ class AnchorGenerator(torch.nn.Module):
     """Anchors for a list of feature maps, one (stride, sizes, aspect_ratios) spec per map.
 
     Cell anchors are computed once; grids are cached per feature-map size since training
-    images take only a few distinct padded sizes.
+    images take only a few distinct padded sizes. ``sizes_first``: the cell order of
+    generate_cell_anchors (True for RetinaNet).
     """
 
-    def __init__(self, specs, legacy_plus_one=True):
+    def __init__(self, specs, legacy_plus_one=True, sizes_first=False):
         super().__init__()
         self.strides = [stride for stride, _, _ in specs]
         self.num_anchors = [len(sizes) * len(ratios) for _, sizes, ratios in specs]
         self._cell_anchors = [
-            generate_cell_anchors(stride, sizes, ratios, legacy_plus_one)
+            generate_cell_anchors(stride, sizes, ratios, legacy_plus_one, sizes_first)
             for stride, sizes, ratios in specs
         ]
         self._cache = {}

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import detectron_lib.modeling.backbone  # noqa: F401  (registers the backbones)
+import detectron_lib.modeling.retinanet  # noqa: F401  (registers MODEL.TYPE retinanet)
 import detectron_lib.modeling.roi_heads.box_head  # noqa: F401  (registers the box heads)
 from detectron_lib.config.names import MODEL_TYPE
 from detectron_lib.errors import ConfigError
