@@ -47,6 +47,17 @@ def cmd_train(args):
     print(train(cfg))
 
 
+def cmd_pretrain(args):
+    """Pretrain a config's ResNet body on object crops; prints the summary JSON."""
+    import json
+
+    from detectron_lib.config import load_config
+    from detectron_lib.engine.pretrain import pretrain_backbone
+
+    cfg = load_config(args.cfg_file, args.opts)
+    print(json.dumps(pretrain_backbone(cfg, args.output), indent=1))
+
+
 def cmd_test(args):
     """Evaluate weights on TEST.DATASETS; prints the metrics JSON."""
     import json
@@ -109,6 +120,12 @@ def build_parser():
     p = sub.add_parser("train", help="train a model (one process, or one per rank under torchrun)")
     _add_cfg_args(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("pretrain", help="pretrain the ResNet body on object crops (the stand-in "
+                                        "for ImageNet), writing Detectron-format weights (.pkl)")
+    p.add_argument("--output", required=True, help="weights file to write (.pkl)")
+    _add_cfg_args(p)
+    p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("test", help="evaluate weights on TEST.DATASETS, write metrics.json")
     p.add_argument("--weights", default="", help=WEIGHTS_HELP)

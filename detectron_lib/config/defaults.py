@@ -602,5 +602,29 @@ _C.freeze()
 
 
 def get_default_cfg():
+# Backbone pretraining by object classification (`detectron pretrain`), the stand-in for
+# ImageNet pretraining where there is none: the ResNet body of MODEL.CONV_BODY learns to
+# classify crops of the datasets' objects and background, and its weights are written in
+# Detectron's ImageNet-weights format for TRAIN.WEIGHTS.
+_C.PRETRAIN = CfgNode()
+# Datasets whose objects are cropped (empty: TRAIN.DATASETS)
+_C.PRETRAIN.DATASETS = ()
+# Datasets whose crops measure the top-1 accuracy reported at the end (empty: none)
+_C.PRETRAIN.VAL_DATASETS = ()
+# Batches of crops of VAL_DATASETS used for that accuracy
+_C.PRETRAIN.VAL_BATCHES = 20
+_C.PRETRAIN.MAX_ITER = 500
+# Side of the square crops, in pixels
+_C.PRETRAIN.CROP_SIZE = 64
+# A batch has IMAGES_PER_BATCH images x CROPS_PER_IMAGE crops
+_C.PRETRAIN.IMAGES_PER_BATCH = 16
+_C.PRETRAIN.CROPS_PER_IMAGE = 4
+# Fraction of crops drawn from the background (label 0)
+_C.PRETRAIN.BACKGROUND_FRACTION = 0.25
+# SGD with SOLVER.MOMENTUM, linear warm-up then cosine decay to zero
+_C.PRETRAIN.BASE_LR = 0.1
+_C.PRETRAIN.WARM_UP_ITERS = 50
+_C.PRETRAIN.WEIGHT_DECAY = 0.0001
+
     """A fresh, mutable copy of the default config."""
     return _C.clone()

@@ -126,13 +126,14 @@ def resnet_block_options(cfg, depth):
     )
 
 
-def resnet_body_from_config(cfg, depth, num_stages, out_features=None):
-    """ResNet-<depth> body through res<num_stages + 1> (3: conv4 body, 4: conv5 body)."""
+def resnet_body_from_config(cfg, depth, num_stages, out_features=None, freeze_at=None):
+    """ResNet-<depth> body through res<num_stages + 1> (3: conv4 body, 4: conv5 body);
+    ``freeze_at`` overrides TRAIN.FREEZE_AT."""
     return ResNetBody(
         RESNET_BLOCK_COUNTS[depth][:num_stages],
         res5_dilation=cfg.RESNETS.RES5_DILATION,
         stem_norm=RESNET_STEM_FUNC.get(cfg.RESNETS.STEM_FUNC)(cfg),
-        freeze_at=cfg.TRAIN.FREEZE_AT,
+        freeze_at=cfg.TRAIN.FREEZE_AT if freeze_at is None else freeze_at,
         out_features=out_features,
         **resnet_block_options(cfg, depth),
     )
