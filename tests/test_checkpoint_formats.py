@@ -80,9 +80,20 @@ def _assert_same_state(model, reference, skip=()):
 R50_BLOCKS = {2: 3, 3: 4, 4: 6, 5: 3}
 
 
-def detectron_blobs(model, with_heads=True):
-    """Detectron's blob names for an R-50-FPN Mask R-CNN (FPN.add_fpn_ResNet50_conv5_body,
-    add_roi_2mlp_head, mask_rcnn_fcn_head_v1up4convs), spelled out from Detectron's sources."""
+# Detectron's blobs of the mask head (mask_rcnn_fcn_head_v1up4convs) and of the keypoint head
+# (add_roi_pose_head_v1convX with 8 convs, USE_DECONV_OUTPUT and UP_SCALE 2), and ours
+MASK_BLOBS = {
+    "_[mask]_fcn1": "mask_heads.head.convs.0", "_[mask]_fcn2": "mask_heads.head.convs.2",
+    "_[mask]_fcn3": "mask_heads.head.convs.4", "_[mask]_fcn4": "mask_heads.head.convs.6",
+    "conv5_mask": "mask_heads.head.upsample", "mask_fcn_logits": "mask_heads.predictor.logits",
+}
+KEYPOINT_BLOBS = {f"conv_fcn{n}": f"keypoint_heads.head.convs.{2 * (n - 1)}" for n in range(1, 9)}
+KEYPOINT_BLOBS["kps_score_lowres"] = "keypoint_heads.predictor.score"
+
+
+def detectron_blobs(model, with_heads=True, roi_head_blobs=MASK_BLOBS):
+    """Detectron's blob names for an R-50-FPN R-CNN (FPN.add_fpn_ResNet50_conv5_body,
+    add_roi_2mlp_head and ``roi_head_blobs``), spelled out from Detectron's sources."""
     sd = {k: v.numpy() for k, v in model.state_dict().items()}
     body = "backbone.bottom_up."
     blobs = {"conv1_w": sd[body + "stem.conv1.weight"],
@@ -107,10 +118,7 @@ def detectron_blobs(model, with_heads=True):
         "conv_rpn_fpn2": "rpn.head.conv", "rpn_cls_logits_fpn2": "rpn.head.cls_logits",
         "rpn_bbox_pred_fpn2": "rpn.head.bbox_pred", "fc6": "roi_heads.box_head.fc6",
         "fc7": "roi_heads.box_head.fc7", "cls_score": "roi_heads.predictor.cls_score",
-        "bbox_pred": "roi_heads.predictor.bbox_pred", "_[mask]_fcn1": "mask_heads.head.convs.0",
-        "_[mask]_fcn2": "mask_heads.head.convs.2", "_[mask]_fcn3": "mask_heads.head.convs.4",
-        "_[mask]_fcn4": "mask_heads.head.convs.6", "conv5_mask": "mask_heads.head.upsample",
-        "mask_fcn_logits": "mask_heads.predictor.logits",
+        "bbox_pred": "roi_heads.predictor.bbox_pred", **roi_head_blobs,
     }
     for blob, ours in heads.items():
         blobs[blob + "_w"], blobs[blob + "_b"] = sd[ours + ".weight"], sd[ours + ".bias"]
@@ -134,6 +142,18 @@ def test_detectron_model_zoo_pkl_loads_every_blob(mask_r50_fpn, tmp_path):
     report = load_weights(model, path)
     assert report.missing == [] and report.unused == [] and report.mis_shaped == []
     assert report.ignored == ["fc6_w_momentum"]
+    _assert_same_state(model, reference)
+
+
+def test_detectron_keypoint_rcnn_pkl_loads_every_blob(reference_dir, tmp_path):
+    cfg = _config(reference_dir, "e2e_keypoint_rcnn_R-50-FPN_1x.yaml", *NARROW,
+                  "KRCNN.CONV_HEAD_DIM", "32")
+    reference = _randomized(build_model(cfg))
+    path = _write_pickle(tmp_path / "model_final.pkl", {
+        "blobs": detectron_blobs(reference, roi_head_blobs=KEYPOINT_BLOBS)})
+    model = build_model(cfg)
+    report = load_weights(model, path)
+    assert report.missing == [] and report.unused == []
     _assert_same_state(model, reference)
 
 
@@ -371,6 +391,19 @@ def test_torchvision_maskrcnn_state_dict_loads_completely(tmp_path, repo_root, l
     assert torch.equal(model.rpn.head.conv.weight, net.rpn.head.conv[0][0].weight)
     assert torch.equal(model.mask_heads.head.convs[6].weight, net.roi_heads.mask_head[3][0].weight)
     assert torch.equal(model.backbone.lateral_convs["res2"].weight, net.backbone.fpn.inner_blocks[0][0].weight)
+
+
+def test_torchvision_keypointrcnn_state_dict_loads_completely(tmp_path, repo_root):
+    torch.manual_seed(0)
+    net = torchvision.models.detection.keypointrcnn_resnet50_fpn(weights=None, weights_backbone=None)
+    path = tmp_path / "keypointrcnn_resnet50_fpn_coco.pth"
+    torch.save(net.state_dict(), path)
+    model = build_model(load_config(repo_root / "configs/torchvision/keypointrcnn_resnet50_fpn.yaml"))
+    report = load_weights(model, path)
+    assert report.missing == [] and report.unused == [] and report.mis_shaped == []
+    assert torch.equal(model.keypoint_heads.head.convs[14].weight, net.roi_heads.keypoint_head[14].weight)
+    assert torch.equal(model.keypoint_heads.predictor.score.weight,
+                       net.roi_heads.keypoint_predictor.kps_score_lowres.weight)
 
 
 def test_batchnorm_weights_do_not_load_into_group_norm(tmp_path, repo_root):

@@ -1,14 +1,16 @@
 """The config switches for torchvision's conventions, each against torchvision's own code:
-pixel normalization (PIXEL_ORDER, PIXEL_MEANS, PIXEL_STDS) and mask pasting
-(MRCNN.LEGACY_PASTE)."""
+pixel normalization (PIXEL_ORDER, PIXEL_MEANS, PIXEL_STDS), mask pasting (MRCNN.LEGACY_PASTE)
+and keypoint heatmap upsampling (KRCNN.UP_SCALE_INTERPOLATE)."""
 import numpy as np
 import pytest
 import torch
+from torchvision.models.detection.keypoint_rcnn import KeypointRCNNPredictor
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from detectron_lib.config import ConfigError, load_config
 from detectron_lib.data.transforms import normalize_image
+from detectron_lib.modeling.roi_heads.keypoint_head import KeypointPredictor
 from detectron_lib.ops.masks import paste_masks_legacy
 
 
@@ -52,3 +54,24 @@ def test_legacy_paste_equals_torchvision_paste_masks_in_image():
     expected = paste_masks_in_image(masks[:, None], boxes, (100, 130), padding=1)[:, 0]
     assert torch.equal(paste_masks_legacy(masks, boxes, 100, 130), expected)
     assert paste_masks_legacy(masks[:0], boxes[:0], 100, 130).shape == (0, 100, 130)
+
+
+def test_keypoint_upsampling_switch_matches_torchvision_predictor():
+    # Reference: torchvision's KeypointRCNNPredictor (deconv 4x4/2, then F.interpolate x2).
+    # KRCNN.UP_SCALE_INTERPOLATE reproduces it; Detectron's transposed-conv upsampling agrees
+    # inside and differs on the border cells only.
+    torch.manual_seed(0)
+    reference = KeypointRCNNPredictor(16, 5)
+    x = torch.randn(3, 16, 7, 7)
+    ours = {}
+    for interpolate in (True, False):
+        predictor = KeypointPredictor(16, 5, use_deconv_output=True, up_scale=2,
+                                      up_scale_interpolate=interpolate)
+        predictor.score.load_state_dict(reference.kps_score_lowres.state_dict())
+        with torch.no_grad():
+            ours[interpolate] = predictor(x)
+    with torch.no_grad():
+        expected = reference(x)
+    torch.testing.assert_close(ours[True], expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(ours[False][..., 1:-1, 1:-1], expected[..., 1:-1, 1:-1], rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(ours[False][..., 0, :], expected[..., 0, :])

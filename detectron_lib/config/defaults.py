@@ -592,6 +592,10 @@ _C.PIXEL_STDS = (1.0, 1.0, 1.0)
 # resized to its box rounded to whole pixels); False: detectron2's bilinear sampling of the
 # mask at every pixel centre of the exact box
 _C.MRCNN.LEGACY_PASTE = False
+# Upsample keypoint heatmaps by KRCNN.UP_SCALE as torchvision and detectron2 do (bilinear
+# interpolation repeating the border cells); False: Detectron's fixed bilinear transposed
+# conv, which blends the border cells with zeros (the interior is the same)
+_C.KRCNN.UP_SCALE_INTERPOLATE = False
 # Precision of the convolutional body (backbone and FPN) in training and inference: 'auto'
 # (float16 autocast on CUDA, float32 on the CPU), 'float32', 'float16' or 'bfloat16'. Heads,
 # box coding and losses always run in float32. bfloat16 pays on CPUs with native bf16

@@ -6,7 +6,8 @@ them. Formats and an example of their names:
 
   detectron             Detectron .pkl: model-zoo models and the ImageNet MSRA backbones
                         (res2_0_branch2a_w, res2_0_branch2a_bn_s, fpn_inner_res5_2_sum_w,
-                        conv_rpn_fpn2_w, fc6_w, cls_score_w, _[mask]_fcn1_w, conv5_mask_w)
+                        conv_rpn_fpn2_w, fc6_w, cls_score_w, _[mask]_fcn1_w, conv5_mask_w,
+                        conv_fcn1_w, kps_score_lowres_w)
   detectron2            detectron2 .pkl / .pth (backbone.bottom_up.res2.0.conv1.weight,
                         proposal_generator.rpn_head.conv.weight, roi_heads.box_predictor...)
   torchvision           torchvision detection state dicts (backbone.body.layer1.0.conv1.weight,
@@ -273,6 +274,14 @@ def _detectron_prefixes(path, layout):
         return ["conv5_mask"]
     if path == "mask_heads.predictor.logits":
         return ["mask_fcn_logits"]
+    if path.startswith("keypoint_heads.head.convs."):
+        return [f"conv_fcn{layout.conv_number[path]}"]
+    if path == "keypoint_heads.predictor.deconv":
+        return ["kps_deconv"]
+    if path == "keypoint_heads.predictor.score":
+        # Detectron names the heatmaps 'kps_score_lowres' when UP_SCALE upsamples them
+        upsampled = layout.model.keypoint_heads.predictor.upsample is not None
+        return ["kps_score_lowres" if upsampled else "kps_score"]
     return []
 
 
@@ -333,6 +342,10 @@ def _torchvision_prefixes(path, layout, imagenet=False):
         return ["roi_heads.mask_predictor.conv5_mask"]
     if path == "mask_heads.predictor.logits":
         return ["roi_heads.mask_predictor.mask_fcn_logits"]
+    if path.startswith("keypoint_heads.head.convs."):
+        return [f"roi_heads.keypoint_head.{2 * (layout.conv_number[path] - 1)}"]
+    if path == "keypoint_heads.predictor.score":
+        return ["roi_heads.keypoint_predictor.kps_score_lowres"]
     return []
 
 
@@ -381,6 +394,10 @@ def _detectron2_prefixes(path, layout):
         return ["roi_heads.mask_head.deconv"]
     if path == "mask_heads.predictor.logits":
         return ["roi_heads.mask_head.predictor"]
+    if path.startswith("keypoint_heads.head.convs."):
+        return [f"roi_heads.keypoint_head.conv_fcn{layout.conv_number[path]}"]
+    if path == "keypoint_heads.predictor.score":
+        return ["roi_heads.keypoint_head.score_lowres"]
     return []
 
 

@@ -75,12 +75,14 @@ class KeypointPredictor(nn.Module):
     (KRCNN.DECONV_DIM, GaussianFill 0.01) and ReLU. Then kps_score: a stride-2 transposed conv
     (KRCNN.USE_DECONV_OUTPUT) or a 1x1 conv, filled with ``weight_fill`` (std 0.001). Both
     transposed convs have kernel ``deconv_kernel`` (KRCNN.DECONV_KERNEL). up_scale
-    (KRCNN.UP_SCALE) > 1 appends fixed bilinear upsampling.
+    (KRCNN.UP_SCALE) > 1 appends fixed bilinear upsampling, Detectron's or, with
+    ``up_scale_interpolate`` (KRCNN.UP_SCALE_INTERPOLATE), torchvision's (BilinearUpsample).
     x: (R, in_channels, S, S) -> (R, num_keypoints, M, M), M = ``output_size(S)``.
     """
 
     def __init__(self, in_channels, num_keypoints, weight_fill="GaussianFill", *, use_deconv=False,
-                 deconv_dim=256, deconv_kernel=4, use_deconv_output=False, up_scale=1):
+                 deconv_dim=256, deconv_kernel=4, use_deconv_output=False, up_scale=1,
+                 up_scale_interpolate=False):
         super().__init__()
         self.deconv = None
         if use_deconv:
@@ -92,7 +94,8 @@ class KeypointPredictor(nn.Module):
         else:
             self.score = nn.Conv2d(in_channels, num_keypoints, 1)
         _init_(self.score, weight_fill, KEYPOINT_OUTPUT_STD)
-        self.upsample = BilinearUpsample(up_scale) if up_scale > 1 else None
+        self.upsample = (BilinearUpsample(up_scale, clamp_edges=up_scale_interpolate)
+                         if up_scale > 1 else None)
 
     def output_size(self, input_size):
         """Side of the heatmaps predicted from an input map of side ``input_size``."""
@@ -333,7 +336,8 @@ def build_keypoint_roi_heads(cfg, backbone_out_channels, backbone_strides):
     predictor = KeypointPredictor(
         head.out_channels, k.NUM_KEYPOINTS, k.CONV_INIT, use_deconv=k.USE_DECONV,
         deconv_dim=k.DECONV_DIM, deconv_kernel=k.DECONV_KERNEL,
-        use_deconv_output=k.USE_DECONV_OUTPUT, up_scale=max(k.UP_SCALE, 1))
+        use_deconv_output=k.USE_DECONV_OUTPUT, up_scale=max(k.UP_SCALE, 1),
+        up_scale_interpolate=k.UP_SCALE_INTERPOLATE)
     predicted = predictor.output_size(k.ROI_XFORM_RESOLUTION)
     if predicted != k.HEATMAP_SIZE:
         raise ConfigError(

@@ -135,16 +135,23 @@ class BilinearUpsample(nn.Module):
     kernel of ``bilinear_upsample_kernel`` (kernel 2f, padding f/2; not trained, as in Detectron).
 
     x: (R, C, S, S) -> (R, C, fS, fS). factor must be even (Detectron's assertion).
+    clamp_edges: F.interpolate's bilinear upsampling (align_corners=False) instead, as in
+    torchvision's and detectron2's keypoint heads: the same interior, but the border cells
+    repeat the edge rather than blend it with the zeros beyond it.
     """
 
-    def __init__(self, factor):
+    def __init__(self, factor, clamp_edges=False):
         super().__init__()
         if factor < 2 or factor % 2:
             raise ConfigError(f"MRCNN.UPSAMPLE_RATIO must be 1 or an even number, got {factor}")
         self.factor = factor
+        self.clamp_edges = clamp_edges
         self.register_buffer("kernel", bilinear_upsample_kernel(factor), persistent=False)
 
     def forward(self, x):
+        if self.clamp_edges:
+            return F.interpolate(x, scale_factor=float(self.factor), mode="bilinear",
+                                 align_corners=False)
         channels = x.shape[1]
         weight = self.kernel.to(x.dtype).expand(channels, 1, *self.kernel.shape)
         return F.conv_transpose2d(x, weight, stride=self.factor, padding=self.factor // 2,
