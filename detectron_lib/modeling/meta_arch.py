@@ -23,6 +23,7 @@ from detectron_lib.modeling.roi_heads.fast_rcnn import (
 )
 from detectron_lib.modeling.roi_heads.keypoint_head import build_keypoint_roi_heads
 from detectron_lib.modeling.roi_heads.mask_head import build_mask_roi_heads
+from detectron_lib.modeling.roi_heads.rfcn import RFCNPredictor, RFCNROIHeads
 from detectron_lib.modeling.rpn import RPN, RPNHead, build_rpn_matcher
 from detectron_lib.structures.boxes import BoxCoder
 
@@ -204,14 +205,20 @@ def build_box_roi_heads(cfg, backbone):
     # The VGG16 fc head fixes its own input resolution (Detectron pooled it at 7x7).
     pooler = roi_pooler_from_config(cfg, cfg.FAST_RCNN, [backbone.strides[name] for name in in_features],
                                     resolution=getattr(box_head, "resolution", None))
+    options = _box_roi_head_options(cfg)
+    return BoxROIHeads(
+        pooler, box_head,
+        FastRCNNPredictor(box_head.out_dim, cfg.MODEL.NUM_CLASSES, cfg.MODEL.CLS_AGNOSTIC_BBOX_REG),
+        in_features, **options)
+
+
+def _box_roi_head_options(cfg):
+    """BoxROIHeads' keyword arguments: RoI sampling (TRAIN.*), box coding, post-processing."""
     if cfg.MODEL.NUM_CLASSES < 2:
         raise ConfigError(f"MODEL.NUM_CLASSES is {cfg.MODEL.NUM_CLASSES}; set it to the number "
                           "of object classes plus one for background")
     t, s = cfg.TRAIN, cfg.TEST
-    return BoxROIHeads(
-        pooler, box_head,
-        FastRCNNPredictor(box_head.out_dim, cfg.MODEL.NUM_CLASSES, cfg.MODEL.CLS_AGNOSTIC_BBOX_REG),
-        in_features,
+    return dict(
         matcher=build_fast_rcnn_matcher(t.FG_THRESH, t.BG_THRESH_HI, t.BG_THRESH_LO),
         batch_size_per_image=t.BATCH_SIZE_PER_IM,
         fg_fraction=t.FG_FRACTION,
@@ -242,6 +249,36 @@ def build_generalized_rcnn(cfg):
         keypoint_heads = build_keypoint_roi_heads(cfg, backbone.out_channels, backbone.strides)
     return GeneralizedRCNN(backbone, rpn, roi_heads, mask_heads, cfg.MODEL.BODY_PRECISION,
                            keypoint_heads=keypoint_heads)
+
+
+def build_rfcn_roi_heads(cfg, backbone):
+    """R-FCN heads on the backbone's last map: RFCN.PS_GRID_SIZE, MODEL.NUM_CLASSES and
+    CLS_AGNOSTIC_BBOX_REG; FAST_RCNN.ROI_XFORM_METHOD picks PS-RoIPool (RoIPoolF, Detectron's)
+    or PS-RoIAlign (RoIAlign, with ROI_XFORM_SAMPLING_RATIO)."""
+    in_feature = list(backbone.out_channels)[-1]
+    options = _box_roi_head_options(cfg)
+    predictor = RFCNPredictor(
+        backbone.out_channels[in_feature], cfg.MODEL.NUM_CLASSES, cfg.RFCN.PS_GRID_SIZE,
+        1.0 / backbone.strides[in_feature], cfg.MODEL.CLS_AGNOSTIC_BBOX_REG,
+        method=cfg.FAST_RCNN.ROI_XFORM_METHOD, sampling_ratio=cfg.FAST_RCNN.ROI_XFORM_SAMPLING_RATIO)
+    return RFCNROIHeads(predictor, in_feature, **options)
+
+
+@MODEL_TYPE.register("rfcn")
+def build_rfcn(cfg):
+    """R-FCN: backbone -> (RPN, when RPN.RPN_ON) -> R-FCN heads; without an RPN it runs on
+    precomputed proposals. Detectron's R-FCN body is a ResNet conv5 body with
+    RESNETS.RES5_DILATION 2 (stride 16)."""
+    switches = {"MODEL.RPN_ONLY": cfg.MODEL.RPN_ONLY, "MODEL.MASK_ON": cfg.MODEL.MASK_ON,
+                "MODEL.KEYPOINTS_ON": cfg.MODEL.KEYPOINTS_ON, "FPN.FPN_ON": cfg.FPN.FPN_ON}
+    unsupported = [key for key, on in switches.items() if on]
+    if unsupported:
+        raise ConfigError(f"MODEL.TYPE rfcn does not support {', '.join(unsupported)}; turn it "
+                          "off, or use MODEL.TYPE generalized_rcnn")
+    backbone = build_backbone(cfg)
+    rpn = build_rpn(cfg, backbone) if cfg.RPN.RPN_ON else None
+    return GeneralizedRCNN(backbone, rpn, build_rfcn_roi_heads(cfg, backbone), None,
+                           cfg.MODEL.BODY_PRECISION)
 
 
 def build_model(cfg):

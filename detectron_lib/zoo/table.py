@@ -27,9 +27,11 @@ MISSING = "-"
 
 
 def model_type(cfg):
-    """Detectron's 'type' column for a config: RPN, RetinaNet, Kps, Mask, Faster or Fast."""
+    """Detectron's 'type' column for a config: RPN, RetinaNet, R-FCN, Kps, Mask, Faster or Fast."""
     if cfg.MODEL.RPN_ONLY:
         return "RPN"
+    if cfg.MODEL.TYPE == "rfcn":
+        return "R-FCN"
     if cfg.RETINANET.RETINANET_ON:
         return "RetinaNet"
     if cfg.MODEL.KEYPOINTS_ON:
