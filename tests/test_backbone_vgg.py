@@ -9,6 +9,7 @@ from torch.nn import functional as F
 from torchvision.models import vgg
 
 from detectron_lib.modeling.backbone.layers import detectron_blob_names
+from detectron_lib.modeling.backbone.norms import GROUP_NORM, NormSpec
 from detectron_lib.modeling.backbone.vgg import VGG16Body, VGG16RoIHead
 
 
@@ -53,3 +54,30 @@ def test_vgg16_roi_head_is_fc6_fc7_with_relu():
         hidden = F.relu(rois.flatten(1) @ head.fc6.weight.T + head.fc6.bias)
         expected = F.relu(hidden @ head.fc7.weight.T + head.fc7.bias)
         torch.testing.assert_close(head(rois), expected)
+
+
+def test_vgg16_gn_body_matches_torchvision_vgg16_bn_layout_with_group_norm():
+    # torchvision's VGG16-BN features (conv -> BN -> ReLU) with every BatchNorm swapped for
+    # the GroupNorm our body puts after its bias-free convs.
+    torch.manual_seed(0)
+    tv_features = vgg.make_layers(vgg.cfgs["D"], batch_norm=True)[:-1]
+    for index, layer in enumerate(tv_features):
+        if isinstance(layer, torch.nn.BatchNorm2d):
+            tv_features[index] = torch.nn.GroupNorm(32, layer.num_features)
+    body = VGG16Body(norm=NormSpec(GROUP_NORM, gn_num_groups=32))
+    tv_convs = [m for m in tv_features if isinstance(m, torch.nn.Conv2d)]
+    tv_norms = [m for m in tv_features if isinstance(m, torch.nn.GroupNorm)]
+    our_convs = [conv for block in body.blocks for conv in block]
+    with torch.no_grad():
+        for tv_conv, tv_norm, our_conv in zip(tv_convs, tv_norms, our_convs, strict=True):
+            assert our_conv.bias is None
+            tv_conv.bias.zero_()
+            tv_norm.weight.uniform_(0.5, 1.5)
+            tv_norm.bias.normal_(0.0, 0.1)
+            our_conv.weight.copy_(tv_conv.weight)
+            our_conv.norm.weight.copy_(tv_norm.weight)
+            our_conv.norm.bias.copy_(tv_norm.bias)
+        images = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+        torch.testing.assert_close(body(images)["conv5_3"], tv_features(images), rtol=1e-4, atol=1e-4)
+    blobs = detectron_blob_names(body)
+    assert blobs["blocks.0.conv1_1.norm.weight"] == "conv1_1_gn_s"

@@ -55,6 +55,7 @@ _CONV_BODIES = (
     "ResNet.add_ResNet34_conv4_body",
     "ResNet.add_ResNet34_conv5_body",
     "ResNet.add_ResNet152_conv4_body",
+    "VGG16.add_VGG16_gn_conv5_body",
 )
 CONV_BODY = Registry("MODEL.CONV_BODY")
 CONV_BODY.declare(*_CONV_BODIES)

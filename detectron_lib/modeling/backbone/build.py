@@ -187,6 +187,13 @@ def vgg16_body_from_config(cfg):
     return VGG16Body()
 
 
+@CONV_BODY.register("VGG16.add_VGG16_gn_conv5_body")
+def vgg16_gn_body_from_config(cfg):
+    """VGG16 conv5 body with GroupNorm (GROUP_NORM.*) after every conv (this project's, for
+    training from scratch); conv1/conv2 frozen as in Detectron's VGG16."""
+    return VGG16Body(norm=group_norm_spec(cfg))
+
+
 @ROI_BOX_HEAD.register("ResNet.add_ResNet_roi_conv5_head")
 def resnet_roi_head_from_config(cfg, in_channels):
     """res5 head on RoIs pooled at FAST_RCNN.ROI_XFORM_RESOLUTION (first stride = it // 7).

@@ -2,7 +2,8 @@
 
 Body: conv1_1..conv5_3 (3x3, pad 1, bias, ReLU after each), 2x2/2 max-pools after conv1_2,
 conv2_2, conv3_3 and conv4_3; no pool5, so the output "conv5_3" has stride 16 and 512 channels.
-Detectron stops gradients at pool2, so conv1_* and conv2_* never train.
+Detectron stops gradients at pool2, so conv1_* and conv2_* never train. This project adds a
+GroupNorm variant (a norm after every conv, which then has no bias) for training from scratch.
 Head: fc6 (512*7*7 -> 4096) + ReLU, fc7 (4096 -> 4096) + ReLU on 7x7 pooled RoI features.
 """
 from collections import OrderedDict
@@ -22,11 +23,12 @@ class VGG16Body(nn.Module):
     """VGG16 up to conv5_3 (stride 16, 512 channels).
 
     ``frozen_blocks``: conv blocks 1..frozen_blocks get requires_grad False (Detectron: 2).
+    ``norm``: "" (Detectron's VGG16: convs with bias) or a GroupNorm NormSpec after every conv.
     forward(images (N, 3, H, W)) -> OrderedDict {"conv5_3": (N, 512, ~H/16, ~W/16)}, with
     ``out_channels`` and ``strides`` dicts keyed "conv5_3".
     """
 
-    def __init__(self, frozen_blocks=VGG16_FROZEN_BLOCKS, weight_fill="XavierFill"):
+    def __init__(self, frozen_blocks=VGG16_FROZEN_BLOCKS, weight_fill="XavierFill", norm=""):
         super().__init__()
         self.blocks = nn.ModuleList()
         in_channels = 3
@@ -34,7 +36,7 @@ class VGG16Body(nn.Module):
             convs = nn.Sequential()
             for index in range(1, num_convs + 1):
                 convs.add_module(f"conv{block}_{index}", Conv2dNorm(
-                    in_channels, channels, 3, padding=1, weight_fill=weight_fill,
+                    in_channels, channels, 3, padding=1, norm=norm, weight_fill=weight_fill,
                     detectron_name=f"conv{block}_{index}",
                 ))
                 in_channels = channels
