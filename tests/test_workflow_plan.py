@@ -35,11 +35,12 @@ def shapes_workdir(tmp_path):
 
 @pytest.fixture
 def coco_workdir(tmp_path, reference_dir):
-    """configs/zoo from the repository, configs/12_2017_baselines = Detectron's originals."""
+    """configs/zoo from the repository, configs/12_2017_baselines and 04_2018_gn_baselines =
+    Detectron's originals."""
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "zoo").symlink_to(REPO_ROOT / "configs" / "zoo")
-    (tmp_path / "configs" / "12_2017_baselines").symlink_to(
-        reference_dir / "detectron_configs" / "12_2017_baselines")
+    for folder in ("12_2017_baselines", "04_2018_gn_baselines"):
+        (tmp_path / "configs" / folder).symlink_to(reference_dir / "detectron_configs" / folder)
     return tmp_path
 
 

@@ -27,8 +27,10 @@ def test_repository_manifests_parse(reference_dir, monkeypatch):
     assert shapes.table == "MODEL_ZOO.md"
     assert all(Path(REPO_ROOT, b.config).is_file() for b in shapes.baselines.values())
     coco = load_manifest(REPO_ROOT / "configs/zoo/coco_2017.yaml")
-    assert len(coco.baselines) == len(list(
-        (reference_dir / "detectron_configs/12_2017_baselines").glob("*.yaml")))
+    detectron_baselines = [path.stem for folder in ("12_2017_baselines", "04_2018_gn_baselines")
+                           for path in (reference_dir / "detectron_configs" / folder).glob("*.yaml")]
+    assert sorted(coco.baselines) == sorted(detectron_baselines)
+    assert coco.baseline("mask_rcnn_R-50-FPN_1x_gn").proposals_from == "rpn_R-50-FPN_1x"
     assert coco.baseline("mask_rcnn_R-101-FPN_2x").proposals_from == "rpn_R-101-FPN_1x"
     assert coco.baseline("keypoint_rcnn_R-50-FPN_s1x").proposals_from == \
         "rpn_person_only_R-50-FPN_1x"
