@@ -1,5 +1,7 @@
-"""One model of every family, built from Detectron's own config file of that name (NUM_CLASSES
-changed, RoI / proposal counts made small): one SGD step and one inference on small images.
+"""One model of every family (Faster / Mask / Keypoint R-CNN, FPN and C4, GN, RPN, models on
+precomputed proposals, RetinaNet, R-FCN, VGG16), built from Detectron's own config file of that
+name (NUM_CLASSES changed, RoI / proposal counts made small): one SGD step and one inference on
+small images.
 
 Detectron shipped no config for R-FCN or VGG16; those two start from e2e_faster_rcnn_R-50-C4_1x
 with the overrides of Detectron's hard-coded model types (model_builder.ResNet50_rfcn:
@@ -31,6 +33,8 @@ VGG16 = ["MODEL.CONV_BODY", "VGG16.add_VGG16_conv5_body",
 RPN_LOSSES = {"loss_rpn_cls", "loss_rpn_bbox"}
 BOX_LOSSES = {"loss_cls", "loss_bbox"}
 MASK_LOSSES = {"loss_mask"}
+KEYPOINT_LOSSES = {"loss_kps"}
+RETINANET_LOSSES = {"loss_retnet_cls", "loss_retnet_bbox"}
 B = "12_2017_baselines/"
 SLOW = pytest.mark.slow  # the C4 models run a ResNet-50 res5 per RoI: > 10 s on 2 shared cores
 FAMILIES = [
@@ -50,6 +54,11 @@ FAMILIES = [
     pytest.param(B + "fast_rcnn_R-50-C4_1x.yaml", [], True, BOX_LOSSES, id="fast_c4", marks=SLOW),
     pytest.param(B + "mask_rcnn_R-50-FPN_1x.yaml", [], True, BOX_LOSSES | MASK_LOSSES,
                  id="mask_on_proposals_fpn"),
+    pytest.param(B + "e2e_keypoint_rcnn_R-50-FPN_1x.yaml", [], False,
+                 RPN_LOSSES | BOX_LOSSES | KEYPOINT_LOSSES, id="keypoint_fpn"),
+    pytest.param(B + "keypoint_rcnn_R-50-FPN_1x.yaml", [], True, BOX_LOSSES | KEYPOINT_LOSSES,
+                 id="keypoint_on_proposals_fpn"),
+    pytest.param(B + "retinanet_R-50-FPN_1x.yaml", [], False, RETINANET_LOSSES, id="retinanet"),
     pytest.param(B + "e2e_faster_rcnn_R-50-C4_1x.yaml", RFCN, False, RPN_LOSSES | BOX_LOSSES,
                  id="rfcn_e2e"),
     pytest.param(B + "fast_rcnn_R-50-C4_1x.yaml", RFCN, True, BOX_LOSSES, id="rfcn_on_proposals"),
@@ -66,10 +75,19 @@ def _square(x1, y1, x2, y2):
     return [[x1, y1, x2, y1, x2, y2, x1, y2]]
 
 
-def _targets():
+def _keypoints(boxes, num_keypoints):
+    """(G, K, 3) visible keypoints spread over each box's diagonal."""
+    t = torch.linspace(0.1, 0.9, num_keypoints)[None, :]
+    x = boxes[:, :1] + t * (boxes[:, 2:3] - boxes[:, :1])
+    y = boxes[:, 1:2] + t * (boxes[:, 3:4] - boxes[:, 1:2])
+    return torch.stack([x, y, torch.full_like(x, 2.0)], dim=2)
+
+
+def _targets(num_keypoints):
     boxes = [torch.tensor([[10.0, 10, 60, 80], [50, 40, 110, 90]]), torch.tensor([[0.0, 0, 30, 30]])]
     return [
-        Instances(size, boxes=b, classes=c, segms=[_square(*box.tolist()) for box in b])
+        Instances(size, boxes=b, classes=c, segms=[_square(*box.tolist()) for box in b],
+                  keypoints=_keypoints(b, num_keypoints))
         for size, b, c in zip(SIZES, boxes, [torch.tensor([1, 3]), torch.tensor([4])])
     ]
 
@@ -91,9 +109,11 @@ def test_family_trains_one_step_and_infers(reference_dir, name, overrides, on_pr
     torch.manual_seed(0)
     model = build_model(cfg)
     images = torch.randn(2, 3, 96, 128)
-    proposals = _proposals() if on_proposals else None
+    # Models on precomputed proposals get them; the others (RetinaNet included) take none.
+    proposals = {"proposals": _proposals()} if on_proposals else {}
     model.train()
-    losses = model(images, SIZES, SCALES, _targets(), seeds=[1, 2], proposals=proposals)
+    losses = model(images, SIZES, SCALES, _targets(max(cfg.KRCNN.NUM_KEYPOINTS, 1)), seeds=[1, 2],
+                   **proposals)
     assert set(losses) == expected_losses
     total = sum(losses.values())
     assert torch.isfinite(total)
@@ -108,7 +128,7 @@ def test_family_trains_one_step_and_infers(reference_dir, name, overrides, on_pr
 
     model.eval()
     with torch.no_grad():
-        results = model(images, SIZES, SCALES, proposals=_proposals() if on_proposals else None)
+        results = model(images, SIZES, SCALES, **proposals)
     assert len(results) == 2
     for result, (h, w), scale in zip(results, SIZES, SCALES):
         assert result.boxes.shape[1] == 4 and torch.isfinite(result.boxes).all()
@@ -120,6 +140,8 @@ def test_family_trains_one_step_and_infers(reference_dir, name, overrides, on_pr
         if cfg.MODEL.MASK_ON:
             resolution = cfg.MRCNN.RESOLUTION
             assert result.mask_probs.shape == (len(result), resolution, resolution)
+        if cfg.MODEL.KEYPOINTS_ON:
+            assert result.keypoints.shape == (len(result), cfg.KRCNN.NUM_KEYPOINTS, 3)
 
 
 # ---- R-FCN: position-sensitive pooling wiring, hand-computed -------------------------------
