@@ -157,6 +157,32 @@ def test_detectron_keypoint_rcnn_pkl_loads_every_blob(reference_dir, tmp_path):
     _assert_same_state(model, reference)
 
 
+def test_detectron_retinanet_pkl_loads_every_blob(reference_dir, tmp_path):
+    # Detectron's RetinaNet: FPN on res3..res5 plus fpn_6 (on C5) and fpn_7, and towers whose
+    # blobs carry the finest level (retnet_cls_conv_n0_fpn3 ...), shared by every level.
+    cfg = _config(reference_dir, "retinanet_R-50-FPN_1x.yaml", *NARROW)
+    reference = _randomized(build_model(cfg))
+    sd = {k: v.numpy() for k, v in reference.state_dict().items()}
+    blobs = detectron_blobs(reference, with_heads=False)
+    names = {"fpn_inner_res5_2_sum": "backbone.lateral_convs.res5",
+             "fpn_inner_res4_5_sum_lateral": "backbone.lateral_convs.res4",
+             "fpn_inner_res3_3_sum_lateral": "backbone.lateral_convs.res3",
+             "fpn_res5_2_sum": "backbone.output_convs.res5", "fpn_res4_5_sum": "backbone.output_convs.res4",
+             "fpn_res3_3_sum": "backbone.output_convs.res3", "fpn_6": "backbone.extra_convs.p6",
+             "fpn_7": "backbone.extra_convs.p7", "retnet_cls_pred_fpn3": "head.cls_pred",
+             "retnet_bbox_pred_fpn3": "head.box_pred"}
+    for i in range(4):
+        names[f"retnet_cls_conv_n{i}_fpn3"] = f"head.cls_tower.{i}"
+        names[f"retnet_bbox_conv_n{i}_fpn3"] = f"head.box_tower.{i}"
+    for blob, ours in names.items():
+        blobs[blob + "_w"], blobs[blob + "_b"] = sd[ours + ".weight"], sd[ours + ".bias"]
+    path = _write_pickle(tmp_path / "retinanet.pkl", {"blobs": blobs})
+    model = build_model(cfg)
+    report = load_weights(model, path)
+    assert report.missing == [] and report.unused == []
+    _assert_same_state(model, reference)
+
+
 def test_detectron_imagenet_backbone_initializes_training_and_lists_the_rest(
         mask_r50_fpn, tmp_path, caplog):
     cfg, reference = mask_r50_fpn
@@ -404,6 +430,22 @@ def test_torchvision_keypointrcnn_state_dict_loads_completely(tmp_path, repo_roo
     assert torch.equal(model.keypoint_heads.head.convs[14].weight, net.roi_heads.keypoint_head[14].weight)
     assert torch.equal(model.keypoint_heads.predictor.score.weight,
                        net.roi_heads.keypoint_predictor.kps_score_lowres.weight)
+
+
+def test_torchvision_retinanet_state_dict_loads_without_its_background_logits(tmp_path, repo_root):
+    # torchvision scores 91 classes per anchor, class 0 (background) never trained; ours the 90
+    # others, in torchvision's anchor order (RETINANET.RATIO_MAJOR_ANCHORS).
+    torch.manual_seed(0)
+    net = torchvision.models.detection.retinanet_resnet50_fpn(weights=None, weights_backbone=None)
+    path = tmp_path / "retinanet_resnet50_fpn_coco.pth"
+    torch.save(net.state_dict(), path)
+    model = build_model(load_config(repo_root / "configs/torchvision/retinanet_resnet50_fpn.yaml"))
+    report = load_weights(model, path)
+    assert report.missing == [] and report.unused == [] and report.mis_shaped == []
+    theirs = net.head.classification_head.cls_logits.weight.view(9, 91, 256, 3, 3)
+    assert torch.equal(model.head.cls_pred.weight.view(9, 90, 256, 3, 3), theirs[:, 1:])
+    assert torch.equal(model.backbone.extra_convs["p7"].weight, net.backbone.fpn.extra_blocks.p7.weight)
+    assert torch.equal(model.head.box_tower[3].weight, net.head.regression_head.conv[3][0].weight)
 
 
 def test_batchnorm_weights_do_not_load_into_group_norm(tmp_path, repo_root):

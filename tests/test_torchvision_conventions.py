@@ -1,15 +1,18 @@
 """The config switches for torchvision's conventions, each against torchvision's own code:
 pixel normalization (PIXEL_ORDER, PIXEL_MEANS, PIXEL_STDS), mask pasting (MRCNN.LEGACY_PASTE)
-and keypoint heatmap upsampling (KRCNN.UP_SCALE_INTERPOLATE)."""
+keypoint heatmap upsampling (KRCNN.UP_SCALE_INTERPOLATE) and RetinaNet's anchors
+(RETINANET.INTEGER_ANCHOR_SIZES, RATIO_MAJOR_ANCHORS)."""
 import numpy as np
 import pytest
 import torch
+from torchvision.models.detection.anchor_utils import AnchorGenerator as TorchvisionAnchorGenerator
 from torchvision.models.detection.keypoint_rcnn import KeypointRCNNPredictor
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from detectron_lib.config import ConfigError, load_config
 from detectron_lib.data.transforms import normalize_image
+from detectron_lib.modeling.anchors import AnchorGenerator, retinanet_anchor_specs
 from detectron_lib.modeling.roi_heads.keypoint_head import KeypointPredictor
 from detectron_lib.ops.masks import paste_masks_legacy
 
@@ -75,3 +78,17 @@ def test_keypoint_upsampling_switch_matches_torchvision_predictor():
     torch.testing.assert_close(ours[True], expected, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(ours[False][..., 1:-1, 1:-1], expected[..., 1:-1, 1:-1], rtol=1e-6, atol=1e-6)
     assert not torch.allclose(ours[False][..., 0, :], expected[..., 0, :])
+
+
+def test_retinanet_anchor_switches_give_torchvisions_cell_anchors():
+    # Reference: the cell anchors of torchvision's retinanet_resnet50_fpn (integer sizes
+    # 32, 40, 50 ... on P3..P7, aspect ratio outer, size inner).
+    sizes = tuple((x, int(x * 2 ** (1.0 / 3)), int(x * 2 ** (2.0 / 3))) for x in [32, 64, 128, 256, 512])
+    reference = TorchvisionAnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * 5)
+    reference.set_cell_anchors(torch.float32, torch.device("cpu"))
+    specs = retinanet_anchor_specs(3, 7, 3, 4, (0.5, 1.0, 2.0), integer_sizes=True)
+    ours = AnchorGenerator(specs, legacy_plus_one=False, sizes_first=False)
+    for level, expected in enumerate(reference.cell_anchors):
+        torch.testing.assert_close(ours._cell_anchors[level], expected, rtol=0, atol=0)
+    detectron_order = AnchorGenerator(specs, legacy_plus_one=False, sizes_first=True)
+    assert not torch.equal(detectron_order._cell_anchors[0], reference.cell_anchors[0])

@@ -1,15 +1,23 @@
-"""Parity with torchvision: its fasterrcnn_resnet50_fpn, maskrcnn_resnet50_fpn and
-keypointrcnn_resnet50_fpn with seeded random weights, imported into ours with
-configs/torchvision/*.yaml, give the same detections on the same photo: boxes within 0.01 px,
-the same labels, scores within 1e-4, masks with IoU > 0.99, keypoints within 0.01 px.
+"""Parity with torchvision: its fasterrcnn_resnet50_fpn, maskrcnn_resnet50_fpn,
+keypointrcnn_resnet50_fpn and retinanet_resnet50_fpn with seeded random weights, imported into
+ours with configs/torchvision/*.yaml, give the same 100 detections on the same photo: boxes
+within 0.01 px, the same labels, scores within 1e-4, masks with IoU > 0.99, keypoints within
+0.01 px.
 
 Reference: torchvision's own models (weights=None, weights_backbone=None), fed the RGB photo
 in [0, 1] as torchvision expects; ours is fed the same photo as uint8 BGR through the
 Predictor, so pixel order, means and stds, weight import, anchors, RPN, RoIAlign, box coding,
 post-processing, mask pasting and keypoint decoding are all compared. The photo is 256 x 320
-at TEST.SCALE 256, so neither side resizes it (their resampling differs: PIL vs.
-F.interpolate). Batch-norm statistics are calibrated on the photo (one training-mode pass),
-so activations are well scaled and scores spread out instead of saturating at 1.0.
+(256 x 384 for RetinaNet) at TEST.SCALE 256, so neither side resizes it (their resampling
+differs: PIL vs. F.interpolate). Batch-norm statistics are calibrated on the photo (one
+training-mode pass), so activations are well scaled and scores spread out instead of
+saturating at 1.0.
+
+The sizes are multiples of the coarsest stride (64; 128 for RetinaNet's P7) because
+torchvision places the anchors of a level at multiples of (padded image size // feature map
+size), not of the level's stride: for an 800 x 1088 input its P6 anchors sit 61 px apart
+vertically instead of 64. That is a torchvision bug (the anchors drift away from the feature
+cells that predict them); ours keeps 2**level.
 
 Float noise (the two sides sum convolutions in different orders; ~1e-6 in scores) decides
 between exact near-ties, so detections are paired by label and box rather than by rank, and
@@ -25,24 +33,31 @@ from PIL import Image
 from detectron_lib.config import load_config
 from detectron_lib.inference.predictor import Predictor
 
-HEIGHT, WIDTH = 256, 320
 PHOTO = "17790319373_bd19b24cfc_k.jpg"
 # heatmap logits of the two sides differ by ~1e-3; a maximum this much clearer is unambiguous
 KEYPOINT_MARGIN = 0.05
 
 
-def _photo_rgb(reference_dir):
+def _photo_rgb(reference_dir, height, width):
     image = Image.open(reference_dir / "demo_images" / PHOTO).convert("RGB")
-    return np.asarray(image.resize((WIDTH, HEIGHT), Image.BILINEAR))
+    return np.asarray(image.resize((width, height), Image.BILINEAR))
 
 
 def _torchvision_model(name, rgb):
     """torchvision's model with seeded random weights, BN statistics calibrated on ``rgb``,
     and thresholds that keep 100 detections."""
     torch.manual_seed(0)
-    model = getattr(torchvision.models.detection, name)(
-        weights=None, weights_backbone=None, min_size=HEIGHT, max_size=WIDTH,
-        box_score_thresh=0.0, box_detections_per_img=100)
+    height, width = rgb.shape[:2]
+    if name.startswith("retinanet"):
+        model = torchvision.models.detection.retinanet_resnet50_fpn(
+            weights=None, weights_backbone=None, min_size=height, max_size=width,
+            score_thresh=0.0, detections_per_img=100)
+        with torch.no_grad():  # the background logit of every anchor, as trained: never wins
+            model.head.classification_head.cls_logits.bias.view(9, 91)[:, 0] = -20.0
+    else:
+        model = getattr(torchvision.models.detection, name)(
+            weights=None, weights_backbone=None, min_size=height, max_size=width,
+            box_score_thresh=0.0, box_detections_per_img=100)
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.momentum = 1.0  # running statistics := the photo's
@@ -77,17 +92,20 @@ def _clear_maxima(heatmaps, boxes):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["fasterrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn",
-                                  "keypointrcnn_resnet50_fpn"])
-def test_same_detections_as_torchvision(reference_dir, repo_root, tmp_path, name):
+@pytest.mark.parametrize("name,height,width", [
+    ("fasterrcnn_resnet50_fpn", 256, 320), ("maskrcnn_resnet50_fpn", 256, 320),
+    ("keypointrcnn_resnet50_fpn", 256, 320), ("retinanet_resnet50_fpn", 256, 384),
+])
+def test_same_detections_as_torchvision(reference_dir, repo_root, tmp_path, name, height, width):
     torch.set_num_threads(1)
-    rgb = _photo_rgb(reference_dir)
+    rgb = _photo_rgb(reference_dir, height, width)
     reference_model, image = _torchvision_model(name, rgb)
     weights = tmp_path / f"{name}.pth"
     torch.save(reference_model.state_dict(), weights)
     cfg = load_config(repo_root / "configs" / "torchvision" / f"{name}.yaml", [
-        "TEST.SCALE", str(HEIGHT), "TEST.MAX_SIZE", str(WIDTH), "TEST.SCORE_THRESH", "0.0",
-        "DEVICE", "cpu", "MODEL.BODY_PRECISION", "float32"])
+        "TEST.SCALE", str(height), "TEST.MAX_SIZE", str(width), "TEST.SCORE_THRESH", "0.0",
+        "RETINANET.INFERENCE_TH", "0.0", "TEST.DETECTIONS_PER_IM", "100", "DEVICE", "cpu",
+        "MODEL.BODY_PRECISION", "float32"])
     heatmaps = []
     if name.startswith("keypointrcnn"):
         reference_model.roi_heads.keypoint_predictor.register_forward_hook(

@@ -596,6 +596,13 @@ _C.MRCNN.LEGACY_PASTE = False
 # interpolation repeating the border cells); False: Detectron's fixed bilinear transposed
 # conv, which blends the border cells with zeros (the interior is the same)
 _C.KRCNN.UP_SCALE_INTERPOLATE = False
+# RetinaNet's P6 conv reads P5 (torchvision's RetinaNet) instead of C5, the res5 output (Detectron)
+_C.FPN.EXTRA_CONV_LEVELS_ON_P5 = False
+# RetinaNet anchor sizes truncated to whole pixels (torchvision: 32, 40, 50 for 32, 40.3, 50.8)
+_C.RETINANET.INTEGER_ANCHOR_SIZES = False
+# Order a cell's RetinaNet anchors aspect ratio first, then size (torchvision); False: size
+# (octave scale) first, then aspect ratio (Detectron). The predictors' channels follow it
+_C.RETINANET.RATIO_MAJOR_ANCHORS = False
 # Precision of the convolutional body (backbone and FPN) in training and inference: 'auto'
 # (float16 autocast on CUDA, float32 on the CPU), 'float32', 'float16' or 'bfloat16'. Heads,
 # box coding and losses always run in float32. bfloat16 pays on CPUs with native bf16

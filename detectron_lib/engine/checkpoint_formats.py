@@ -18,8 +18,10 @@ them. Formats and an example of their names:
 On the way, BatchNorm statistics fold into frozen BN (AffineChannel: scale = gamma /
 sqrt(var + eps), shift = beta - mean * scale), and detectron2's class layout (background last
 in cls_score, no background rows in bbox_pred or the mask predictor) becomes Detectron's
-(background first, with rows). Conventions the weights do not carry (pixel order, means and
-stds, the +1 box width, RoIAlign alignment) are config keys: see configs/torchvision/.
+(background first, with rows); torchvision's RetinaNet loses the background logit it keeps
+per anchor. Conventions the weights do not carry (pixel order, means and stds, the +1 box
+width, RoIAlign alignment, mask paste, heatmap upsampling, RetinaNet's anchors and P6 input)
+are config keys: see configs/torchvision/.
 
 Every tensor is accounted for. Inference (``for_training=False``): a model tensor the file
 lacks, or one of another shape, is an error listing them all. Training initialization
@@ -58,6 +60,7 @@ FORMATS = (DETECTRON, DETECTRON2, TORCHVISION, TORCHVISION_IMAGENET, OURS)
 # when a model is fine-tuned from weights trained on another dataset.
 DATASET_DEPENDENT_PREFIXES = (
     "roi_heads.predictor.", "mask_heads.predictor.", "keypoint_heads.predictor.",
+    "head.cls_pred.", "head.box_pred.",
 )
 # Names of a file that are not weights of any model: optimizer state, input normalization.
 _NOT_WEIGHTS = re.compile(r"(_momentum$|^pixel_(mean|std)$|(^|\.)num_batches_tracked$)")
@@ -346,6 +349,16 @@ def _torchvision_prefixes(path, layout, imagenet=False):
         return [f"roi_heads.keypoint_head.{2 * (layout.conv_number[path] - 1)}"]
     if path == "keypoint_heads.predictor.score":
         return ["roi_heads.keypoint_predictor.kps_score_lowres"]
+    match = re.fullmatch(r"backbone\.extra_convs\.(p\d)", path)
+    if match:
+        return [f"backbone.fpn.extra_blocks.{match[1]}"]
+    match = re.fullmatch(r"head\.(cls|box)_tower\.(\d+)", path)
+    if match:  # RetinaNet towers, in Conv2dNormActivation blocks or (older) conv/ReLU pairs
+        tower, index = ("classification_head" if match[1] == "cls" else "regression_head"), int(match[2])
+        return [f"head.{tower}.conv.{index}.0", f"head.{tower}.conv.{2 * index}"]
+    if path in ("head.cls_pred", "head.box_pred"):
+        return ["head.classification_head.cls_logits" if path == "head.cls_pred"
+                else "head.regression_head.bbox_reg"]
     return []
 
 
@@ -398,6 +411,11 @@ def _detectron2_prefixes(path, layout):
         return [f"roi_heads.keypoint_head.conv_fcn{layout.conv_number[path]}"]
     if path == "keypoint_heads.predictor.score":
         return ["roi_heads.keypoint_head.score_lowres"]
+    match = re.fullmatch(r"head\.(cls|box)_tower\.(\d+)", path)
+    if match:  # RetinaNet towers: conv/ReLU pairs
+        return [f"head.{'cls' if match[1] == 'cls' else 'bbox'}_subnet.{2 * int(match[2])}"]
+    if path in ("head.cls_pred", "head.box_pred"):
+        return ["head.cls_score" if path == "head.cls_pred" else "head.bbox_pred"]
     return []
 
 
@@ -445,7 +463,7 @@ def _used_names(values, prefix):
     return used
 
 
-def _detectron2_class_layout(path, tensor, model_rows):
+def _detectron2_class_layout(path, tensor, model_rows, layout):
     """detectron2 -> Detectron class layout: background first in cls_score, and zero rows for
     the background in bbox_pred and in a class-specific mask predictor (``model_rows``: the
     model's row count, which tells class-specific from class-agnostic)."""
@@ -455,6 +473,19 @@ def _detectron2_class_layout(path, tensor, model_rows):
     if rows and model_rows == len(tensor) + rows:
         return torch.cat([tensor.new_zeros((rows,) + tuple(tensor.shape[1:])), tensor])
     return tensor
+
+
+def _torchvision_class_layout(path, tensor, model_rows, layout):
+    """torchvision's RetinaNet scores a background class 0 per anchor that never trains (its
+    labels are COCO category ids); Detectron's sigmoid RetinaNet has no such channel: drop it."""
+    anchors = getattr(getattr(layout.model, "head", None), "num_anchors", 0)
+    if path == "head.cls_pred" and anchors and len(tensor) == model_rows + anchors:
+        grouped = tensor.view(anchors, len(tensor) // anchors, *tensor.shape[1:])
+        return grouped[:, 1:].reshape(model_rows, *tensor.shape[1:])
+    return tensor
+
+
+_CLASS_LAYOUT = {DETECTRON2: _detectron2_class_layout, TORCHVISION: _torchvision_class_layout}
 
 
 # ---- matching a file onto a model -----------------------------------------------------------
@@ -486,9 +517,9 @@ def match_weights(model, weights_file):
                     report.missing.append(key)
                 continue
             tensor, source = values[param]
-            if fmt == DETECTRON2:
+            if fmt in _CLASS_LAYOUT:
                 rows = own[key].shape[0] if own[key].dim() else 0
-                tensor = _detectron2_class_layout(layer.path, tensor, rows)
+                tensor = _CLASS_LAYOUT[fmt](layer.path, tensor, rows, layout)
             if tuple(tensor.shape) != tuple(own[key].shape):
                 entry = (key, source, tuple(tensor.shape), tuple(own[key].shape))
                 dataset_dependent = key.startswith(DATASET_DEPENDENT_PREFIXES)

@@ -74,17 +74,21 @@ def fpn_rpn_anchor_specs(min_level, max_level, start_size, aspect_ratios):
     ]
 
 
-def retinanet_anchor_specs(min_level, max_level, scales_per_octave, anchor_scale, aspect_ratios):
+def retinanet_anchor_specs(min_level, max_level, scales_per_octave, anchor_scale, aspect_ratios,
+                           integer_sizes=False):
     """(stride, sizes, aspect_ratios) per level for RetinaNet.
 
     Level l has ``scales_per_octave`` sizes ``anchor_scale * 2**l * 2**(o / scales_per_octave)``
-    (RETINANET.SCALES_PER_OCTAVE, ANCHOR_SCALE, ASPECT_RATIOS).
+    (RETINANET.SCALES_PER_OCTAVE, ANCHOR_SCALE, ASPECT_RATIOS), truncated to whole pixels with
+    ``integer_sizes`` (RETINANET.INTEGER_ANCHOR_SIZES: torchvision's 32, 40, 50 for 32, 40.3, 50.8).
     """
     specs = []
     for level in range(min_level, max_level + 1):
         stride = 2 ** level
         sizes = tuple(anchor_scale * stride * 2.0 ** (o / scales_per_octave)
                       for o in range(scales_per_octave))
+        if integer_sizes:
+            sizes = tuple(float(int(size)) for size in sizes)
         specs.append((stride, sizes, tuple(aspect_ratios)))
     return specs
 

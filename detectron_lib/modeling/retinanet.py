@@ -336,9 +336,10 @@ def build_retinanet(cfg):
             f"but the body gives {list(backbone.out_channels)}; set FPN.MULTILEVEL_RPN: True, "
             "and FPN.EXTRA_CONV_LEVELS: True for levels above P6")
     specs = retinanet_anchor_specs(min_level, max_level, r.SCALES_PER_OCTAVE, r.ANCHOR_SCALE,
-                                   r.ASPECT_RATIOS)
+                                   r.ASPECT_RATIOS, r.INTEGER_ANCHOR_SIZES)
     legacy = cfg.MODEL.BBOX_LEGACY_PLUS_ONE
-    anchor_generator = AnchorGenerator(specs, legacy_plus_one=legacy, sizes_first=True)
+    anchor_generator = AnchorGenerator(specs, legacy_plus_one=legacy,
+                                       sizes_first=not r.RATIO_MAJOR_ANCHORS)
     head = RetinaNetHead(
         backbone.out_channels[in_features[0]], anchor_generator.num_anchors[0],
         cfg.MODEL.NUM_CLASSES - 1, num_convs=r.NUM_CONVS, prior_prob=r.PRIOR_PROB,

@@ -164,6 +164,7 @@ def fpn_from_config(cfg, depth, finest_only=False):
         max_level=max_level,
         out_channels=cfg.FPN.DIM,
         extra_conv_levels=cfg.FPN.EXTRA_CONV_LEVELS,
+        extra_convs_on_p5=cfg.FPN.EXTRA_CONV_LEVELS_ON_P5,
         zero_init_lateral=cfg.FPN.ZERO_INIT_LATERAL,
         norm=group_norm_spec(cfg) if cfg.FPN.USE_GN else "",
         finest_only=finest_only,

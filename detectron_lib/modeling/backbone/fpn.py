@@ -8,8 +8,9 @@ For the backbone stages res<min_level>..res5 (coarsest first):
 Levels above P5:
   - without EXTRA_CONV_LEVELS and max level 6 (RPN / R-CNN): P6 = max-pool (kernel 1,
     stride 2) of P5, i.e. P5 subsampled.
-  - with EXTRA_CONV_LEVELS (RetinaNet): P6 = conv 3x3/2 on C5 (the raw res5 output), P7 =
-    conv 3x3/2 on ReLU(P6), ...                                     Detectron: fpn_6, fpn_7
+  - with EXTRA_CONV_LEVELS (RetinaNet): P6 = conv 3x3/2 on C5 (the raw res5 output; on P5
+    with EXTRA_CONV_LEVELS_ON_P5, as torchvision's RetinaNet), P7 = conv 3x3/2 on ReLU(P6),
+    ...                                                             Detectron: fpn_6, fpn_7
 All FPN convs are XavierFill with zero bias; laterals are zero-filled with ZERO_INIT_LATERAL.
 With FPN.USE_GN the lateral and 3x3 convs get GroupNorm and lose their bias (Detectron's
 ConvGN); the extra P6/P7 convs never have a norm.
@@ -36,6 +37,7 @@ class FPN(nn.Module):
         FPN.ROI_*: 2 and 6 for RPN + R-CNN, 3 and 7 for RetinaNet).
       out_channels: FPN.DIM.
       extra_conv_levels: FPN.EXTRA_CONV_LEVELS (P6+ by stride-2 convs instead of P6 by pooling).
+      extra_convs_on_p5: FPN.EXTRA_CONV_LEVELS_ON_P5 (the first of them reads P5, not C5).
       zero_init_lateral: FPN.ZERO_INIT_LATERAL.
       norm: "" or a GN NormSpec (FPN.USE_GN with GROUP_NORM.*).
       finest_only: return only the finest level (Detectron's *_P2only bodies).
@@ -45,7 +47,8 @@ class FPN(nn.Module):
     """
 
     def __init__(self, bottom_up, min_level=2, max_level=6, out_channels=256,
-                 extra_conv_levels=False, zero_init_lateral=False, norm="", finest_only=False):
+                 extra_conv_levels=False, zero_init_lateral=False, norm="", finest_only=False,
+                 extra_convs_on_p5=False):
         super().__init__()
         if not LOWEST_BACKBONE_LEVEL <= min_level <= HIGHEST_BACKBONE_LEVEL:
             raise ConfigError(f"FPN min level {min_level} must lie in 2..5 (FPN.*_MIN_LEVEL)")
@@ -80,8 +83,9 @@ class FPN(nn.Module):
             )
         self.pool_p6 = not extra_conv_levels and max_level == HIGHEST_BACKBONE_LEVEL + 1
         self.extra_convs = nn.ModuleDict()
+        self.extra_convs_on_p5 = extra_convs_on_p5
         if extra_conv_levels:
-            in_channels = bottom_up.out_channels[top]
+            in_channels = out_channels if extra_convs_on_p5 else bottom_up.out_channels[top]
             for level in range(HIGHEST_BACKBONE_LEVEL + 1, max_level + 1):
                 self.extra_convs[f"p{level}"] = Conv2dNorm(
                     in_channels, out_channels, 3, stride=2, padding=1,
@@ -107,7 +111,7 @@ class FPN(nn.Module):
             outputs[f"p{name[3:]}"] = self.output_convs[name](inner)
         if self.pool_p6:
             outputs["p6"] = F.max_pool2d(outputs["p5"], kernel_size=1, stride=2)
-        x = features[top]
+        x = outputs["p5"] if self.extra_convs_on_p5 else features[top]
         for index, (name, conv) in enumerate(self.extra_convs.items()):
             x = conv(x if index == 0 else F.relu(x))
             outputs[name] = x
