@@ -609,10 +609,6 @@ _C.RETINANET.RATIO_MAJOR_ANCHORS = False
 # arithmetic (AVX512-BF16 / AMX) and on recent GPUs.
 _C.MODEL.BODY_PRECISION = "auto"
 
-_C.freeze()
-
-
-def get_default_cfg():
 # Backbone pretraining by object classification (`detectron pretrain`), the stand-in for
 # ImageNet pretraining where there is none: the ResNet body of MODEL.CONV_BODY learns to
 # classify crops of the datasets' objects and background, and its weights are written in
@@ -637,5 +633,9 @@ _C.PRETRAIN.BASE_LR = 0.1
 _C.PRETRAIN.WARM_UP_ITERS = 50
 _C.PRETRAIN.WEIGHT_DECAY = 0.0001
 
+_C.freeze()
+
+
+def get_default_cfg():
     """A fresh, mutable copy of the default config."""
     return _C.clone()
