@@ -1,5 +1,5 @@
-# The model-zoo DAG: prepare datasets -> MLflow store -> train (RPN -> dump proposals ->
-# train on proposals) -> evaluate -> MODEL_ZOO.md.
+# The model-zoo DAG: prepare datasets -> MLflow store -> pretrain bodies -> train (RPN -> dump
+# proposals -> train on proposals) -> evaluate -> MODEL_ZOO.md.
 #
 #   snakemake --cores all --profile workflow/profiles/default            # the shapes zoo
 #   snakemake baseline_e2e_faster_rcnn_R-18-FPN_1x                        # one baseline
@@ -17,6 +17,7 @@ if not config:
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/tracking.smk"
+include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/proposals.smk"
 include: "workflow/rules/evaluate.smk"
@@ -27,6 +28,7 @@ wildcard_constraints:
     baseline=alternatives(ZOO.baselines),
     rpn=alternatives(RPN_WITH_CONSUMERS),
     dataset=alternatives(ZOO.all_datasets()),
+    pretrained=alternatives(ZOO.pretrained),
 
 
 localrules:

@@ -146,6 +146,37 @@ def init_tracking(experiment_name, artifact_root, output, tracking=True):
     return init_experiment(make_tracker(tracking), experiment_name, artifact_location, output)
 
 
+def pretrain_body(cfg_file, overrides, name, output, experiment_file, run_file, log_file=None,
+                  tracking=True):
+    """Pretrain body ``name`` into ``output`` (Detectron-format .pkl) in an MLflow run of its
+    own (tagged stage 'pretrain'), whose id goes to ``run_file``; returns the summary."""
+    from detectron_lib.engine.pretrain import pretrain_backbone
+    from detectron_lib.tracking import make_tracker
+    from detectron_lib.tracking.runs import read_json, standard_tags
+
+    cfg = _load_cfg(cfg_file, overrides)
+    tracker = make_tracker(tracking)
+    experiment = read_json(experiment_file, "MLflow experiment file")
+    experiment_id = tracker.ensure_experiment(experiment["experiment_name"])
+    datasets = ",".join(cfg.PRETRAIN.DATASETS or cfg.TRAIN.DATASETS)
+    run_id = tracker.start_run(experiment_id, f"pretrain {name}",
+                               standard_tags(name, experiment["experiment_name"], "pretrain",
+                                             "pretrain", datasets))
+    try:
+        tracker.log_params(run_id, cfg.to_flat_dict())
+        summary = pretrain_backbone(cfg, output)
+        tracker.log_metrics(run_id, {k: summary[k] for k in ("train_time_s", "val_accuracy")
+                                     if k in summary})
+        tracker.log_artifacts(run_id, [f"{output}.json", log_file])
+    except BaseException:
+        tracker.end_run(run_id, "FAILED")
+        raise
+    tracker.end_run(run_id, "FINISHED")
+    write_json_atomic(run_file, {"run_id": run_id, "experiment_id": experiment_id,
+                                 "pretrained": name}, indent=1, sort_keys=True)
+    return summary
+
+
 def train_baseline(cfg_file, overrides, zoo, baseline, experiment_file, run_file, stats_file,
                    log_file=None, tracking=True):
     """Train one baseline and record it.
@@ -294,6 +325,12 @@ def build_parser():
     p.add_argument("--output", required=True)
     p.add_argument("--no-tracking", action="store_true")
 
+    p = sub.add_parser("pretrain", help="pretrain a body on object crops")
+    p.add_argument("--name", required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("--experiment-file", required=True)
+    _add_run_args(p)
+
     p = sub.add_parser("train", help="train a baseline")
     p.add_argument("--zoo", required=True)
     p.add_argument("--baseline", required=True)
@@ -330,6 +367,9 @@ def run_step(args):
         return zoo_table(json.loads(args.manifest_json), args.output)
     set_worker_threads(args.threads)
     tracking = not args.no_tracking
+    if args.step == "pretrain":
+        return pretrain_body(args.cfg, args.opts, args.name, args.output, args.experiment_file,
+                             args.run_file, args.log_file, tracking)
     if args.step == "train":
         return train_baseline(args.cfg, args.opts, args.zoo, args.baseline,
                               args.experiment_file, args.run_file, args.stats_file,

@@ -39,6 +39,9 @@ def test_object_crops_contain_their_object_and_background_crops_avoid_objects():
         assert (box[:2] <= source[:2]).all() and (box[2:] >= source[2:]).all()
         assert torch.isclose(box[2] - box[0], box[3] - box[1])   # square
     assert ops.box_iou(background, gt).max() < 0.3
+    # ... nor hold most of an object: no background crop contains a whole object box
+    inside = (background[:, None, :2] <= gt[None, :, :2]).all(2) & (background[:, None, 2:] >= gt[None, :, 2:]).all(2)
+    assert not inside.any()
 
 
 def test_image_without_objects_gives_background_crops_only():

@@ -62,6 +62,8 @@ def test_resources_merge_defaults_and_entry():
     ({"e": {"config": "e.yaml", "section": "end_to_end"},
       "f": {"config": "f.yaml", "section": "fast_mask_on_proposals", "proposals_from": "e"}},
      "must be an RPN baseline"),
+    ({"x": {"config": "x.yaml", "section": "rpn", "weights_from": "R-18-GN"}},
+     "pretrained body 'R-18-GN', which the manifest's 'pretrained' section does not define"),
     ({"x": {"config": "x.yaml", "section": "boxes"}}, "unknown section 'boxes'"),
     ({"x": {"section": "rpn"}}, "needs 'config' and 'section'"),
     ({"x": {"config": "x.yaml", "section": "rpn", "overrides": ["SOLVER.MAX_ITER"]}},
@@ -110,6 +112,30 @@ def test_proposal_consumers_get_the_rpn_files_as_overrides(tmp_path, monkeypatch
     cfg = load_config("fast.yaml", overrides)
     assert cfg.TEST.PROPOSAL_FILES == ("results/z/rpn_R-18_1x/proposals/shapes_val.pkl",)
     assert zoo.missing_dataset_files() == []          # shapes datasets are generated
+
+
+def test_pretrained_body_feeds_train_weights_and_its_datasets(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("body.yaml").write_text(yaml.safe_dump({
+        "TRAIN": {"DATASETS": "('shapes_train',)"},
+        "PRETRAIN": {"VAL_DATASETS": "('shapes_kp_val',)"}}))
+    Path("e2e.yaml").write_text(yaml.safe_dump({"TEST": {"DATASETS": "('shapes_val',)"}}))
+    zoo = parse_manifest({
+        "name": "z", "table": "Z.md", "default_resources": {"threads": 2},
+        "pretrained": {"R-18-GN": {"config": "body.yaml", "resources": {"threads": 1}}},
+        "baselines": {"e2e_R-18_1x": {"config": "e2e.yaml", "section": "end_to_end",
+                                      "weights_from": "R-18-GN"},
+                      "scratch_R-18_1x": {"config": "e2e.yaml", "section": "end_to_end"}}})
+    assert zoo.pretrained_body("R-18-GN").resources.threads == 1
+    assert zoo.pretrain_datasets("R-18-GN") == (("shapes_train",), ("shapes_kp_val",))
+    assert "shapes_kp_val" in zoo.all_datasets()
+    pairs = dict(zip(*[iter(zoo.config_overrides("e2e_R-18_1x"))] * 2))
+    assert pairs["TRAIN.WEIGHTS"] == "results/z/pretrained/R-18-GN.pkl"
+    assert zoo.pretrained_inputs("e2e_R-18_1x") == ["results/z/pretrained/R-18-GN.pkl"]
+    assert "TRAIN.WEIGHTS" not in zoo.config_overrides("scratch_R-18_1x")
+    assert zoo.pretrained_inputs("scratch_R-18_1x") == []
+    with pytest.raises(ConfigError, match="no pretrained body named 'R-50'"):
+        zoo.pretrained_body("R-50")
 
 
 def test_missing_config_file_is_named(tmp_path, monkeypatch):

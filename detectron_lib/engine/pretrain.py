@@ -29,6 +29,7 @@ from detectron_lib.data.catalog import register_datasets_from_cfg
 from detectron_lib.data.loader import load_datasets
 from detectron_lib.data.transforms import normalize_image, read_image_bgr
 from detectron_lib.engine.optim import lr_at_iter, parameter_groups, set_lr
+from detectron_lib.engine.trainer import resolve_device
 from detectron_lib.errors import ConfigError
 from detectron_lib.modeling.backbone import body_features, detectron_blob_names
 from detectron_lib.modeling.backbone.build import resnet_body_from_config
@@ -36,8 +37,10 @@ from detectron_lib.utils.io import atomic_write
 
 logger = logging.getLogger(__name__)
 
-# A background crop overlaps no object by more than this IoU.
+# A background crop overlaps no object by more than this IoU, nor holds more than this
+# fraction of any object's box (a large crop around a small object is not background).
 BACKGROUND_MAX_IOU = 0.3
+BACKGROUND_MAX_OBJECT_FRACTION = 0.3
 # Object crops: square side = longer box side x U(range), centre jittered by this fraction.
 OBJECT_CONTEXT_RANGE = (1.2, 1.6)
 OBJECT_CENTER_JITTER = 0.1
@@ -79,6 +82,15 @@ def _square_boxes(centers, sides):
     return torch.cat([centers - half, centers + half], dim=1)
 
 
+def _covered_fraction(objects, crops):
+    """(C, O): the fraction of each object box's area inside each crop box."""
+    top_left = torch.maximum(crops[:, None, :2], objects[None, :, :2])
+    bottom_right = torch.minimum(crops[:, None, 2:], objects[None, :, 2:])
+    inter = (bottom_right - top_left).clamp(min=0).prod(dim=2)
+    area = (objects[:, 2:] - objects[:, :2]).prod(dim=1).clamp(min=1e-6)
+    return inter / area
+
+
 def sample_crop_boxes(record, num_crops, background_fraction, generator):
     """Crop boxes (num_crops, 4) x1y1x2y2 in ``record``'s image pixels and their labels
     (num_crops,): object crops labeled with their class, background crops labeled 0."""
@@ -107,7 +119,9 @@ def sample_crop_boxes(record, num_crops, background_fraction, generator):
     centers = torch.rand(candidates, 2, generator=generator) * torch.tensor([width, height])
     background = _square_boxes(centers, sides)
     if len(boxes):
-        background = background[ops.box_iou(background, boxes).amax(dim=1) < BACKGROUND_MAX_IOU]
+        clean = (ops.box_iou(background, boxes).amax(dim=1) < BACKGROUND_MAX_IOU) & (
+            _covered_fraction(boxes, background).amax(dim=1) < BACKGROUND_MAX_OBJECT_FRACTION)
+        background = background[clean]
     background = background[:num_background]
     crop_boxes = torch.cat([object_boxes, background])
     labels = torch.cat([classes[pick], torch.zeros(len(background), dtype=torch.long)])
@@ -163,13 +177,13 @@ def _sampler(cfg, dataset_names, seed):
 
 
 @torch.no_grad()
-def evaluate_accuracy(model, sampler, num_batches):
+def evaluate_accuracy(model, sampler, num_batches, device="cpu"):
     """Top-1 accuracy of ``model`` on ``num_batches`` batches of ``sampler``."""
     model.eval()
     correct = total = 0
     for it in range(num_batches):
         crops, labels = sampler.batch(it)
-        correct += int((model(crops).argmax(dim=1) == labels).sum())
+        correct += int((model(crops.to(device)).argmax(dim=1).cpu() == labels).sum())
         total += len(labels)
     model.train()
     return correct / max(total, 1)
@@ -179,9 +193,9 @@ def body_blobs(model):
     """{Detectron blob name: float32 array} of the body and the classifier (``pred_*``)."""
     names = detectron_blob_names(model.body)
     state = model.body.state_dict()
-    blobs = {blob: state[key].float().numpy() for key, blob in names.items()}
-    blobs["pred_w"] = model.pred.weight.detach().float().numpy()
-    blobs["pred_b"] = model.pred.bias.detach().float().numpy()
+    blobs = {blob: state[key].float().cpu().numpy() for key, blob in names.items()}
+    blobs["pred_w"] = model.pred.weight.detach().float().cpu().numpy()
+    blobs["pred_b"] = model.pred.bias.detach().float().cpu().numpy()
     return blobs
 
 
@@ -197,7 +211,8 @@ def pretrain_backbone(cfg, output_file, log_period=20):
     register_datasets_from_cfg(cfg)
     torch.manual_seed(cfg.RNG_SEED)
     sampler, categories = _sampler(cfg, datasets, cfg.RNG_SEED)
-    model = build_body_classifier(cfg, len(categories.names) + 1)
+    device = resolve_device(cfg.DEVICE)
+    model = build_body_classifier(cfg, len(categories.names) + 1).to(device)
     optimizer = torch.optim.SGD(
         parameter_groups(model, p.WEIGHT_DECAY, cfg.SOLVER.WEIGHT_DECAY_GN), lr=p.BASE_LR,
         momentum=cfg.SOLVER.MOMENTUM)
@@ -212,7 +227,7 @@ def pretrain_backbone(cfg, output_file, log_period=20):
         crops, labels = sampler.batch(it)
         lr = lr_at_iter(it, **schedule)
         set_lr(optimizer, lr)
-        loss = F.cross_entropy(model(crops), labels)
+        loss = F.cross_entropy(model(crops.to(device)), labels.to(device))
         if not torch.isfinite(loss):
             raise ConfigError(f"pretraining loss became {loss.item()} at iteration {it}; lower "
                               "PRETRAIN.BASE_LR or lengthen PRETRAIN.WARM_UP_ITERS")
@@ -228,7 +243,7 @@ def pretrain_backbone(cfg, output_file, log_period=20):
                "categories": ["__background__", *categories.names]}
     if p.VAL_DATASETS:
         val_sampler, _ = _sampler(cfg, tuple(p.VAL_DATASETS), cfg.RNG_SEED + 1)
-        summary["val_accuracy"] = evaluate_accuracy(model, val_sampler, p.VAL_BATCHES)
+        summary["val_accuracy"] = evaluate_accuracy(model, val_sampler, p.VAL_BATCHES, device)
         summary["val_datasets"] = list(p.VAL_DATASETS)
         logger.info("pretrained body: %.3f top-1 accuracy on crops of %s",
                     summary["val_accuracy"], ", ".join(p.VAL_DATASETS))

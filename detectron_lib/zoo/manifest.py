@@ -15,6 +15,10 @@ A manifest (``configs/zoo/*.yaml``) looks like::
         config: configs/shapes/fast_rcnn_R-18-FPN_1x.yaml
         section: fast_mask_on_proposals
         proposals_from: rpn_R-18-FPN_1x   # trains and tests on that RPN's dumped proposals
+        weights_from: R-18-GN             # TRAIN.WEIGHTS: that pretrained body
+    pretrained:                         # bodies `detectron pretrain` makes (the ImageNet stand-in)
+      R-18-GN:
+        config: configs/shapes/pretrain/R-18-GN.yaml
 
 The structure is checked against ``workflow/schemas/zoo.schema.yaml`` when the DAG is built;
 ``load_manifest`` checks what a schema cannot (dependencies, config files, datasets) and
@@ -69,6 +73,7 @@ class Baseline:
     config: path of its Detectron-format YAML.
     section: key of SECTIONS.
     proposals_from: name of the RPN baseline whose dumped proposals it trains and tests on.
+    weights_from: name of the manifest's pretrained body it starts from (TRAIN.WEIGHTS).
     overrides: extra ``KEY VALUE`` config overrides, after the manifest-wide ones.
     """
 
@@ -77,6 +82,7 @@ class Baseline:
     section: str
     resources: Resources
     proposals_from: str = None
+    weights_from: str = None
     overrides: tuple = ()
     backbone: str = None
     lr_schd: str = None
@@ -87,6 +93,15 @@ class Baseline:
             object.__setattr__(self, "backbone", parts[-2] if len(parts) >= 3 else "-")
         if self.lr_schd is None:
             object.__setattr__(self, "lr_schd", parts[-1] if len(parts) >= 2 else "-")
+
+
+@dataclass(frozen=True)
+class Pretrained:
+    """A body pretrained by ``detectron pretrain`` for the baselines that name it."""
+
+    name: str
+    config: str
+    resources: Resources
 
 
 @dataclass(frozen=True)
@@ -145,6 +160,14 @@ class ZooLayout:
         """metrics.json of the baseline's evaluation on its first TEST.DATASETS entry."""
         return f"{self.eval_dir(baseline)}/metrics.json"
 
+    def pretrained_weights(self, name):
+        """Detectron-format body weights written by the pretrain rule."""
+        return f"{self.root}/pretrained/{name}.pkl"
+
+    def pretrained_run(self, name):
+        """The pretraining's MLflow run id."""
+        return f"{self.root}/pretrained/{name}_mlflow_run.json"
+
     def log(self, rule, name):
         return f"{self.results_dir}/logs/{self.zoo}/{rule}/{name}.log"
 
@@ -159,6 +182,7 @@ class ZooManifest:
     name: str
     table: str
     baselines: dict                 # name -> Baseline, in manifest order
+    pretrained: dict = field(default_factory=dict)   # name -> Pretrained
     title: str = ""
     description: str = ""
     results_dir: str = "results"
@@ -179,6 +203,50 @@ class ZooManifest:
             raise ConfigError(f"{self.source}: no baseline named '{name}'; the manifest has "
                               f"{', '.join(self.baselines)}") from None
 
+    def pretrained_body(self, name):
+        try:
+            return self.pretrained[name]
+        except KeyError:
+            raise ConfigError(f"{self.source}: no pretrained body named '{name}'; the manifest "
+                              f"has {', '.join(self.pretrained) or 'none'}") from None
+
+    def pretrain_datasets(self, name):
+        """Datasets the pretraining ``name`` crops objects from (PRETRAIN.DATASETS, else
+        TRAIN.DATASETS) and measures its accuracy on (PRETRAIN.VAL_DATASETS)."""
+        key = ("pretrained", name)
+        if key not in self._datasets_cache:
+            entry = self.pretrained_body(name)
+            cfg = self._load_config(entry.config, list(self.overrides) + self._data_overrides(),
+                                    f"pretrained body '{name}'")
+            train_sets = tuple(cfg.PRETRAIN.DATASETS) or tuple(cfg.TRAIN.DATASETS)
+            self._datasets_cache[key] = (train_sets, tuple(cfg.PRETRAIN.VAL_DATASETS))
+        return self._datasets_cache[key]
+
+    def pretrained_overrides(self, name):
+        """Override list of the pretraining ``name``: the manifest's plus the data locations."""
+        return list(self.overrides) + self._data_overrides()
+
+    def pretrained_inputs(self, name):
+        """Weights files the baseline ``name`` starts from (empty without weights_from)."""
+        body = self.baseline(name).weights_from
+        return [self.layout.pretrained_weights(body)] if body else []
+
+    def _data_overrides(self):
+        overrides = []
+        if self.data_root:
+            overrides += ["DATA_ROOT", self.data_root]
+        if self.dataset_catalog:
+            overrides += ["DATASET_CATALOG_FILE", self.dataset_catalog]
+        return overrides
+
+    def _load_config(self, path, overrides, what):
+        from detectron_lib.config import load_config
+
+        if not Path(path).is_file():
+            raise ConfigError(f"{self.source}: {what}: config file {path} not found; fix its "
+                              f"'config' entry")
+        return load_config(path, overrides)
+
     def rpn_consumers(self, rpn_name):
         """Names of the baselines trained on the proposals of ``rpn_name``."""
         return [b.name for b in self.baselines.values() if b.proposals_from == rpn_name]
@@ -187,11 +255,9 @@ class ZooManifest:
         """Manifest-level then baseline overrides, plus the data locations and NUM_GPUS the
         DAG decides. Used to read the baseline's datasets, before proposal files exist."""
         baseline = self.baseline(name)
-        overrides = list(self.overrides) + list(baseline.overrides)
-        if self.data_root:
-            overrides += ["DATA_ROOT", self.data_root]
-        if self.dataset_catalog:
-            overrides += ["DATASET_CATALOG_FILE", self.dataset_catalog]
+        overrides = list(self.overrides) + list(baseline.overrides) + self._data_overrides()
+        if baseline.weights_from:
+            overrides += ["TRAIN.WEIGHTS", self.layout.pretrained_weights(baseline.weights_from)]
         overrides += ["NUM_GPUS", str(baseline.resources.num_workers)]
         overrides += ["OUTPUT_DIR", self.layout.train_dir(name)]
         return overrides
@@ -203,15 +269,9 @@ class ZooManifest:
         Detectron Fast R-CNN config lists its own ones (one per dataset of its own).
         """
         if name not in self._datasets_cache:
-            from detectron_lib.config import load_config
-
-            baseline = self.baseline(name)
-            if not Path(baseline.config).is_file():
-                raise ConfigError(f"{self.source}: baseline '{name}': config file "
-                                  f"{baseline.config} not found; fix its 'config' entry")
-            cfg = load_config(baseline.config, self.base_overrides(name) + [
+            cfg = self._load_config(self.baseline(name).config, self.base_overrides(name) + [
                 "TRAIN.PROPOSAL_FILES", "()", "TEST.PROPOSAL_FILES", "()",
-                "TEST.PRECOMPUTED_PROPOSALS", "False"])
+                "TEST.PRECOMPUTED_PROPOSALS", "False"], f"baseline '{name}'")
             self._datasets_cache[name] = (tuple(cfg.TRAIN.DATASETS), tuple(cfg.TEST.DATASETS))
         return self._datasets_cache[name]
 
@@ -252,6 +312,9 @@ class ZooManifest:
         for name in self.baselines:
             train_sets, test_sets = self.datasets(name)
             names.update(train_sets, test_sets)
+        for name in self.pretrained:
+            train_sets, val_sets = self.pretrain_datasets(name)
+            names.update(train_sets, val_sets)
         return sorted(names)
 
     def missing_dataset_files(self):
@@ -323,6 +386,13 @@ def parse_manifest(document, source="<manifest>"):
     if not isinstance(document["baselines"], dict):
         raise ConfigError(f"{source}: 'baselines' must map baseline names to entries")
     defaults = document.get("default_resources")
+    pretrained = {}
+    for name, entry in (document.get("pretrained") or {}).items():
+        where = f"{source}: pretrained body '{name}'"
+        if not isinstance(entry, dict) or "config" not in entry:
+            raise ConfigError(f"{where} needs 'config'")
+        pretrained[str(name)] = Pretrained(str(name), str(entry["config"]),
+                                           _resources(entry.get("resources"), defaults, where))
     baselines = {}
     for name, entry in document["baselines"].items():
         where = f"{source}: baseline '{name}'"
@@ -335,9 +405,14 @@ def parse_manifest(document, source="<manifest>"):
             name=str(name), config=str(entry["config"]), section=entry["section"],
             resources=_resources(entry.get("resources"), defaults, where),
             proposals_from=entry.get("proposals_from"),
+            weights_from=entry.get("weights_from"),
             overrides=_overrides(entry.get("overrides"), where),
             backbone=entry.get("backbone"), lr_schd=entry.get("lr_schd"))
     for baseline in baselines.values():
+        if baseline.weights_from is not None and baseline.weights_from not in pretrained:
+            raise ConfigError(f"{source}: baseline '{baseline.name}' starts from pretrained body "
+                              f"'{baseline.weights_from}', which the manifest's 'pretrained' "
+                              f"section does not define")
         rpn = baseline.proposals_from
         if rpn is None:
             continue
@@ -350,6 +425,7 @@ def parse_manifest(document, source="<manifest>"):
                               f"trains on images, not on proposals")
     return ZooManifest(
         name=str(document["name"]), table=str(document["table"]), baselines=baselines,
+        pretrained=pretrained,
         title=document.get("title", ""), description=document.get("description", ""),
         results_dir=document.get("results_dir", "results"),
         data_root=document.get("data_root", "") or "",

@@ -49,6 +49,17 @@ def train_inputs(wildcards):
         "datasets": [LAYOUT.dataset_marker(d) for d in train_sets],
         "experiment": LAYOUT.experiment_file,
         "proposals": ZOO.proposal_inputs(name, "train"),
+        "pretrained": ZOO.pretrained_inputs(name),
+    }
+
+
+def pretrain_inputs(wildcards):
+    """Config, dataset markers and the experiment file of a body pretraining."""
+    train_sets, val_sets = ZOO.pretrain_datasets(wildcards.pretrained)
+    return {
+        "config": ZOO.pretrained_body(wildcards.pretrained).config,
+        "datasets": [LAYOUT.dataset_marker(d) for d in sorted(set(train_sets + val_sets))],
+        "experiment": LAYOUT.experiment_file,
     }
 
 
@@ -77,8 +88,11 @@ def train_launcher(wildcards, resources):
 
 
 def resource_of(key):
-    """Resource callable for Snakemake: the baseline's value of ``key`` (gpus, mem_mb, ...)."""
+    """Resource callable for Snakemake: the baseline's (or pretraining's) value of ``key``
+    (gpus, mem_mb, ...)."""
     def lookup(wildcards):
+        if hasattr(wildcards, "pretrained"):
+            return getattr(ZOO.pretrained_body(wildcards.pretrained).resources, key)
         name = getattr(wildcards, "baseline", None) or wildcards.rpn
         return getattr(ZOO.baseline(name).resources, key)
     return lookup
