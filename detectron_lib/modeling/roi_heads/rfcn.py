@@ -62,8 +62,7 @@ class RFCNROIHeads(BoxROIHeads):
     """Fast R-CNN's RoI sampling, losses and post-processing around an RFCNPredictor on the
     feature map ``in_feature``; there is no RoI pooler or box head (``box_head`` is None).
 
-    options: BoxROIHeads' keyword arguments (matcher, batch_size_per_image, fg_fraction,
-    box_coder, score_thresh, nms_thresh, detections_per_image).
+    options: BoxROIHeads' keyword arguments (RoI sampling, box coder, post-processing).
     """
 
     def __init__(self, predictor, in_feature, **options):
