@@ -34,7 +34,7 @@ from detectron_lib.structures.masks import (
 from detectron_lib.utils.io import write_json_atomic
 
 # Bump when the generator's output changes, so stale datasets on disk are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 SHAPE_CATEGORIES = ("circle", "square", "triangle", "star", "hexagon", "ellipse")
 
@@ -271,7 +271,9 @@ def _random_shape(rng, category, height, width, size_range, annotated=True, upri
     """A random shape centred in the image (it may stick out of it); ``upright`` limits the
     rotation to +-30 degrees (keypoint stars, whose top tip must stay identifiable)."""
     low, high = size_range
-    size = float(math.exp(rng.uniform(math.log(low), math.log(high))))  # small ones are common
+    # Uniform sizes: about a third of the visible instances are still COCO-small (< 32^2 px),
+    # as in COCO; a log-uniform draw made two thirds small, too hard for CPU-sized training.
+    size = float(rng.uniform(low, high))
     if upright:
         angle = rng.uniform(-MAX_KEYPOINT_STAR_ANGLE, MAX_KEYPOINT_STAR_ANGLE)
     elif category == "circle":
