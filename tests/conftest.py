@@ -3,6 +3,7 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,3 +25,17 @@ def reference_dir():
 @pytest.fixture(scope="session")
 def repo_root():
     return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """12 generated shapes images registered as 'tiny_shapes' through a catalog YAML (one per
+    session: the dataset catalog of a process keeps one definition per name)."""
+    from detectron_lib.data.shapes import generate_shapes_dataset
+
+    root = tmp_path_factory.mktemp("tiny_data")
+    annotations = generate_shapes_dataset(root / "tiny", num_images=12, seed=11, workers=1)
+    catalog = root / "catalog.yaml"
+    catalog.write_text(yaml.safe_dump({"tiny_shapes": {
+        "annotation_file": str(annotations), "image_directory": str(annotations.parent / "images")}}))
+    return catalog

@@ -14,7 +14,7 @@ import json
 
 import pytest
 import torch
-from test_training import tiny_dataset, tiny_overrides  # noqa: F401  (fixture)
+from test_training import tiny_overrides
 
 from detectron_lib.cli import main as cli_main
 from detectron_lib.config import ConfigError, load_config

@@ -14,7 +14,7 @@ from detectron_lib.cli import main as cli_main
 from detectron_lib.config import load_config
 from detectron_lib.data.shapes import generate_shapes_dataset
 from detectron_lib.engine.checkpoint_formats import load_weights
-from detectron_lib.engine.pretrain import crop_batch, sample_crop_boxes
+from detectron_lib.engine.pretrain import body_blobs, build_body_classifier, crop_batch, sample_crop_boxes
 from detectron_lib.errors import ConfigError
 from detectron_lib.modeling.backbone import detectron_blob_names
 from detectron_lib.modeling.meta_arch import build_model
@@ -65,14 +65,14 @@ def tiny_catalog(tmp_path_factory):
     root = tmp_path_factory.mktemp("pretrain_data")
     annotations = generate_shapes_dataset(root / "tiny", num_images=8, seed=5, workers=1)
     catalog = root / "catalog.yaml"
-    catalog.write_text(yaml.safe_dump({"tiny_shapes": {
+    catalog.write_text(yaml.safe_dump({"tiny_pretrain_shapes": {
         "annotation_file": str(annotations), "image_directory": str(annotations.parent / "images")}}))
     return catalog
 
 
 def _pretrain_overrides(catalog, **extra):
-    opts = {"DATASET_CATALOG_FILE": str(catalog), "TRAIN.DATASETS": "('tiny_shapes',)",
-            "PRETRAIN.VAL_DATASETS": "('tiny_shapes',)", "PRETRAIN.VAL_BATCHES": "2",
+    opts = {"DATASET_CATALOG_FILE": str(catalog), "TRAIN.DATASETS": "('tiny_pretrain_shapes',)",
+            "PRETRAIN.VAL_DATASETS": "('tiny_pretrain_shapes',)", "PRETRAIN.VAL_BATCHES": "2",
             "PRETRAIN.MAX_ITER": "3", "PRETRAIN.WARM_UP_ITERS": "1", "PRETRAIN.CROP_SIZE": "32",
             "PRETRAIN.IMAGES_PER_BATCH": "2", "PRETRAIN.CROPS_PER_IMAGE": "3"}
     opts.update(extra)
@@ -128,3 +128,40 @@ def test_pretrain_rejects_a_non_resnet_body(tiny_catalog, tmp_path):
     with pytest.raises(ConfigError, match="VGG16.*not a ResNet body"):
         pretrain_backbone(cfg, tmp_path / "vgg.pkl")
     assert not (tmp_path / "vgg.pkl").exists()
+
+
+def test_trainable_batchnorm_is_folded_into_affine_channel_blobs(tmp_path):
+    # A body pretrained with BatchNorm, exported and loaded into a frozen-BN (AffineChannel)
+    # detector body, computes the same features as the pretrained body in eval mode.
+    bn_funcs = ["RESNETS.TRANS_FUNC", "basic_trainable_bn_transformation",
+                "RESNETS.STEM_FUNC", "basic_trainable_bn_stem",
+                "RESNETS.SHORTCUT_FUNC", "basic_trainable_bn_shortcut"]
+    cfg = load_config(None, ["MODEL.CONV_BODY", "ResNet.add_ResNet18_conv5_body"] + bn_funcs)
+    torch.manual_seed(0)
+    classifier = build_body_classifier(cfg, 3)
+    for layer in classifier.body.modules():
+        if isinstance(layer, torch.nn.BatchNorm2d):
+            layer.running_mean.uniform_(-0.5, 0.5)
+            layer.running_var.uniform_(0.5, 2.0)
+            layer.weight.data.uniform_(0.5, 1.5)
+            layer.bias.data.uniform_(-0.2, 0.2)
+    path = tmp_path / "R-18.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"blobs": body_blobs(classifier)}, f)
+
+    detector = build_model(load_config(None, [
+        "MODEL.TYPE", "generalized_rcnn", "MODEL.CONV_BODY", "ResNet.add_ResNet18_conv4_body",
+        "MODEL.FASTER_RCNN", "True", "MODEL.NUM_CLASSES", "3",
+        "FAST_RCNN.ROI_BOX_HEAD", "ResNet.add_ResNet_roi_conv5_head",
+        "RESNETS.TRANS_FUNC", "basic_transformation", "RESNETS.STEM_FUNC", "basic_bn_stem",
+        "RESNETS.SHORTCUT_FUNC", "basic_bn_shortcut"])).eval()
+    load_weights(detector, str(path), for_training=True)
+    classifier.eval()
+    images = torch.randn(2, 3, 64, 64)
+    captured = {}
+    classifier.body.res4.register_forward_hook(lambda module, args, out: captured.update(res4=out))
+    with torch.no_grad():
+        classifier.body(images)
+        actual = detector.backbone(images)["res4"]
+    expected = captured["res4"]
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)

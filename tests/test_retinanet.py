@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from test_training import tiny_dataset, tiny_overrides  # noqa: F401  (fixture)
+from test_training import tiny_overrides
 
 from detectron_lib.cli import main as cli_main
 from detectron_lib.config import load_config

@@ -10,11 +10,9 @@ import time
 
 import pytest
 import torch
-import yaml
 
 from detectron_lib.cli import main as cli_main
 from detectron_lib.config import load_config
-from detectron_lib.data.shapes import generate_shapes_dataset
 from detectron_lib.engine import trainer
 from detectron_lib.engine.trainer import TrainingError, train
 
@@ -23,17 +21,6 @@ pytestmark = pytest.mark.slow
 from pathlib import Path
 
 BASE_CONFIG = str(Path(__file__).resolve().parents[1] / "configs/shapes/e2e_faster_rcnn_R-18-FPN_1x.yaml")
-
-
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory):
-    """12 generated shapes images registered as 'tiny_shapes' through a catalog YAML."""
-    root = tmp_path_factory.mktemp("tiny_data")
-    annotations = generate_shapes_dataset(root / "tiny", num_images=12, seed=11, workers=1)
-    catalog = root / "catalog.yaml"
-    catalog.write_text(yaml.safe_dump({"tiny_shapes": {
-        "annotation_file": str(annotations), "image_directory": str(annotations.parent / "images")}}))
-    return catalog
 
 
 def tiny_overrides(catalog, output_dir, **extra):
@@ -49,6 +36,8 @@ def tiny_overrides(catalog, output_dir, **extra):
         "SOLVER.WARM_UP_ITERS": "2", "SOLVER.BASE_LR": "0.01", "TRAIN.SNAPSHOT_ITERS": "2",
         "TRAIN.IMS_PER_BATCH": "2", "TRAIN.ASPECT_GROUPING": "False",
         "DATA_LOADER.NUM_THREADS": "0", "TRAIN.AUTO_RESUME": "True",
+        # from scratch in float32: exact comparisons across runs and process counts
+        "TRAIN.WEIGHTS": "", "TRAIN.FREEZE_AT": "0", "MODEL.BODY_PRECISION": "float32",
     }
     opts.update(extra)
     return [token for pair in opts.items() for token in pair]

@@ -37,7 +37,7 @@ def tiny(tmp_path_factory, repo_root):
         "TEST.RPN_PRE_NMS_TOP_N": "100", "TEST.RPN_POST_NMS_TOP_N": "50", "SOLVER.MAX_ITER": "1",
         "SOLVER.STEPS": "[0]", "SOLVER.BASE_LR": "0.0", "TRAIN.IMS_PER_BATCH": "2",
         "TRAIN.ASPECT_GROUPING": "False", "DATA_LOADER.NUM_THREADS": "0", "DEVICE": "cpu",
-        "TEST.SCORE_THRESH": "0.0", "MODEL.BODY_PRECISION": "float32",
+        "TEST.SCORE_THRESH": "0.0", "MODEL.BODY_PRECISION": "float32", "TRAIN.WEIGHTS": "",
     }
     opts.update({"MODEL.MASK_ON": "True", "MRCNN.ROI_MASK_HEAD": "mask_rcnn_heads.mask_rcnn_fcn_head_v1up",
                  "MRCNN.RESOLUTION": "28", "MRCNN.ROI_XFORM_RESOLUTION": "14", "MRCNN.DILATION": "1"})

@@ -190,10 +190,20 @@ def evaluate_accuracy(model, sampler, num_batches, device="cpu"):
 
 
 def body_blobs(model):
-    """{Detectron blob name: float32 array} of the body and the classifier (``pred_*``)."""
+    """{Detectron blob name: float32 array} of the body and the classifier (``pred_*``).
+
+    Trainable BatchNorm is folded into the scale and shift of Detectron's AffineChannel
+    (``_bn_s = gamma / sqrt(var + eps)``, ``_bn_b = beta - mean * _bn_s``), as Detectron's
+    ImageNet weights store it; GroupNorm keeps its own gamma and beta.
+    """
     names = detectron_blob_names(model.body)
-    state = model.body.state_dict()
-    blobs = {blob: state[key].float().cpu().numpy() for key, blob in names.items()}
+    state = {k: v.detach().float().cpu() for k, v in model.body.state_dict().items()}
+    for path, layer in model.body.named_modules():
+        if isinstance(layer, nn.BatchNorm2d):
+            scale = state[f"{path}.weight"] / torch.sqrt(state[f"{path}.running_var"] + layer.eps)
+            state[f"{path}.bias"] = state[f"{path}.bias"] - state[f"{path}.running_mean"] * scale
+            state[f"{path}.weight"] = scale
+    blobs = {blob: state[key].numpy() for key, blob in names.items()}
     blobs["pred_w"] = model.pred.weight.detach().float().cpu().numpy()
     blobs["pred_b"] = model.pred.bias.detach().float().cpu().numpy()
     return blobs
