@@ -14,7 +14,7 @@ from detectron_lib.config.names import MODEL_TYPE
 from detectron_lib.errors import ConfigError
 from detectron_lib.modeling.anchors import AnchorGenerator, fpn_rpn_anchor_specs
 from detectron_lib.modeling.backbone.build import body_features, build_backbone, build_roi_box_head
-from detectron_lib.modeling.poolers import roi_pooler_from_config
+from detectron_lib.modeling.poolers import feature_level_names, roi_feature_names, roi_pooler_from_config
 from detectron_lib.modeling.postprocess import box_voting_from_config, soft_nms_from_config
 from detectron_lib.modeling.roi_heads.fast_rcnn import (
     BoxROIHeads,
@@ -153,19 +153,11 @@ def _to_original_scale(instances, scale):
     return out
 
 
-def _feature_names(prefix_levels, backbone):
-    names = list(backbone.out_channels)
-    missing = [n for n in prefix_levels if n not in names]
-    if missing:
-        raise ConfigError(f"the backbone provides {names}, not {missing}; check the FPN.* levels")
-    return prefix_levels
-
-
 def build_rpn(cfg, backbone):
     """RPN on the FPN levels RPN_MIN_LEVEL..RPN_MAX_LEVEL, or on the single backbone output."""
     if cfg.FPN.FPN_ON and cfg.FPN.MULTILEVEL_RPN:
-        in_features = _feature_names(
-            [f"p{level}" for level in range(cfg.FPN.RPN_MIN_LEVEL, cfg.FPN.RPN_MAX_LEVEL + 1)], backbone)
+        in_features = feature_level_names(cfg.FPN.RPN_MIN_LEVEL, cfg.FPN.RPN_MAX_LEVEL,
+                                          backbone.out_channels)
         specs = fpn_rpn_anchor_specs(cfg.FPN.RPN_MIN_LEVEL, cfg.FPN.RPN_MAX_LEVEL,
                                      cfg.FPN.RPN_ANCHOR_START_SIZE, cfg.FPN.RPN_ASPECT_RATIOS)
     else:
@@ -195,11 +187,7 @@ def build_rpn(cfg, backbone):
 
 def build_box_roi_heads(cfg, backbone):
     """Fast R-CNN heads pooling from FPN levels ROI_MIN_LEVEL..ROI_MAX_LEVEL or the single map."""
-    if cfg.FPN.FPN_ON and cfg.FPN.MULTILEVEL_ROIS:
-        in_features = _feature_names(
-            [f"p{level}" for level in range(cfg.FPN.ROI_MIN_LEVEL, cfg.FPN.ROI_MAX_LEVEL + 1)], backbone)
-    else:
-        in_features = [list(backbone.out_channels)[-1]]
+    in_features = roi_feature_names(cfg, backbone.out_channels)
     in_channels = backbone.out_channels[in_features[0]]
     box_head = build_roi_box_head(cfg, in_channels)
     # The VGG16 fc head fixes its own input resolution (Detectron pooled it at 7x7).

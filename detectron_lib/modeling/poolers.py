@@ -10,7 +10,27 @@ import torch
 from torch import nn
 
 from detectron_lib import ops
+from detectron_lib.errors import ConfigError
 from detectron_lib.structures.boxes import box_area
+
+
+def feature_level_names(min_level, max_level, backbone_out_channels):
+    """["p<min_level>", ..., "p<max_level>"], checked against the backbone's maps."""
+    names = [f"p{level}" for level in range(min_level, max_level + 1)]
+    missing = [n for n in names if n not in backbone_out_channels]
+    if missing:
+        raise ConfigError(f"the backbone provides {list(backbone_out_channels)}, not {missing}; "
+                          "check the FPN.*_MIN_LEVEL / *_MAX_LEVEL keys")
+    return names
+
+
+def roi_feature_names(cfg, backbone_out_channels):
+    """Names of the maps RoI heads pool from: the FPN levels ROI_MIN_LEVEL..ROI_MAX_LEVEL
+    (FPN.FPN_ON and FPN.MULTILEVEL_ROIS), else the backbone's last map."""
+    if cfg.FPN.FPN_ON and cfg.FPN.MULTILEVEL_ROIS:
+        return feature_level_names(cfg.FPN.ROI_MIN_LEVEL, cfg.FPN.ROI_MAX_LEVEL,
+                                   backbone_out_channels)
+    return [list(backbone_out_channels)[-1]]
 
 
 def assign_fpn_levels(boxes, min_level, max_level, canonical_level=4, canonical_scale=224,

@@ -22,7 +22,7 @@ from torch import nn
 from detectron_lib.config.names import ROI_KEYPOINTS_HEAD
 from detectron_lib.errors import ConfigError, DatasetError
 from detectron_lib.modeling.init import constant_fill_, fill_
-from detectron_lib.modeling.poolers import roi_pooler_from_config
+from detectron_lib.modeling.poolers import roi_feature_names, roi_pooler_from_config
 from detectron_lib.modeling.roi_heads.mask_head import BilinearUpsample
 
 # Detectron's stds under GaussianFill: head convs and kps_deconv 0.01, heatmap logits 0.001
@@ -302,18 +302,6 @@ def v1convx_head_from_config(cfg, in_channels):
                             k.CONV_HEAD_KERNEL, k.CONV_INIT)
 
 
-def _keypoint_in_features(cfg, backbone_out_channels):
-    """Names of the maps the keypoint head pools from: FPN levels, or the last backbone map."""
-    if cfg.FPN.FPN_ON and cfg.FPN.MULTILEVEL_ROIS:
-        names = [f"p{level}" for level in range(cfg.FPN.ROI_MIN_LEVEL, cfg.FPN.ROI_MAX_LEVEL + 1)]
-        missing = [n for n in names if n not in backbone_out_channels]
-        if missing:
-            raise ConfigError(f"the backbone provides {list(backbone_out_channels)}, not "
-                              f"{missing}; check FPN.ROI_MIN_LEVEL / FPN.ROI_MAX_LEVEL")
-        return names
-    return [list(backbone_out_channels)[-1]]
-
-
 def build_keypoint_roi_heads(cfg, backbone_out_channels, backbone_strides):
     """KeypointROIHeads from KRCNN.* on the FPN levels ROI_MIN_LEVEL..ROI_MAX_LEVEL (FPN.FPN_ON
     and FPN.MULTILEVEL_ROIS) or on the backbone's last map.
@@ -331,7 +319,7 @@ def build_keypoint_roi_heads(cfg, backbone_out_channels, backbone_strides):
     if k.NMS_OKS:
         raise ConfigError("KRCNN.NMS_OKS (keypoint OKS-NMS at test time) is not implemented; "
                           "set it to False (as every Detectron keypoint baseline does)")
-    in_features = _keypoint_in_features(cfg, backbone_out_channels)
+    in_features = roi_feature_names(cfg, backbone_out_channels)
     head = ROI_KEYPOINTS_HEAD.get(k.ROI_KEYPOINTS_HEAD)(cfg, backbone_out_channels[in_features[0]])
     predictor = KeypointPredictor(
         head.out_channels, k.NUM_KEYPOINTS, k.CONV_INIT, use_deconv=k.USE_DECONV,

@@ -33,7 +33,7 @@ from detectron_lib.modeling.backbone.build import (
 )
 from detectron_lib.modeling.backbone.resnet import RESNET_BLOCK_COUNTS, make_stage
 from detectron_lib.modeling.init import constant_fill_, fill_, gaussian_fill_
-from detectron_lib.modeling.poolers import roi_pooler_from_config
+from detectron_lib.modeling.poolers import roi_feature_names, roi_pooler_from_config
 from detectron_lib.ops.masks import paste_masks_legacy
 from detectron_lib.structures.masks import (
     bitmap_to_mask_in_box,
@@ -413,18 +413,6 @@ def mask_res5_from_config(cfg, in_channels):
     return res5, channels, stride
 
 
-def _mask_in_features(cfg, backbone_out_channels):
-    """Names of the maps the mask head pools from: FPN levels, or the last backbone map."""
-    if cfg.FPN.FPN_ON and cfg.FPN.MULTILEVEL_ROIS:
-        names = [f"p{level}" for level in range(cfg.FPN.ROI_MIN_LEVEL, cfg.FPN.ROI_MAX_LEVEL + 1)]
-        missing = [n for n in names if n not in backbone_out_channels]
-        if missing:
-            raise ConfigError(f"the backbone provides {list(backbone_out_channels)}, not "
-                              f"{missing}; check FPN.ROI_MIN_LEVEL / FPN.ROI_MAX_LEVEL")
-        return names
-    return [list(backbone_out_channels)[-1]]
-
-
 def build_mask_roi_heads(cfg, backbone_out_channels, backbone_strides, box_head=None):
     """MaskROIHeads from MRCNN.* on the FPN levels ROI_MIN_LEVEL..ROI_MAX_LEVEL (FPN.FPN_ON and
     FPN.MULTILEVEL_ROIS) or on the backbone's last map.
@@ -437,7 +425,7 @@ def build_mask_roi_heads(cfg, backbone_out_channels, backbone_strides, box_head=
     if cfg.MODEL.NUM_CLASSES < 2:
         raise ConfigError(f"MODEL.NUM_CLASSES is {cfg.MODEL.NUM_CLASSES}; set it to the number "
                           "of object classes plus one for background")
-    in_features = _mask_in_features(cfg, backbone_out_channels)
+    in_features = roi_feature_names(cfg, backbone_out_channels)
     head_in_channels = backbone_out_channels[in_features[0]]
     feature_size = m.ROI_XFORM_RESOLUTION
     shared_res5 = None
