@@ -202,7 +202,7 @@ def test_rfcn_rejects_heads_it_does_not_have(reference_dir):
 @pytest.mark.slow
 @pytest.mark.parametrize("baseline", [
     "rfcn_R-18-DC5_1x", "e2e_faster_rcnn_VGG16_1x", "e2e_mask_rcnn_R-18-FPN_1x",
-    "e2e_mask_rcnn_R-50-FPN_1x_gn",
+    "e2e_mask_rcnn_R-50-FPN_1x_gn", "retinanet_R-18-FPN_1x",
 ])
 def test_shapes_baseline_trains_tests_and_infers(baseline, tiny_dataset, tmp_path, repo_root,
                                                  reference_dir):

@@ -1,17 +1,15 @@
 """RetinaNet: focal losses against torchvision / cross-entropy, anchors against hand-computed
 Detectron cell anchors, Detectron's anchor labeling on hand-made IoU cases, post-processing on
 hand-made head outputs, one training step + inference of Detectron's own RetinaNet config,
-overfitting one tiny image, and the shapes baseline through train / test / infer."""
-import json
+overfitting one tiny image (the shapes baseline runs through the CLI in
+test_detectron_configs_families.py)."""
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from test_training import tiny_overrides
 
-from detectron_lib.cli import main as cli_main
 from detectron_lib.config import load_config
 from detectron_lib.errors import ConfigError
 from detectron_lib.modeling.anchors import (
@@ -338,20 +336,3 @@ def test_overfits_one_tiny_image(repo_root):
     assert sorted(top.classes.tolist()) == [2, 5]
     assert torchvision.ops.box_iou(top.boxes, targets[0].boxes).max(dim=1).values.min() > 0.5
 
-
-def test_shapes_baseline_trains_tests_and_infers_from_the_cli(tiny_dataset, tmp_path, repo_root,
-                                                               reference_dir):
-    # Two iterations on 12 images through the CLI: train, test (metrics.json), infer (drawing).
-    config = str(repo_root / "configs/shapes/retinanet_R-18-FPN_1x.yaml")
-    out = tmp_path / "run"
-    opts = tiny_overrides(tiny_dataset, out, **{"SOLVER.MAX_ITER": "2", "SOLVER.STEPS": "[0]",
-                                                 "SOLVER.WARM_UP_ITERS": "1"})
-    assert cli_main(["train", "--cfg", config, *opts]) == 0
-    weights = str(out / "model_final.pth")
-    assert cli_main(["test", "--cfg", config, "--weights", weights, *opts]) == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert 0.0 <= metrics["bbox/AP"] <= 1.0
-    image = sorted((reference_dir / "demo_images").glob("*.jpg"))[0]
-    assert cli_main(["infer", "--cfg", config, "--weights", weights, "--input", str(image),
-                     "--output", str(tmp_path / "vis"), "--thresh", "0", *opts]) == 0
-    assert (tmp_path / "vis" / (image.stem + ".png")).is_file()
