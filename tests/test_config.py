@@ -376,3 +376,12 @@ def test_cli_config_reports_bad_key(capsys, reference_dir):
     assert cli.main(["config", "--cfg", path, "SOLVER.BASE_LRR", "0.5"]) == 2
     err = capsys.readouterr().err
     assert "unknown config key 'SOLVER.BASE_LRR'" in err and "Did you mean 'SOLVER.BASE_LR'?" in err
+
+
+@pytest.mark.parametrize("overrides", [
+    ["MODEL.TYPE", "retinanet"],
+    ["MODEL.TYPE", "generalized_rcnn", "RETINANET.RETINANET_ON", "True"],
+])
+def test_retinanet_type_and_switch_go_together(overrides):
+    with pytest.raises(ConfigError, match="MODEL.TYPE .* RETINANET.RETINANET_ON"):
+        load_config(None, overrides)

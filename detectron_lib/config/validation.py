@@ -55,6 +55,7 @@ def finalize(cfg):
             raise ConfigError(
                 f"{key}: unknown value '{flat[key]}'; valid values: {', '.join(choices)}"
             )
+    _check_retinanet_switch(cfg)
     _check_fpn_levels(cfg)
     _check_backbone_freezing(cfg)
     _check_lr_schedule(cfg)
@@ -76,6 +77,15 @@ def _flat_pixel_means(means, key="PIXEL_MEANS"):
         raise ConfigError(f"{key} must be three numbers, one per channel in PIXEL_ORDER, "
                           f"got {means!r}")
     return tuple(float(m) for m in means)
+
+
+def _check_retinanet_switch(cfg):
+    # Detectron's RetinaNet configs set both; either alone is a half-converted config.
+    if (cfg.MODEL.TYPE == "retinanet") != bool(cfg.RETINANET.RETINANET_ON):
+        raise ConfigError(
+            f"MODEL.TYPE is '{cfg.MODEL.TYPE}' but RETINANET.RETINANET_ON is "
+            f"{cfg.RETINANET.RETINANET_ON}; a RetinaNet sets MODEL.TYPE retinanet and "
+            "RETINANET.RETINANET_ON True, any other model neither")
 
 
 def _check_fpn_levels(cfg):
