@@ -1,5 +1,6 @@
 # Stage 2b: pretrain a body on object crops (the zoo's stand-in for ImageNet pretraining); the
-# baselines that name it in weights_from start from these weights (TRAIN.WEIGHTS).
+# baselines that name it in weights_from start from these weights (TRAIN.WEIGHTS). Scheduled
+# first: most baselines wait for it.
 
 
 rule pretrain:
@@ -10,6 +11,7 @@ rule pretrain:
         run=LAYOUT.pretrained_run("{pretrained}"),
     params:
         overrides=lambda wildcards: join_overrides(ZOO.pretrained_overrides(wildcards.pretrained)),
+    priority: 10
     threads: resource_of("threads")
     resources:
         gpu=resource_of("gpus"),
