@@ -98,7 +98,7 @@ def test_missing_metrics_file_names_it(toy_zoo):
     (["MODEL.FASTER_RCNN", "True"], "Faster"),
     (["MODEL.FASTER_RCNN", "True", "MODEL.MASK_ON", "True"], "Mask"),
     (["MODEL.FASTER_RCNN", "True", "MODEL.KEYPOINTS_ON", "True"], "Kps"),
-    (["RETINANET.RETINANET_ON", "True"], "RetinaNet"),
+    (["MODEL.TYPE", "retinanet", "RETINANET.RETINANET_ON", "True"], "RetinaNet"),
     (["MODEL.TYPE", "rfcn", "MODEL.FASTER_RCNN", "True"], "R-FCN"),
     ([], "Fast"),
 ])

@@ -80,8 +80,9 @@ def _flat_pixel_means(means, key="PIXEL_MEANS"):
 
 
 def _check_retinanet_switch(cfg):
-    # Detectron's RetinaNet configs set both; either alone is a half-converted config.
-    if (cfg.MODEL.TYPE == "retinanet") != bool(cfg.RETINANET.RETINANET_ON):
+    # Detectron's RetinaNet configs set both; either alone is a half-converted config. (An
+    # empty MODEL.TYPE is reported when a model is built.)
+    if cfg.MODEL.TYPE and (cfg.MODEL.TYPE == "retinanet") != bool(cfg.RETINANET.RETINANET_ON):
         raise ConfigError(
             f"MODEL.TYPE is '{cfg.MODEL.TYPE}' but RETINANET.RETINANET_ON is "
             f"{cfg.RETINANET.RETINANET_ON}; a RetinaNet sets MODEL.TYPE retinanet and "
