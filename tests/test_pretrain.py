@@ -7,12 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from detectron_lib import ops
 from detectron_lib.cli import main as cli_main
 from detectron_lib.config import load_config
-from detectron_lib.data.shapes import generate_shapes_dataset
 from detectron_lib.engine.checkpoint_formats import load_weights
 from detectron_lib.engine.pretrain import body_blobs, build_body_classifier, crop_batch, sample_crop_boxes
 from detectron_lib.errors import ConfigError
@@ -60,29 +58,19 @@ def test_crop_of_a_pixel_aligned_box_is_the_image_slice():
     assert crops.abs().max() == 0
 
 
-@pytest.fixture(scope="module")
-def tiny_catalog(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pretrain_data")
-    annotations = generate_shapes_dataset(root / "tiny", num_images=8, seed=5, workers=1)
-    catalog = root / "catalog.yaml"
-    catalog.write_text(yaml.safe_dump({"tiny_pretrain_shapes": {
-        "annotation_file": str(annotations), "image_directory": str(annotations.parent / "images")}}))
-    return catalog
-
-
 def _pretrain_overrides(catalog, **extra):
-    opts = {"DATASET_CATALOG_FILE": str(catalog), "TRAIN.DATASETS": "('tiny_pretrain_shapes',)",
-            "PRETRAIN.VAL_DATASETS": "('tiny_pretrain_shapes',)", "PRETRAIN.VAL_BATCHES": "2",
+    opts = {"DATASET_CATALOG_FILE": str(catalog), "TRAIN.DATASETS": "('tiny_shapes',)",
+            "PRETRAIN.VAL_DATASETS": "('tiny_shapes',)", "PRETRAIN.VAL_BATCHES": "2",
             "PRETRAIN.MAX_ITER": "3", "PRETRAIN.WARM_UP_ITERS": "1", "PRETRAIN.CROP_SIZE": "32",
             "PRETRAIN.IMAGES_PER_BATCH": "2", "PRETRAIN.CROPS_PER_IMAGE": "3"}
     opts.update(extra)
     return [token for pair in opts.items() for token in pair]
 
 
-def test_pretrain_cli_writes_detectron_blobs_that_load_into_fpn_and_c4(tiny_catalog, tmp_path, capsys):
+def test_pretrain_cli_writes_detectron_blobs_that_load_into_fpn_and_c4(tiny_dataset, tmp_path, capsys):
     output = tmp_path / "R-18-GN.pkl"
     status = cli_main(["pretrain", "--cfg", str(CONFIGS / "pretrain" / "R-18-GN.yaml"),
-                       "--output", str(output), *_pretrain_overrides(tiny_catalog)])
+                       "--output", str(output), *_pretrain_overrides(tiny_dataset)])
     captured = capsys.readouterr()
     assert status == 0, captured.err
     summary = json.loads(captured.out)
@@ -105,13 +93,13 @@ def test_pretrain_cli_writes_detectron_blobs_that_load_into_fpn_and_c4(tiny_cata
             np.testing.assert_array_equal(state[key].numpy(), blobs[names[key]])
 
 
-def test_pretraining_is_reproducible(tiny_catalog, tmp_path):
+def test_pretraining_is_reproducible(tiny_dataset, tmp_path):
     from detectron_lib.engine.pretrain import pretrain_backbone
 
     runs = []
     for name in ("a", "b"):
         cfg = load_config(CONFIGS / "pretrain" / "R-18-GN.yaml",
-                          _pretrain_overrides(tiny_catalog, **{"PRETRAIN.VAL_DATASETS": "()",
+                          _pretrain_overrides(tiny_dataset, **{"PRETRAIN.VAL_DATASETS": "()",
                                                                "MODEL.BODY_PRECISION": "float32"}))
         pretrain_backbone(cfg, tmp_path / f"{name}.pkl")
         with open(tmp_path / f"{name}.pkl", "rb") as f:
@@ -120,10 +108,10 @@ def test_pretraining_is_reproducible(tiny_catalog, tmp_path):
         np.testing.assert_array_equal(runs[0][blob], runs[1][blob])
 
 
-def test_pretrain_rejects_a_non_resnet_body(tiny_catalog, tmp_path):
+def test_pretrain_rejects_a_non_resnet_body(tiny_dataset, tmp_path):
     from detectron_lib.engine.pretrain import pretrain_backbone
 
-    cfg = load_config(None, _pretrain_overrides(tiny_catalog, **{
+    cfg = load_config(None, _pretrain_overrides(tiny_dataset, **{
         "MODEL.CONV_BODY": "VGG16.add_VGG16_conv5_body"}))
     with pytest.raises(ConfigError, match="VGG16.*not a ResNet body"):
         pretrain_backbone(cfg, tmp_path / "vgg.pkl")

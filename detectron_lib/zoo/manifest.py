@@ -216,7 +216,7 @@ class ZooManifest:
         key = ("pretrained", name)
         if key not in self._datasets_cache:
             entry = self.pretrained_body(name)
-            cfg = self._load_config(entry.config, list(self.overrides) + self._data_overrides(),
+            cfg = self._load_config(entry.config, self.pretrained_overrides(name),
                                     f"pretrained body '{name}'")
             train_sets = tuple(cfg.PRETRAIN.DATASETS) or tuple(cfg.TRAIN.DATASETS)
             self._datasets_cache[key] = (train_sets, tuple(cfg.PRETRAIN.VAL_DATASETS))
