@@ -10,8 +10,9 @@ import time
 import torch
 
 
-def compare(name, ours, theirs, repeats=7, warmup=1):
-    """Times ours() and theirs() alternately; prints and returns (median_ours, median_theirs)."""
+def compare(name, ours, theirs, repeats=7, warmup=1, reference="torchvision"):
+    """Times ours() and theirs() alternately; prints and returns (median_ours, median_theirs).
+    ``reference`` names what theirs() runs in the printout."""
     for _ in range(warmup):
         ours()
         theirs()
@@ -22,7 +23,7 @@ def compare(name, ours, theirs, repeats=7, warmup=1):
             fn()
             times.append(time.perf_counter() - start)
     ours_median, theirs_median = statistics.median(ours_times), statistics.median(theirs_times)
-    print(f"{name:<48} ours {ours_median * 1e3:9.2f} ms   torchvision {theirs_median * 1e3:9.2f} ms   "
+    print(f"{name:<48} ours {ours_median * 1e3:9.2f} ms   {reference} {theirs_median * 1e3:9.2f} ms   "
           f"speed-up x{theirs_median / ours_median:6.2f}", flush=True)
     return ours_median, theirs_median
 
