@@ -286,3 +286,22 @@ def test_basic_roi_head_channels():
     with torch.no_grad():
         assert head(torch.randn(2, 256, 14, 14)).shape == (2, 512)
     assert head.out_dim == 512
+
+
+def test_roi_head_runs_res5_in_body_precision():
+    """With MODEL.BODY_PRECISION bfloat16 the res5 convolutions run in bfloat16 (most of a C4
+    model's compute), the pooled output comes back float32, close to the float32 head's."""
+    torch.manual_seed(0)
+    head = ResNetRoIHead(in_channels=64, num_blocks=1, block_type=BASIC, first_stride=2)
+    head_bf16 = ResNetRoIHead(in_channels=64, num_blocks=1, block_type=BASIC, first_stride=2,
+                              precision="bfloat16")
+    head_bf16.load_state_dict(head.state_dict())
+    autocast_dtypes = []
+    head_bf16.res5.register_forward_pre_hook(lambda module, inputs: autocast_dtypes.append(
+        torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu")))
+    rois = torch.randn(3, 64, 14, 14)
+    with torch.no_grad():
+        expected, pooled = head(rois), head_bf16(rois)
+    assert autocast_dtypes == [torch.bfloat16]
+    assert pooled.dtype == torch.float32
+    torch.testing.assert_close(pooled, expected, rtol=0.05, atol=0.05 * expected.abs().max())

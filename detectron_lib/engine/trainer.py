@@ -27,7 +27,7 @@ from detectron_lib.engine.checkpoint_formats import load_weights
 from detectron_lib.engine.distributed import all_reduce_mean, barrier, init_distributed
 from detectron_lib.engine.optim import build_optimizer, lr_schedule_from_cfg, set_lr
 from detectron_lib.errors import DetectronError
-from detectron_lib.modeling.backbone.build import body_autocast_dtype
+from detectron_lib.modeling.backbone.precision import body_autocast_dtype
 from detectron_lib.modeling.meta_arch import build_model
 from detectron_lib.utils.io import atomic_write
 

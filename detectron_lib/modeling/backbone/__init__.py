@@ -4,7 +4,6 @@ Importing this package registers the builders under Detectron's MODEL.CONV_BODY,
 FAST_RCNN.ROI_BOX_HEAD and RESNETS.*_FUNC names (see build.py).
 """
 from detectron_lib.modeling.backbone.build import (
-    body_autocast_dtype,
     body_features,
     build_backbone,
     build_roi_box_head,
@@ -12,6 +11,7 @@ from detectron_lib.modeling.backbone.build import (
 )
 from detectron_lib.modeling.backbone.fpn import FPN
 from detectron_lib.modeling.backbone.layers import FC, Conv2dNorm, detectron_blob_names
+from detectron_lib.modeling.backbone.precision import body_autocast_dtype, body_precision
 from detectron_lib.modeling.backbone.norms import (
     FrozenBatchNorm2d,
     NormSpec,
@@ -33,6 +33,7 @@ __all__ = [
     "VGG16RoIHead",
     "body_autocast_dtype",
     "body_features",
+    "body_precision",
     "build_backbone",
     "build_roi_box_head",
     "detectron_blob_names",

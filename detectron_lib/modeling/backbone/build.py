@@ -31,6 +31,7 @@ from detectron_lib.config.names import (
 from detectron_lib.errors import ConfigError
 from detectron_lib.modeling.backbone.fpn import FPN, HIGHEST_BACKBONE_LEVEL, LOWEST_BACKBONE_LEVEL
 from detectron_lib.modeling.backbone.norms import BATCH_NORM, FROZEN_BN, GROUP_NORM, NormSpec
+from detectron_lib.modeling.backbone.precision import body_precision
 from detectron_lib.modeling.backbone.resnet import (
     BASIC,
     BOTTLENECK,
@@ -200,7 +201,7 @@ def resnet_roi_head_from_config(cfg, in_channels):
     """res5 head on RoIs pooled at FAST_RCNN.ROI_XFORM_RESOLUTION (first stride = it // 7).
 
     The block count follows the conv4 body named by MODEL.CONV_BODY (2 for ResNet-18,
-    Detectron's 3 otherwise).
+    Detectron's 3 otherwise); it runs in MODEL.BODY_PRECISION like the body.
     """
     resolution = cfg.FAST_RCNN.ROI_XFORM_RESOLUTION
     if resolution < 7:
@@ -215,6 +216,7 @@ def resnet_roi_head_from_config(cfg, in_channels):
         in_channels=in_channels,
         num_blocks=num_blocks,
         first_stride=resolution // 7,
+        precision=cfg.MODEL.BODY_PRECISION,
         **resnet_block_options(cfg, depth),
     )
 
@@ -225,20 +227,10 @@ def vgg16_roi_head_from_config(cfg, in_channels):
     return VGG16RoIHead(in_channels=in_channels)
 
 
-def body_autocast_dtype(precision, device_type):
-    """The autocast dtype MODEL.BODY_PRECISION selects on ``device_type``; None: float32."""
-    if precision == "auto":
-        return torch.float16 if device_type == "cuda" else None
-    return None if precision == "float32" else getattr(torch, precision)
-
-
 def body_features(backbone, images, precision):
     """Feature maps of ``images`` (N, 3, H, W), the body run in the MODEL.BODY_PRECISION
     ``precision``; the maps come back in float32 for the heads, box coding and losses."""
-    dtype = body_autocast_dtype(precision, images.device.type)
-    if dtype is None:
-        return backbone(images)
-    with torch.autocast(images.device.type, dtype=dtype):
+    with body_precision(precision, images.device.type):
         features = backbone(images)
     return type(features)((name, f.float()) for name, f in features.items())
 

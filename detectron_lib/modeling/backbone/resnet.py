@@ -26,6 +26,7 @@ from torch.nn import functional as F
 from detectron_lib.errors import ConfigError
 from detectron_lib.modeling.backbone.layers import Conv2dNorm, freeze_, set_batchnorm_eval
 from detectron_lib.modeling.backbone.norms import BATCH_NORM, FROZEN_BN, NormSpec
+from detectron_lib.modeling.backbone.precision import body_precision
 
 BOTTLENECK = "bottleneck"
 BASIC = "basic"
@@ -292,15 +293,17 @@ class ResNetRoIHead(nn.Module):
     block stride ROI_XFORM_RESOLUTION // 7 (14 -> 2, so res5 sees 7x7); the 7x7 map is then
     average-pooled. RoI pooling itself happens before this module.
 
-    forward(x (R, in_channels, S, S)) -> (R, out_dim); ``self.res5(x)`` gives the
+    forward(x (R, in_channels, S, S)) -> (R, out_dim), float32; ``self.res5(x)`` gives the
     (R, out_dim, S', S') map before pooling (Detectron's ``res5_2_sum``, which a C4 mask head
-    may share).
+    may share). res5 is the body's last stage and runs in its MODEL.BODY_PRECISION
+    (``precision``), which pays most here: on C4 models it is most of the compute.
     """
 
     def __init__(self, in_channels=1024, num_blocks=3, block_type=BOTTLENECK, first_stride=2,
                  num_groups=1, width_per_group=64, stride_in_1x1=True, norm=FROZEN_BN,
-                 shortcut_norm=None, weight_fill="XavierFill"):
+                 shortcut_norm=None, weight_fill="XavierFill", precision="float32"):
         super().__init__()
+        self.precision = precision
         self.res5, self.out_dim = make_stage(
             block_type, num_blocks, 5, in_channels, first_stride, num_groups=num_groups,
             width_per_group=width_per_group, stride_in_1x1=stride_in_1x1, norm=norm,
@@ -308,4 +311,6 @@ class ResNetRoIHead(nn.Module):
         )
 
     def forward(self, x):
-        return self.res5(x).mean(dim=(2, 3))
+        with body_precision(self.precision, x.device.type):
+            x = self.res5(x)
+        return x.float().mean(dim=(2, 3))
