@@ -10,10 +10,11 @@ import re
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torchvision import models
 
 from detectron_lib.errors import ConfigError
-from detectron_lib.modeling.backbone.layers import detectron_blob_names
+from detectron_lib.modeling.backbone.layers import detectron_blob_names, max_pool_3x3_s2
 from detectron_lib.modeling.backbone.norms import FrozenBatchNorm2d, NormSpec
 from detectron_lib.modeling.backbone.resnet import (
     BASIC,
@@ -305,3 +306,17 @@ def test_roi_head_runs_res5_in_body_precision():
     assert autocast_dtypes == [torch.bfloat16]
     assert pooled.dtype == torch.float32
     torch.testing.assert_close(pooled, expected, rtol=0.05, atol=0.05 * expected.abs().max())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("height,width", [(16, 24), (15, 9), (1, 2)])
+def test_stem_max_pool_is_max_pool2d(dtype, height, width):
+    """The stem's fast 3x3/2 max-pool equals F.max_pool2d bit for bit (odd, even and tiny
+    sizes, negative values at the padded border); with autograd it is max_pool2d itself."""
+    x = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(0)).to(dtype)
+    expected = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+    assert torch.equal(max_pool_3x3_s2(x), expected)
+    x.requires_grad_(True)
+    max_pool_3x3_s2(x).sum().backward()
+    expected_grad = torch.autograd.grad(F.max_pool2d(x, 3, 2, 1).sum(), x)[0]
+    assert torch.equal(x.grad, expected_grad)

@@ -223,8 +223,9 @@ def resnet_roi_head_from_config(cfg, in_channels):
 
 @ROI_BOX_HEAD.register("VGG16.add_VGG16_roi_fc_head")
 def vgg16_roi_head_from_config(cfg, in_channels):
-    """fc6/fc7 head; Detectron pools its RoIs at 7x7 whatever ROI_XFORM_RESOLUTION says."""
-    return VGG16RoIHead(in_channels=in_channels)
+    """fc6/fc7 head, in MODEL.BODY_PRECISION like the body; Detectron pools its RoIs at 7x7
+    whatever ROI_XFORM_RESOLUTION says."""
+    return VGG16RoIHead(in_channels=in_channels, precision=cfg.MODEL.BODY_PRECISION)
 
 
 def body_features(backbone, images, precision):

@@ -24,7 +24,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from detectron_lib.errors import ConfigError
-from detectron_lib.modeling.backbone.layers import Conv2dNorm, freeze_, set_batchnorm_eval
+from detectron_lib.modeling.backbone.layers import (
+    Conv2dNorm,
+    freeze_,
+    max_pool_3x3_s2,
+    set_batchnorm_eval,
+)
 from detectron_lib.modeling.backbone.norms import BATCH_NORM, FROZEN_BN, NormSpec
 from detectron_lib.modeling.backbone.precision import body_precision
 
@@ -63,8 +68,7 @@ class ResNetStem(nn.Module):
         self.stride = 4
 
     def forward(self, x):
-        x = F.relu(self.conv1(x))
-        return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+        return max_pool_3x3_s2(F.relu(self.conv1(x)))
 
 
 def _shortcut(in_channels, out_channels, stride, norm, weight_fill, prefix):

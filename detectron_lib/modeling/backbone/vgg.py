@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from detectron_lib.modeling.backbone.layers import FC, Conv2dNorm, freeze_
+from detectron_lib.modeling.backbone.precision import body_precision
 
 # (block index, number of convs, output channels)
 VGG16_BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
@@ -59,17 +60,22 @@ class VGG16Body(nn.Module):
 class VGG16RoIHead(nn.Module):
     """fc6 + ReLU + fc7 + ReLU on RoI features pooled to 7x7: add_VGG16_roi_fc_head.
 
-    forward(x (R, in_channels, 7, 7)) -> (R, 4096).
+    forward(x (R, in_channels, 7, 7)) -> (R, 4096), float32. fc6/fc7 are the ImageNet VGG16's
+    own layers and run in the body's MODEL.BODY_PRECISION (``precision``); fc6 (25088 x 4096)
+    is the head's main cost.
     """
 
     def __init__(self, in_channels=512, hidden_dim=4096, resolution=VGG16_ROI_RESOLUTION,
-                 weight_fill="XavierFill"):
+                 weight_fill="XavierFill", precision="float32"):
         super().__init__()
         self.resolution = resolution
+        self.precision = precision
         self.fc6 = FC(in_channels * resolution * resolution, hidden_dim, weight_fill, "fc6")
         self.fc7 = FC(hidden_dim, hidden_dim, weight_fill, "fc7")
         self.out_dim = hidden_dim
 
     def forward(self, x):
-        x = F.relu(self.fc6(x.flatten(1)))
-        return F.relu(self.fc7(x))
+        with body_precision(self.precision, x.device.type):
+            x = F.relu(self.fc6(x.flatten(1)))
+            x = F.relu(self.fc7(x))
+        return x.float()
