@@ -603,6 +603,9 @@ _C.RETINANET.INTEGER_ANCHOR_SIZES = False
 # Order a cell's RetinaNet anchors aspect ratio first, then size (torchvision); False: size
 # (octave scale) first, then aspect ratio (Detectron). The predictors' channels follow it
 _C.RETINANET.RATIO_MAJOR_ANCHORS = False
+# GroupNorm (GROUP_NORM.*) after every conv of the RetinaNet class and box towers, as
+# detectron2's RetinaNet head offers; Detectron's towers have no norm
+_C.RETINANET.USE_GN = False
 # Precision of the convolutional body (backbone and FPN) in training and inference: 'auto'
 # (float16 autocast on CUDA, float32 on the CPU), 'float32', 'float16' or 'bfloat16'. Heads,
 # box coding and losses always run in float32. bfloat16 pays on CPUs with native bf16

@@ -32,7 +32,7 @@ from detectron_lib import ops
 from detectron_lib.config.names import MODEL_TYPE
 from detectron_lib.errors import ConfigError
 from detectron_lib.modeling.anchors import AnchorGenerator, retinanet_anchor_specs
-from detectron_lib.modeling.backbone.build import body_features, build_backbone
+from detectron_lib.modeling.backbone.build import body_features, build_backbone, group_norm_spec
 from detectron_lib.modeling.backbone.layers import Conv2dNorm
 from detectron_lib.modeling.postprocess import (
     box_voting_from_config,
@@ -73,7 +73,10 @@ class RetinaNetHead(nn.Module):
 
     Per level: ``num_convs`` 3x3 convs with ReLU, then a 3x3 predictor conv. Weights are
     GaussianFill(0.01), biases 0 except the class predictor's, set so that every anchor starts
-    with foreground probability ``prior_prob`` (RETINANET.PRIOR_PROB). Layers carry Detectron's
+    with foreground probability ``prior_prob`` (RETINANET.PRIOR_PROB). ``tower_norm`` (a NormSpec;
+    RETINANET.USE_GN) puts a norm after every tower conv, one set of norm weights shared by the
+    levels like the convs: with narrow towers (FPN.DIM 64) the 0.01-std convs otherwise shrink
+    the signal ~6x per layer and a short schedule never trains them. Layers carry Detectron's
     blob names (retnet_cls_conv_n0_fpn3, ..., named after the finest level ``min_level``).
 
     Args: in_channels (FPN.DIM); num_anchors A per location; num_classes K, foreground classes;
@@ -87,7 +90,8 @@ class RetinaNetHead(nn.Module):
     """
 
     def __init__(self, in_channels, num_anchors, num_classes, num_convs=4, prior_prob=0.01,
-                 class_specific_bbox=False, share_tower=False, softmax=False, min_level=3):
+                 class_specific_bbox=False, share_tower=False, softmax=False, min_level=3,
+                 tower_norm=None):
         super().__init__()
         self.num_anchors = num_anchors
         self.num_classes = num_classes
@@ -95,14 +99,14 @@ class RetinaNetHead(nn.Module):
         self.cls_dim = num_classes + 1 if softmax else num_classes
         self.box_dim = 4 * num_classes if class_specific_bbox else 4
 
-        def conv(out_channels, name):
+        def conv(out_channels, name, norm=None):
             return Conv2dNorm(in_channels, out_channels, 3, padding=1, weight_fill="GaussianFill",
-                              detectron_name=f"retnet_{name}_fpn{min_level}")
+                              norm=norm, detectron_name=f"retnet_{name}_fpn{min_level}")
 
         self.cls_tower = nn.ModuleList(
-            conv(in_channels, f"cls_conv_n{i}") for i in range(num_convs))
+            conv(in_channels, f"cls_conv_n{i}", tower_norm) for i in range(num_convs))
         self.box_tower = None if share_tower else nn.ModuleList(
-            conv(in_channels, f"bbox_conv_n{i}") for i in range(num_convs))
+            conv(in_channels, f"bbox_conv_n{i}", tower_norm) for i in range(num_convs))
         self.cls_pred = conv(num_anchors * self.cls_dim, "cls_pred")
         self.box_pred = conv(num_anchors * self.box_dim, "bbox_pred")
         with torch.no_grad():
@@ -344,7 +348,8 @@ def build_retinanet(cfg):
         backbone.out_channels[in_features[0]], anchor_generator.num_anchors[0],
         cfg.MODEL.NUM_CLASSES - 1, num_convs=r.NUM_CONVS, prior_prob=r.PRIOR_PROB,
         class_specific_bbox=r.CLASS_SPECIFIC_BBOX, share_tower=r.SHARE_CLS_BBOX_TOWER,
-        softmax=r.SOFTMAX, min_level=min_level)
+        softmax=r.SOFTMAX, min_level=min_level,
+        tower_norm=group_norm_spec(cfg) if r.USE_GN else None)
     return RetinaNet(
         backbone, head, anchor_generator, in_features,
         box_coder=BoxCoder((1.0, 1.0, 1.0, 1.0), cfg.BBOX_XFORM_CLIP, legacy),
