@@ -334,7 +334,7 @@ def test_shapes_baseline_config_builds(repo_root):
 
 def test_overfits_one_tiny_image(repo_root):
     cfg = load_config(repo_root / "configs/shapes/retinanet_R-18-FPN_1x.yaml",
-                      ["FPN.DIM", "32", "RETINANET.NUM_CONVS", "1"])
+                      ["RETINANET.NUM_CONVS", "1"])
     torch.manual_seed(0)
     model = build_model(cfg)
     model.train()
