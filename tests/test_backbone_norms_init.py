@@ -11,9 +11,11 @@ import torch
 from torch import nn
 
 from detectron_lib.errors import ConfigError
+from detectron_lib.modeling.backbone.layers import Conv2dNorm
 from detectron_lib.modeling.backbone.norms import (
     FrozenBatchNorm2d,
     NormSpec,
+    fold_frozen_batchnorm_,
     get_group_gn,
     get_norm,
 )
@@ -60,6 +62,23 @@ def test_frozen_bn_loads_a_detectron_style_scale_and_bias_directly():
     frozen = FrozenBatchNorm2d(2)
     frozen.load_state_dict({"weight": torch.tensor([2.0, 3.0]), "bias": torch.tensor([1.0, 0.0])})
     torch.testing.assert_close(frozen.weight.detach(), torch.tensor([2.0, 3.0]))
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_folding_frozen_bn_into_its_conv_keeps_the_output(bias):
+    """conv -> frozen BN equals the folded conv alone (reference: the unfolded layer); the
+    norm is gone and GroupNorm layers are left as they are."""
+    torch.manual_seed(0)
+    layers = nn.Sequential(Conv2dNorm(8, 16, 3, padding=1, bias=bias, norm="FrozenBN"),
+                           Conv2dNorm(16, 16, 1, norm=NormSpec("GN", gn_num_groups=4)))
+    layers[0].norm.load_state_dict(random_batchnorm(16).state_dict())
+    x = torch.randn(2, 8, 9, 11).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = layers(x)
+        assert fold_frozen_batchnorm_(layers) == 1
+        torch.testing.assert_close(layers(x), expected, rtol=1e-5, atol=1e-5)
+    assert layers[0].norm is None and layers[0].bias is not None
+    assert isinstance(layers[1].norm, nn.GroupNorm)
 
 
 @pytest.mark.parametrize("dim, dim_per_group, num_groups, expected", [

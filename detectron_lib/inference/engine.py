@@ -28,6 +28,7 @@ from detectron_lib.evaluation.coco import (
 from detectron_lib.errors import ConfigError
 from detectron_lib.evaluation.metrics import write_metrics
 from detectron_lib.inference.tta import augmentation_enabled, run_inference_with_augmentation
+from detectron_lib.modeling.backbone.norms import fold_frozen_batchnorm_
 from detectron_lib.modeling.meta_arch import build_model
 from detectron_lib.modeling.roi_heads.mask_head import paste_mask_probs
 from detectron_lib.utils.io import write_json_atomic
@@ -40,12 +41,13 @@ METRICS_FILE = "metrics.json"
 def load_model_for_inference(cfg, weights, device):
     """The config's model in eval mode with ``weights`` loaded: a path or URL of any format
     engine.checkpoint_formats reads (ours, Detectron, detectron2, torchvision); empty means
-    TEST.WEIGHTS."""
+    TEST.WEIGHTS. Frozen BN layers are folded into the convolutions before them."""
     weights = weights or cfg.TEST.WEIGHTS
     if not weights:
         raise ConfigError("no weights to run: give --weights or set TEST.WEIGHTS")
     model = build_model(cfg)
     load_weights(model, weights, for_training=False, cache_dir=cfg.DOWNLOAD_CACHE)
+    fold_frozen_batchnorm_(model)
     return model.to(device).eval()
 
 

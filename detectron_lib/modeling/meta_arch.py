@@ -270,5 +270,6 @@ def build_rfcn(cfg):
 
 
 def build_model(cfg):
-    """The model MODEL.TYPE names, built from a finalized config."""
-    return MODEL_TYPE.get(cfg.MODEL.TYPE)(cfg)
+    """The model MODEL.TYPE names, built from a finalized config, its convolution weights in
+    channels-last layout (see backbone.precision.body_layout)."""
+    return MODEL_TYPE.get(cfg.MODEL.TYPE)(cfg).to(memory_format=torch.channels_last)

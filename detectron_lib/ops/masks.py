@@ -23,18 +23,21 @@ def paste_masks(masks, boxes, image_height, image_width):
     return torch.ops.detectron.paste_masks(masks, boxes, int(image_height), int(image_width))
 
 
-def paste_masks_legacy(masks, boxes, image_height, image_width):
+def paste_masks_legacy(masks, boxes, image_height, image_width, thresh=None):
     """Detectron's paste (segm_results), which torchvision's paste_masks_in_image follows.
 
     masks: (N, M, M) (or (N, 1, M, M)) float probabilities over their boxes; boxes: (N, 4)
     x1y1x2y2 in image pixels. Each mask is padded by one zero cell, its box expanded by
     (M + 2) / M about its centre and truncated to whole pixels [x0, x1] (inclusive), the padded
     mask resized bilinearly (align_corners=False) to x1 - x0 + 1 by y1 - y0 + 1 pixels and
-    copied into the image. Returns (N, image_height, image_width) probabilities.
+    copied into the image. Returns (N, image_height, image_width) probabilities, or with
+    ``thresh`` the bool masks ``probabilities > thresh`` (binarized box by box: no float
+    image planes are made).
     """
     if masks.dim() == 4 and masks.size(1) == 1:
         masks = masks[:, 0]
-    out = masks.new_zeros((masks.size(0), image_height, image_width))
+    out = masks.new_zeros((masks.size(0), image_height, image_width),
+                          dtype=masks.dtype if thresh is None else torch.bool)
     if masks.size(0) == 0:
         return out
     size = masks.shape[-1]
@@ -53,5 +56,6 @@ def paste_masks_legacy(masks, boxes, image_height, image_width):
         left, right = max(x0, 0), min(x1 + 1, image_width)
         top, bottom = max(y0, 0), min(y1 + 1, image_height)
         if left < right and top < bottom:
-            out[k, top:bottom, left:right] = resized[top - y0:bottom - y0, left - x0:right - x0]
+            crop = resized[top - y0:bottom - y0, left - x0:right - x0]
+            out[k, top:bottom, left:right] = crop if thresh is None else crop > thresh
     return out

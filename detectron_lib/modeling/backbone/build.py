@@ -31,7 +31,7 @@ from detectron_lib.config.names import (
 from detectron_lib.errors import ConfigError
 from detectron_lib.modeling.backbone.fpn import FPN, HIGHEST_BACKBONE_LEVEL, LOWEST_BACKBONE_LEVEL
 from detectron_lib.modeling.backbone.norms import BATCH_NORM, FROZEN_BN, GROUP_NORM, NormSpec
-from detectron_lib.modeling.backbone.precision import body_precision
+from detectron_lib.modeling.backbone.precision import body_layout, body_precision
 from detectron_lib.modeling.backbone.resnet import (
     BASIC,
     BOTTLENECK,
@@ -232,7 +232,7 @@ def body_features(backbone, images, precision):
     """Feature maps of ``images`` (N, 3, H, W), the body run in the MODEL.BODY_PRECISION
     ``precision``; the maps come back in float32 for the heads, box coding and losses."""
     with body_precision(precision, images.device.type):
-        features = backbone(images)
+        features = backbone(body_layout(images))
     return type(features)((name, f.float()) for name, f in features.items())
 
 

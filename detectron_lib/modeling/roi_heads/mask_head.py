@@ -264,8 +264,10 @@ def paste_mask_probs(detections, image_height, image_width, thresh=0.5, legacy=F
     if len(detections) == 0:
         return torch.zeros((0, image_height, image_width), dtype=torch.bool,
                            device=detections.boxes.device)
-    paste = paste_masks_legacy if legacy else ops.paste_masks
-    probs = paste(detections.mask_probs, detections.boxes, image_height, image_width)
+    if legacy:
+        return paste_masks_legacy(detections.mask_probs, detections.boxes, image_height,
+                                  image_width, thresh)
+    probs = ops.paste_masks(detections.mask_probs, detections.boxes, image_height, image_width)
     return probs > thresh
 
 
