@@ -27,55 +27,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import torchvision
-from PIL import Image
 
 from detectron_lib.config import load_config
 from detectron_lib.inference.predictor import Predictor
+from torchvision_reference import pair_detections, photo_rgb, torchvision_model
 
-PHOTO = "17790319373_bd19b24cfc_k.jpg"
 # heatmap logits of the two sides differ by ~1e-3; a maximum this much clearer is unambiguous
 KEYPOINT_MARGIN = 0.05
-
-
-def _photo_rgb(reference_dir, height, width):
-    image = Image.open(reference_dir / "demo_images" / PHOTO).convert("RGB")
-    return np.asarray(image.resize((width, height), Image.BILINEAR))
-
-
-def _torchvision_model(name, rgb):
-    """torchvision's model with seeded random weights, BN statistics calibrated on ``rgb``,
-    and thresholds that keep 100 detections."""
-    torch.manual_seed(0)
-    height, width = rgb.shape[:2]
-    if name.startswith("retinanet"):
-        model = torchvision.models.detection.retinanet_resnet50_fpn(
-            weights=None, weights_backbone=None, min_size=height, max_size=width,
-            score_thresh=0.0, detections_per_img=100)
-        with torch.no_grad():  # the background logit of every anchor, as trained: never wins
-            model.head.classification_head.cls_logits.bias.view(9, 91)[:, 0] = -20.0
-    else:
-        model = getattr(torchvision.models.detection, name)(
-            weights=None, weights_backbone=None, min_size=height, max_size=width,
-            box_score_thresh=0.0, box_detections_per_img=100)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.momentum = 1.0  # running statistics := the photo's
-    image = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float() / 255
-    model.backbone.body.train()
-    with torch.no_grad():
-        model.backbone.body(model.transform([image])[0].tensors)
-    return model.eval(), image
-
-
-def _pair_detections(expected, ours):
-    """Index into ``ours`` of each expected detection: same label, box within 0.01 px."""
-    distance = (expected["boxes"][:, None] - ours.boxes[None]).abs().amax(dim=2)
-    distance[expected["labels"][:, None] != ours.classes[None]] = float("inf")
-    order = distance.argmin(dim=1)
-    assert (distance[torch.arange(len(order)), order] <= 0.01).all()
-    assert len(set(order.tolist())) == len(order)  # one to one
-    return order
 
 
 def _clear_maxima(heatmaps, boxes):
@@ -98,8 +56,8 @@ def _clear_maxima(heatmaps, boxes):
 ])
 def test_same_detections_as_torchvision(reference_dir, repo_root, tmp_path, name, height, width):
     torch.set_num_threads(1)
-    rgb = _photo_rgb(reference_dir, height, width)
-    reference_model, image = _torchvision_model(name, rgb)
+    rgb = photo_rgb(reference_dir, height, width)
+    reference_model, image = torchvision_model(name, rgb)
     weights = tmp_path / f"{name}.pth"
     torch.save(reference_model.state_dict(), weights)
     cfg = load_config(repo_root / "configs" / "torchvision" / f"{name}.yaml", [
@@ -115,7 +73,7 @@ def test_same_detections_as_torchvision(reference_dir, repo_root, tmp_path, name
     ours = Predictor(cfg, weights)(np.ascontiguousarray(rgb[:, :, ::-1]))
 
     assert len(expected["boxes"]) == 100 and len(ours) == 100
-    pairs = _pair_detections(expected, ours)
+    pairs = pair_detections(expected, ours)
     torch.testing.assert_close(ours.scores[pairs], expected["scores"], rtol=0, atol=1e-4)
     if name.startswith("maskrcnn"):
         reference_masks = expected["masks"][:, 0] > cfg.MRCNN.THRESH_BINARIZE
