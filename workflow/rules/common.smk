@@ -53,6 +53,19 @@ def train_inputs(wildcards):
     }
 
 
+# Scheduling: pretraining first (most baselines wait for it), then the proposal chain (RPN
+# training -> proposal dumps -> training on them), the DAG's longest path.
+PRETRAIN_PRIORITY = 10
+PROPOSAL_CHAIN_PRIORITY = 5
+
+
+def train_priority(wildcards):
+    """PROPOSAL_CHAIN_PRIORITY for RPN baselines with consumers and for their consumers."""
+    name = wildcards.baseline
+    on_chain = name in RPN_WITH_CONSUMERS or ZOO.baseline(name).proposals_from
+    return PROPOSAL_CHAIN_PRIORITY if on_chain else 0
+
+
 def pretrain_inputs(wildcards):
     """Config, dataset markers and the experiment file of a body pretraining."""
     train_sets, val_sets = ZOO.pretrain_datasets(wildcards.pretrained)

@@ -11,7 +11,7 @@ rule pretrain:
         run=LAYOUT.pretrained_run("{pretrained}"),
     params:
         overrides=lambda wildcards: join_overrides(ZOO.pretrained_overrides(wildcards.pretrained)),
-    priority: 10
+    priority: PRETRAIN_PRIORITY
     threads: resource_of("threads")
     resources:
         gpu=resource_of("gpus"),

@@ -13,6 +13,7 @@ rule dump_proposals:
         metrics=LAYOUT.proposal_metrics("{rpn}", "{dataset}"),
     params:
         overrides=lambda wildcards: overrides_of(wildcards.rpn),
+    priority: PROPOSAL_CHAIN_PRIORITY
     threads: resource_of("threads")
     resources:
         gpu=lambda wildcards: min(1, ZOO.baseline(wildcards.rpn).resources.gpus),

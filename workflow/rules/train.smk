@@ -14,6 +14,7 @@ rule train:
         overrides=lambda wildcards: overrides_of(wildcards.baseline),
         launcher=train_launcher,
         zoo=ZOO.name,
+    priority: train_priority
     threads: resource_of("threads")
     resources:
         gpu=resource_of("gpus"),
