@@ -9,6 +9,7 @@ import torchvision
 
 from detectron_lib.config import ConfigError, load_config
 from detectron_lib.modeling.backbone import body_autocast_dtype, body_features
+from detectron_lib.modeling.backbone.precision import body_layout
 from detectron_lib.modeling.meta_arch import build_model
 from detectron_lib.modeling.poolers import RoIPooler, assign_fpn_levels
 from detectron_lib.modeling.roi_heads.fast_rcnn import (
@@ -199,3 +200,20 @@ def test_body_autocast_dtype(precision, device_type, expected):
 def test_body_precision_rejects_unknown_value():
     with pytest.raises(ConfigError, match="MODEL.BODY_PRECISION.*bfloat16"):
         load_config(None, ["MODEL.BODY_PRECISION", "bf16"])
+
+
+@pytest.mark.parametrize("config,channels_last", [
+    ("configs/torchvision/fasterrcnn_resnet50_fpn.yaml", True),   # frozen BN: channels-last
+    ("configs/shapes/e2e_faster_rcnn_R-18-FPN_1x.yaml", False),   # GroupNorm: NCHW
+])
+def test_cpu_layout_follows_the_norms(repo_root, config, channels_last):
+    """build_model lays convolution weights out channels-last unless the model has GroupNorm
+    (slow backward in that layout), and the body's input follows the weights."""
+    cfg = load_config(repo_root / config, ["TRAIN.WEIGHTS", "", "MODEL.NUM_CLASSES", "3"])
+    model = build_model(cfg)
+    stem_weight = model.backbone.bottom_up.stem.conv1.weight
+    assert (stem_weight.is_contiguous(memory_format=torch.channels_last)
+            and not stem_weight.is_contiguous()) == channels_last
+    images = body_layout(torch.randn(1, 3, 32, 32), model.backbone)
+    assert images.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert images.is_contiguous() != channels_last

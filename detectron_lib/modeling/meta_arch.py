@@ -14,6 +14,7 @@ from detectron_lib.config.names import MODEL_TYPE
 from detectron_lib.errors import ConfigError
 from detectron_lib.modeling.anchors import AnchorGenerator, fpn_rpn_anchor_specs
 from detectron_lib.modeling.backbone.build import body_features, build_backbone, build_roi_box_head
+from detectron_lib.modeling.backbone.precision import prefers_channels_last
 from detectron_lib.modeling.poolers import feature_level_names, roi_feature_names, roi_pooler_from_config
 from detectron_lib.modeling.postprocess import box_voting_from_config, soft_nms_from_config
 from detectron_lib.modeling.roi_heads.fast_rcnn import (
@@ -271,5 +272,8 @@ def build_rfcn(cfg):
 
 def build_model(cfg):
     """The model MODEL.TYPE names, built from a finalized config, its convolution weights in
-    channels-last layout (see backbone.precision.body_layout)."""
-    return MODEL_TYPE.get(cfg.MODEL.TYPE)(cfg).to(memory_format=torch.channels_last)
+    channels-last layout unless it has GroupNorm (see backbone.precision.body_layout)."""
+    model = MODEL_TYPE.get(cfg.MODEL.TYPE)(cfg)
+    if prefers_channels_last(model):
+        model = model.to(memory_format=torch.channels_last)
+    return model

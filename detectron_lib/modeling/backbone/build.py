@@ -232,7 +232,7 @@ def body_features(backbone, images, precision):
     """Feature maps of ``images`` (N, 3, H, W), the body run in the MODEL.BODY_PRECISION
     ``precision``; the maps come back in float32 for the heads, box coding and losses."""
     with body_precision(precision, images.device.type):
-        features = backbone(body_layout(images))
+        features = backbone(body_layout(images, backbone))
     return type(features)((name, f.float()) for name, f in features.items())
 
 
