@@ -52,7 +52,7 @@ from detectron_lib.inference.predictor import Predictor  # noqa: E402
 from detectron_lib.modeling.meta_arch import build_model  # noqa: E402
 from detectron_lib.structures.instances import Instances  # noqa: E402
 from detectron_lib.structures.masks import polygons_to_bitmap  # noqa: E402
-from timing import bench_args  # noqa: E402
+from timing import alternating_medians, bench_args  # noqa: E402
 from torchvision_reference import (  # noqa: E402
     match_detections,
     rgb_to_tensor,
@@ -284,20 +284,6 @@ def memory_row(args, mode, weights, images=None):
 
 
 # ---- reporting ------------------------------------------------------------------------------
-def alternate(named_fns, repeats, warmup=1):
-    """Median seconds of each callable in {name: fn}, run alternately after warm-up."""
-    times = {name: [] for name in named_fns}
-    for _ in range(warmup):
-        for fn in named_fns.values():
-            fn()
-    for _ in range(repeats):
-        for name, fn in named_fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def print_row(name, ours, theirs, memory=None, unit="s"):
     line = (f"{name:<40} ours {ours:7.2f} {unit}   torchvision {theirs:7.2f} {unit}   "
             f"speed-up x{theirs / ours:5.2f}")
@@ -378,13 +364,14 @@ def bench_training(args, workdir, shapes=False):
         if args.profile:
             steps["ours"]()
             profile(steps["ours"])
-        medians = alternate(steps, args.repeats)
+        ours_median, theirs_median = alternating_medians(
+            (steps["ours"], steps["torchvision"]), args.repeats)
         del steps
         name = (f"shapes R-18-FPN training, {count} x {SHAPES_SIZE[0]}x{SHAPES_SIZE[1]}" if shapes
                 else f"Mask R-CNN training, {count} x {TRAIN_SIZE[0]}x{TRAIN_SIZE[1]}")
         memory = None if args.no_memory else memory_row(
             args, "shapes" if shapes else "training", weights, count)
-        print_row(name + ", s/iter", medians["ours"], medians["torchvision"], memory)
+        print_row(name + ", s/iter", ours_median, theirs_median, memory)
 
 
 def main():

@@ -10,19 +10,25 @@ import time
 import torch
 
 
+def alternating_medians(fns, repeats=7, warmup=1):
+    """Median seconds of each callable of ``fns``, run alternately (A, B, A, B, ...) after
+    ``warmup`` rounds; a list in the order of ``fns``."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, fn_times in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            fn_times.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
 def compare(name, ours, theirs, repeats=7, warmup=1, reference="torchvision"):
     """Times ours() and theirs() alternately; prints and returns (median_ours, median_theirs).
     ``reference`` names what theirs() runs in the printout."""
-    for _ in range(warmup):
-        ours()
-        theirs()
-    ours_times, theirs_times = [], []
-    for _ in range(repeats):
-        for fn, times in ((ours, ours_times), (theirs, theirs_times)):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-    ours_median, theirs_median = statistics.median(ours_times), statistics.median(theirs_times)
+    ours_median, theirs_median = alternating_medians((ours, theirs), repeats, warmup)
     print(f"{name:<48} ours {ours_median * 1e3:9.2f} ms   {reference} {theirs_median * 1e3:9.2f} ms   "
           f"speed-up x{theirs_median / ours_median:6.2f}", flush=True)
     return ours_median, theirs_median

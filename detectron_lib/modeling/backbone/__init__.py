@@ -11,13 +11,13 @@ from detectron_lib.modeling.backbone.build import (
 )
 from detectron_lib.modeling.backbone.fpn import FPN
 from detectron_lib.modeling.backbone.layers import FC, Conv2dNorm, detectron_blob_names
-from detectron_lib.modeling.backbone.precision import body_autocast_dtype, body_precision
 from detectron_lib.modeling.backbone.norms import (
     FrozenBatchNorm2d,
     NormSpec,
     get_group_gn,
     get_norm,
 )
+from detectron_lib.modeling.backbone.precision import body_autocast_dtype, body_precision
 from detectron_lib.modeling.backbone.resnet import ResNetBody, ResNetRoIHead
 from detectron_lib.modeling.backbone.vgg import VGG16Body, VGG16RoIHead
 

@@ -3,8 +3,9 @@ body's last stage) runs in under autocast; heads, box coding and losses stay flo
 
 And the memory layout the body runs in: on the CPU, images enter it channels-last (NHWC) when
 build_model laid the convolution weights out so (models without GroupNorm), and oneDNN
-convolves without reordering every input and weight (the R-50-FPN body at 800 x 1216 px: 2.5 -> 1.7 s at 2 threads; its
-training step 5.3 -> 4.3 s). Every op after it keeps the layout; the RoI kernels read it.
+convolves without reordering every input and weight (the R-50-FPN body at 800 x 1216 px:
+2.5 -> 1.7 s at 2 threads; its training step 5.3 -> 4.3 s). Every op after it keeps the
+layout; the RoI kernels read it.
 """
 import contextlib
 
