@@ -14,13 +14,20 @@ import json
 
 import pytest
 import torch
+from torch import nn
 from test_training import tiny_overrides
 
 from detectron_lib.cli import main as cli_main
 from detectron_lib.config import ConfigError, load_config
 from detectron_lib.inference.predictor import infer_images
 from detectron_lib.modeling.meta_arch import build_model
+from detectron_lib.modeling.retinanet import RetinaNetHead
+from detectron_lib.modeling.roi_heads.box_head import ConvFCHead, MLPHead
+from detectron_lib.modeling.roi_heads.fast_rcnn import FastRCNNPredictor
+from detectron_lib.modeling.roi_heads.keypoint_head import KeypointConvHead, KeypointPredictor
+from detectron_lib.modeling.roi_heads.mask_head import MaskConvUpsampleHead, MaskPredictor
 from detectron_lib.modeling.roi_heads.rfcn import RFCNPredictor
+from detectron_lib.modeling.rpn import RPNHead
 from detectron_lib.structures.instances import Instances
 
 SMALL = ["MODEL.NUM_CLASSES", "5", "TRAIN.BATCH_SIZE_PER_IM", "32", "TRAIN.RPN_POST_NMS_TOP_N", "64",
@@ -142,6 +149,64 @@ def test_family_trains_one_step_and_infers(reference_dir, name, overrides, on_pr
             assert result.mask_probs.shape == (len(result), resolution, resolution)
         if cfg.MODEL.KEYPOINTS_ON:
             assert result.keypoints.shape == (len(result), cfg.KRCNN.NUM_KEYPOINTS, 3)
+
+
+HIDDEN_LAYERS = (RPNHead, MLPHead, ConvFCHead, MaskConvUpsampleHead, KeypointConvHead)
+PREDICTORS = (FastRCNNPredictor, MaskPredictor, KeypointPredictor)
+
+
+@pytest.mark.parametrize("name", [B + "e2e_mask_rcnn_R-50-FPN_1x.yaml",
+                                  "04_2018_gn_baselines/e2e_mask_rcnn_R-50-FPN_2x_gn.yaml",
+                                  B + "e2e_keypoint_rcnn_R-50-FPN_1x.yaml",
+                                  B + "retinanet_R-50-FPN_1x.yaml"])
+def test_head_precision_runs_hidden_layers_in_bfloat16_and_predictors_in_float32(
+        reference_dir, name):
+    """MODEL.HEAD_PRECISION bfloat16: the RPN conv, RetinaNet towers and box / mask / keypoint
+    head layers run under bfloat16 autocast; every predictor gets float32 features outside it,
+    the losses stay close to a float32 model's with the same weights, and the gradients of the
+    trainable parameters are float32."""
+    cfg = load_config(reference_dir / "detectron_configs" / name,
+                      SMALL + ["MODEL.BODY_PRECISION", "float32", "MODEL.HEAD_PRECISION", "bfloat16"])
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    reference = build_model(load_config(reference_dir / "detectron_configs" / name,
+                                        SMALL + ["MODEL.BODY_PRECISION", "float32"])).train()
+    reference.load_state_dict(model.state_dict())
+
+    seen = {}
+
+    def record(kind):
+        def hook(module, inputs):
+            seen.setdefault(kind, set()).add(
+                torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+            if kind == "predictor":
+                assert all(x.dtype == torch.float32 for x in inputs if torch.is_tensor(x))
+        return hook
+
+    for module in model.modules():
+        if isinstance(module, HIDDEN_LAYERS):  # their first conv or fc layer
+            first = next(m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+            first.register_forward_pre_hook(record("hidden"))
+        if isinstance(module, RPNHead):
+            module.cls_logits.register_forward_pre_hook(record("predictor"))
+        if isinstance(module, PREDICTORS):
+            module.register_forward_pre_hook(record("predictor"))
+        if isinstance(module, RetinaNetHead):
+            module.cls_tower[0].register_forward_pre_hook(record("hidden"))
+            module.cls_pred.register_forward_pre_hook(record("predictor"))
+
+    images = torch.randn(2, 3, 96, 128)
+    targets = _targets(max(cfg.KRCNN.NUM_KEYPOINTS, 1))
+    losses = model(images, SIZES, SCALES, targets, seeds=[1, 2])
+    assert seen == {"hidden": {torch.bfloat16}, "predictor": {None}}
+    expected = reference(images, SIZES, SCALES, targets, seeds=[1, 2])
+    for key, value in losses.items():
+        assert value.dtype == torch.float32
+        # the same proposals and samples unless bfloat16 reorders near-tied objectness scores
+        torch.testing.assert_close(value, expected[key], rtol=0.1, atol=0.02, msg=key)
+    sum(losses.values()).backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and g.dtype == torch.float32 for g in grads)
 
 
 # ---- R-FCN: position-sensitive pooling wiring, hand-computed -------------------------------

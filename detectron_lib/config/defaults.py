@@ -611,6 +611,11 @@ _C.RETINANET.USE_GN = False
 # box coding and losses always run in float32. bfloat16 pays on CPUs with native bf16
 # arithmetic (AVX512-BF16 / AMX) and on recent GPUs.
 _C.MODEL.BODY_PRECISION = "auto"
+# Precision of the heads' hidden layers under autocast, same values: the RPN conv, the
+# RetinaNet towers, the box head (fc6/fc7, Xconv1fc), the mask head's convs and transposed
+# conv and the keypoint head's convs. Their predictors (class logits, box deltas, mask and
+# keypoint logits), box coding and losses stay float32. 'auto': float16 on CUDA.
+_C.MODEL.HEAD_PRECISION = "float32"
 
 # Backbone pretraining by object classification (`detectron pretrain`), the stand-in for
 # ImageNet pretraining where there is none: the ResNet body of MODEL.CONV_BODY learns to

@@ -24,6 +24,7 @@ CHOICE_KEYS = {
         "ID", "TEMP_AVG", "AVG", "IOU_AVG", "GENERALIZED_AVG", "QUASI_SUM",
     ),
     "MODEL.BODY_PRECISION": ("auto", "float32", "float16", "bfloat16"),
+    "MODEL.HEAD_PRECISION": ("auto", "float32", "float16", "bfloat16"),
 }
 
 # Stages after which ResNet backbones can stop gradients (0: train everything).

@@ -75,9 +75,11 @@ def train(cfg, output_dir=None, log_period=20):
     loader = build_train_loader(cfg, start_iter=start_iter, rank=dist_info.rank,
                                 world_size=dist_info.world_size)
     log_file = _open_train_log(output_dir / TRAIN_LOG, start_iter) if dist_info.is_main else None
-    # The model runs its body in MODEL.BODY_PRECISION itself; float16 gradients need scaling.
-    float16_body = body_autocast_dtype(cfg.MODEL.BODY_PRECISION, device.type) == torch.float16
-    scaler = torch.amp.GradScaler(device.type, enabled=float16_body)
+    # The model runs its body and heads in MODEL.BODY_PRECISION / HEAD_PRECISION itself;
+    # float16 gradients need scaling.
+    float16 = torch.float16 in {body_autocast_dtype(cfg.MODEL.BODY_PRECISION, device.type),
+                                body_autocast_dtype(cfg.MODEL.HEAD_PRECISION, device.type)}
+    scaler = torch.amp.GradScaler(device.type, enabled=float16)
     model.train()
     data_start = time.perf_counter()
     try:

@@ -169,7 +169,8 @@ def build_rpn(cfg, backbone):
         raise ConfigError(f"RPN levels {in_features} have different channel counts {channels}")
     legacy = cfg.MODEL.BBOX_LEGACY_PLUS_ONE
     anchor_generator = AnchorGenerator(specs, legacy_plus_one=legacy)
-    head = RPNHead(channels.pop(), anchor_generator.num_anchors[0])
+    head = RPNHead(channels.pop(), anchor_generator.num_anchors[0],
+                   precision=cfg.MODEL.HEAD_PRECISION)
     t, s = cfg.TRAIN, cfg.TEST
     return RPN(
         head, anchor_generator, in_features,

@@ -34,6 +34,7 @@ from detectron_lib.errors import ConfigError
 from detectron_lib.modeling.anchors import AnchorGenerator, retinanet_anchor_specs
 from detectron_lib.modeling.backbone.build import body_features, build_backbone, group_norm_spec
 from detectron_lib.modeling.backbone.layers import Conv2dNorm
+from detectron_lib.modeling.backbone.precision import head_layers
 from detectron_lib.modeling.postprocess import (
     box_voting_from_config,
     class_wise_nms,
@@ -82,7 +83,8 @@ class RetinaNetHead(nn.Module):
     Args: in_channels (FPN.DIM); num_anchors A per location; num_classes K, foreground classes;
     class_specific_bbox: 4K deltas per anchor instead of 4 (RETINANET.CLASS_SPECIFIC_BBOX);
     share_tower: the box predictor reads the class tower (SHARE_CLS_BBOX_TOWER); softmax: K + 1
-    logits per anchor, index 0 background (RETINANET.SOFTMAX).
+    logits per anchor, index 0 background (RETINANET.SOFTMAX); precision: MODEL.HEAD_PRECISION
+    of the towers (the predictors run in float32).
 
     forward([(N, in_channels, H, W)] per level) -> (class logits [(N, A * C, H, W)], deltas
     [(N, A * B, H, W)]), C = K (K + 1 with softmax), B = 4 (4K class-specific), channels
@@ -91,8 +93,9 @@ class RetinaNetHead(nn.Module):
 
     def __init__(self, in_channels, num_anchors, num_classes, num_convs=4, prior_prob=0.01,
                  class_specific_bbox=False, share_tower=False, softmax=False, min_level=3,
-                 tower_norm=None):
+                 tower_norm=None, precision="float32"):
         super().__init__()
+        self.precision = precision
         self.num_anchors = num_anchors
         self.num_classes = num_classes
         self.softmax = softmax
@@ -120,17 +123,22 @@ class RetinaNetHead(nn.Module):
     def forward(self, features):
         cls_logits, box_deltas = [], []
         for x in features:
-            cls_x = x
-            for layer in self.cls_tower:
-                cls_x = F.relu(layer(cls_x))
-            box_x = cls_x
-            if self.box_tower is not None:
-                box_x = x
-                for layer in self.box_tower:
-                    box_x = F.relu(layer(box_x))
+            cls_x = head_layers(self.precision, self._cls_tower, x)
+            box_x = cls_x if self.box_tower is None else head_layers(
+                self.precision, self._box_tower, x)
             cls_logits.append(self.cls_pred(cls_x))
             box_deltas.append(self.box_pred(box_x))
         return cls_logits, box_deltas
+
+    def _cls_tower(self, x):
+        for layer in self.cls_tower:
+            x = F.relu(layer(x))
+        return x
+
+    def _box_tower(self, x):
+        for layer in self.box_tower:
+            x = F.relu(layer(x))
+        return x
 
 
 def flatten_anchor_maps(maps, dim):
@@ -349,7 +357,8 @@ def build_retinanet(cfg):
         cfg.MODEL.NUM_CLASSES - 1, num_convs=r.NUM_CONVS, prior_prob=r.PRIOR_PROB,
         class_specific_bbox=r.CLASS_SPECIFIC_BBOX, share_tower=r.SHARE_CLS_BBOX_TOWER,
         softmax=r.SOFTMAX, min_level=min_level,
-        tower_norm=group_norm_spec(cfg) if r.USE_GN else None)
+        tower_norm=group_norm_spec(cfg) if r.USE_GN else None,
+        precision=cfg.MODEL.HEAD_PRECISION)
     return RetinaNet(
         backbone, head, anchor_generator, in_features,
         box_coder=BoxCoder((1.0, 1.0, 1.0, 1.0), cfg.BBOX_XFORM_CLIP, legacy),

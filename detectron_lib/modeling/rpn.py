@@ -13,16 +13,19 @@ from torch import nn
 
 from detectron_lib import ops
 from detectron_lib.modeling.anchors import straddle_mask
+from detectron_lib.modeling.backbone.precision import head_layers
 from detectron_lib.modeling.sampling import Matcher, sample_labels
 from detectron_lib.structures.boxes import BoxCoder, box_widths_heights, clip_boxes
 from detectron_lib.structures.instances import Instances
 
 
 class RPNHead(nn.Module):
-    """Shared conv + objectness and box-delta predictors. Input and output are per-level lists."""
+    """Shared conv + objectness and box-delta predictors. Input and output are per-level lists.
+    The conv runs in MODEL.HEAD_PRECISION ``precision``, the predictors in float32."""
 
-    def __init__(self, in_channels, num_anchors, conv_channels=None):
+    def __init__(self, in_channels, num_anchors, conv_channels=None, precision="float32"):
         super().__init__()
+        self.precision = precision
         conv_channels = conv_channels or in_channels
         self.conv = nn.Conv2d(in_channels, conv_channels, 3, padding=1)
         self.cls_logits = nn.Conv2d(conv_channels, num_anchors, 1)
@@ -35,10 +38,13 @@ class RPNHead(nn.Module):
         """features: [(N, C, H, W)]. Returns logits [(N, A, H, W)], deltas [(N, 4A, H, W)]."""
         logits, deltas = [], []
         for x in features:
-            t = F.relu(self.conv(x))
+            t = head_layers(self.precision, self._hidden, x)
             logits.append(self.cls_logits(t))
             deltas.append(self.bbox_pred(t))
         return logits, deltas
+
+    def _hidden(self, x):
+        return F.relu(self.conv(x))
 
 
 def flatten_level_outputs(logits, deltas):

@@ -1,5 +1,6 @@
 """MODEL.BODY_PRECISION: the dtype the convolutional body (and the res5 RoI head, which is the
-body's last stage) runs in under autocast; heads, box coding and losses stay float32.
+body's last stage) runs in under autocast; MODEL.HEAD_PRECISION: the same for the heads'
+hidden layers, whose predictors, box coding and losses stay float32 (``head_layers``).
 
 And the memory layout the body runs in: on the CPU, images enter it channels-last (NHWC) when
 build_model laid the convolution weights out so (models without GroupNorm), and oneDNN
@@ -26,6 +27,15 @@ def body_precision(precision, device_type):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type, dtype=dtype)
+
+
+def head_layers(precision, layers, x):
+    """Run ``layers`` (a callable) on ``x`` in the MODEL.HEAD_PRECISION ``precision``; the
+    result comes back in float32 for the predictor after it."""
+    if body_autocast_dtype(precision, x.device.type) is None:
+        return layers(x)
+    with body_precision(precision, x.device.type):
+        return layers(x).float()
 
 
 def prefers_channels_last(model):

@@ -4,21 +4,24 @@
 - ``ConvFCHead``: add_roi_Xconv1fc_head / add_roi_Xconv1fc_gn_head, a stack of 3x3 convs
   (optionally GroupNorm) then one fully connected layer.
 
-Each maps (R, C, S, S) pooled features to (R, out_dim) and exposes ``out_dim``.
+Each maps (R, C, S, S) pooled features to (R, out_dim) and exposes ``out_dim``; each runs in
+MODEL.HEAD_PRECISION (``precision``) and returns float32 for the predictor.
 """
 import torch.nn.functional as F
 from torch import nn
 
 from detectron_lib.config.names import ROI_BOX_HEAD
 from detectron_lib.modeling.backbone.build import group_norm_spec
+from detectron_lib.modeling.backbone.precision import head_layers
 from detectron_lib.modeling.init import msra_fill_, xavier_fill_
 
 
 class MLPHead(nn.Module):
     """flatten -> fc6 -> ReLU -> fc7 -> ReLU (Caffe2's default XavierFill weights, zero bias)."""
 
-    def __init__(self, in_channels, resolution, hidden_dim):
+    def __init__(self, in_channels, resolution, hidden_dim, precision="float32"):
         super().__init__()
+        self.precision = precision
         self.fc6 = nn.Linear(in_channels * resolution * resolution, hidden_dim)
         self.fc7 = nn.Linear(hidden_dim, hidden_dim)
         for fc in (self.fc6, self.fc7):
@@ -27,6 +30,9 @@ class MLPHead(nn.Module):
         self.out_dim = hidden_dim
 
     def forward(self, x):
+        return head_layers(self.precision, self._layers, x)
+
+    def _layers(self, x):
         x = F.relu(self.fc6(x.flatten(1)))
         return F.relu(self.fc7(x))
 
@@ -38,8 +44,10 @@ class ConvFCHead(nn.Module):
     convs before a norm carry no bias, as in Detectron's ConvGN.
     """
 
-    def __init__(self, in_channels, resolution, num_convs, conv_dim, hidden_dim, norm_factory=None):
+    def __init__(self, in_channels, resolution, num_convs, conv_dim, hidden_dim, norm_factory=None,
+                 precision="float32"):
         super().__init__()
+        self.precision = precision
         layers = []
         for i in range(num_convs):
             conv = nn.Conv2d(in_channels if i == 0 else conv_dim, conv_dim, 3, padding=1,
@@ -58,23 +66,28 @@ class ConvFCHead(nn.Module):
         self.out_dim = hidden_dim
 
     def forward(self, x):
+        return head_layers(self.precision, self._layers, x)
+
+    def _layers(self, x):
         return F.relu(self.fc6(self.convs(x).flatten(1)))
 
 
 @ROI_BOX_HEAD.register("fast_rcnn_heads.add_roi_2mlp_head")
 def mlp_head_from_config(cfg, in_channels):
-    return MLPHead(in_channels, cfg.FAST_RCNN.ROI_XFORM_RESOLUTION, cfg.FAST_RCNN.MLP_HEAD_DIM)
+    return MLPHead(in_channels, cfg.FAST_RCNN.ROI_XFORM_RESOLUTION, cfg.FAST_RCNN.MLP_HEAD_DIM,
+                   precision=cfg.MODEL.HEAD_PRECISION)
 
 
 @ROI_BOX_HEAD.register("fast_rcnn_heads.add_roi_Xconv1fc_head")
 def conv_fc_head_from_config(cfg, in_channels):
     f = cfg.FAST_RCNN
     return ConvFCHead(in_channels, f.ROI_XFORM_RESOLUTION, f.NUM_STACKED_CONVS, f.CONV_HEAD_DIM,
-                      f.MLP_HEAD_DIM)
+                      f.MLP_HEAD_DIM, precision=cfg.MODEL.HEAD_PRECISION)
 
 
 @ROI_BOX_HEAD.register("fast_rcnn_heads.add_roi_Xconv1fc_gn_head")
 def conv_fc_gn_head_from_config(cfg, in_channels):
     f = cfg.FAST_RCNN
     return ConvFCHead(in_channels, f.ROI_XFORM_RESOLUTION, f.NUM_STACKED_CONVS, f.CONV_HEAD_DIM,
-                      f.MLP_HEAD_DIM, norm_factory=group_norm_spec(cfg))
+                      f.MLP_HEAD_DIM, norm_factory=group_norm_spec(cfg),
+                      precision=cfg.MODEL.HEAD_PRECISION)

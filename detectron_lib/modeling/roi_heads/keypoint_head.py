@@ -21,6 +21,7 @@ from torch import nn
 
 from detectron_lib.config.names import ROI_KEYPOINTS_HEAD
 from detectron_lib.errors import ConfigError, DatasetError
+from detectron_lib.modeling.backbone.precision import head_layers
 from detectron_lib.modeling.init import constant_fill_, fill_
 from detectron_lib.modeling.poolers import roi_feature_names, roi_pooler_from_config
 from detectron_lib.modeling.roi_heads.mask_head import BilinearUpsample
@@ -40,12 +41,14 @@ class KeypointConvHead(nn.Module):
     """v1convX: ``num_convs`` x (``kernel_size`` conv to ``conv_dim``, stride 1, same padding, ReLU).
 
     weight_fill: KRCNN.CONV_INIT (std 0.01 under GaussianFill), zero bias.
-    x: (R, in_channels, S, S) -> (R, conv_dim, S, S).
+    x: (R, in_channels, S, S) -> (R, conv_dim, S, S), run in MODEL.HEAD_PRECISION ``precision``
+    and returned in float32.
     """
 
     def __init__(self, in_channels, num_convs, conv_dim, kernel_size=3,
-                 weight_fill="GaussianFill"):
+                 weight_fill="GaussianFill", precision="float32"):
         super().__init__()
+        self.precision = precision
         if num_convs < 1:
             raise ConfigError(f"KRCNN.NUM_STACKED_CONVS is {num_convs}; the v1convX keypoint head "
                               "needs at least one conv")
@@ -59,7 +62,7 @@ class KeypointConvHead(nn.Module):
         self.out_channels = conv_dim
 
     def forward(self, x):
-        return self.convs(x)
+        return head_layers(self.precision, self.convs, x)
 
 
 def _deconv_x2(in_channels, out_channels, kernel_size):
@@ -299,7 +302,7 @@ class KeypointROIHeads(nn.Module):
 def v1convx_head_from_config(cfg, in_channels):
     k = cfg.KRCNN
     return KeypointConvHead(in_channels, k.NUM_STACKED_CONVS, k.CONV_HEAD_DIM,
-                            k.CONV_HEAD_KERNEL, k.CONV_INIT)
+                            k.CONV_HEAD_KERNEL, k.CONV_INIT, precision=cfg.MODEL.HEAD_PRECISION)
 
 
 def build_keypoint_roi_heads(cfg, backbone_out_channels, backbone_strides):

@@ -31,6 +31,7 @@ from detectron_lib.modeling.backbone.build import (
     resnet_block_options,
     group_norm_spec,
 )
+from detectron_lib.modeling.backbone.precision import head_layers
 from detectron_lib.modeling.backbone.resnet import RESNET_BLOCK_COUNTS, make_stage
 from detectron_lib.modeling.init import constant_fill_, fill_, gaussian_fill_
 from detectron_lib.modeling.poolers import roi_feature_names, roi_pooler_from_config
@@ -64,12 +65,14 @@ class MaskConvUpsampleHead(nn.Module):
     x: (R, in_channels, S, S) -> (R, conv_dim, 2S, 2S).
     weight_fill: MRCNN.CONV_INIT, for the convs and the transposed conv.
     norm_factory: None, or ``channels -> nn.Module`` (GroupNorm for the _gn head); convs
-    followed by a norm carry no bias, as in Detectron's ConvGN.
+    followed by a norm carry no bias, as in Detectron's ConvGN. Runs in MODEL.HEAD_PRECISION
+    ``precision``, returns float32.
     """
 
     def __init__(self, in_channels, num_convs, conv_dim, dilation=1, weight_fill="GaussianFill",
-                 norm_factory=None):
+                 norm_factory=None, precision="float32"):
         super().__init__()
+        self.precision = precision
         layers = []
         for i in range(num_convs):
             conv = nn.Conv2d(in_channels if i == 0 else conv_dim, conv_dim, 3, padding=dilation,
@@ -89,6 +92,9 @@ class MaskConvUpsampleHead(nn.Module):
         return 2 * input_size
 
     def forward(self, x):
+        return head_layers(self.precision, self._layers, x)
+
+    def _layers(self, x):
         return F.relu(self.upsample(self.convs(x)))
 
 
@@ -362,20 +368,23 @@ class MaskROIHeads(nn.Module):
 @ROI_MASK_HEAD.register("mask_rcnn_heads.mask_rcnn_fcn_head_v1up4convs")
 def v1up4convs_head_from_config(cfg, in_channels):
     m = cfg.MRCNN
-    return MaskConvUpsampleHead(in_channels, 4, m.DIM_REDUCED, m.DILATION, m.CONV_INIT)
+    return MaskConvUpsampleHead(in_channels, 4, m.DIM_REDUCED, m.DILATION, m.CONV_INIT,
+                                precision=cfg.MODEL.HEAD_PRECISION)
 
 
 @ROI_MASK_HEAD.register("mask_rcnn_heads.mask_rcnn_fcn_head_v1up4convs_gn")
 def v1up4convs_gn_head_from_config(cfg, in_channels):
     m = cfg.MRCNN
     return MaskConvUpsampleHead(in_channels, 4, m.DIM_REDUCED, m.DILATION, m.CONV_INIT,
-                                norm_factory=group_norm_spec(cfg))
+                                norm_factory=group_norm_spec(cfg),
+                                precision=cfg.MODEL.HEAD_PRECISION)
 
 
 @ROI_MASK_HEAD.register("mask_rcnn_heads.mask_rcnn_fcn_head_v1up")
 def v1up_head_from_config(cfg, in_channels):
     m = cfg.MRCNN
-    return MaskConvUpsampleHead(in_channels, 2, m.DIM_REDUCED, m.DILATION, m.CONV_INIT)
+    return MaskConvUpsampleHead(in_channels, 2, m.DIM_REDUCED, m.DILATION, m.CONV_INIT,
+                                precision=cfg.MODEL.HEAD_PRECISION)
 
 
 @ROI_MASK_HEAD.register("mask_rcnn_heads.mask_rcnn_fcn_head_v0up")
