@@ -242,20 +242,23 @@ def train_baseline(cfg_file, overrides, zoo, baseline, experiment_file, run_file
 
 def dump_baseline_proposals(cfg_file, overrides, weights, dataset, output, metrics_file,
                             run_file, log_file=None, tracking=True):
-    """Write an RPN baseline's proposals for ``dataset`` to ``output`` and their recall
-    (proposals/AR@100, AR@1000, ...) to ``metrics_file``."""
+    """Write an RPN baseline's proposals for ``dataset`` to ``output`` and their counts to
+    ``metrics_file``, with their recall (proposals/AR@100, AR@1000, ...) when ``dataset`` is
+    one of the baseline's TEST.DATASETS: recall on the training set's millions of
+    proposals would cost pycocotools minutes of the DAG's time and is not reported."""
     from detectron_lib.evaluation.metrics import write_metrics
     from detectron_lib.inference.engine import dump_proposals
     from detectron_lib.tracking import make_tracker, stage_run
 
     cfg = _load_cfg(cfg_file, overrides)
+    recall = dataset in cfg.TEST.DATASETS
     if int(os.environ.get("RANK", "0")) != 0:
-        dump_proposals(cfg, weights, dataset, output)
+        dump_proposals(cfg, weights, dataset, output, recall)
         return None
     tracker = make_tracker(tracking)
     with stage_run(tracker, run_file, "proposals", "dump_proposals", dataset,
                    run_name=f"proposals {dataset}") as (_, child_id):
-        metrics = dump_proposals(cfg, weights, dataset, output)
+        metrics = dump_proposals(cfg, weights, dataset, output, recall)
         write_metrics(metrics_file, metrics)
         tracker.log_metrics(child_id, metrics)
         tracker.log_artifacts(child_id, [metrics_file, log_file])

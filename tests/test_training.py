@@ -15,6 +15,7 @@ from detectron_lib.cli import main as cli_main
 from detectron_lib.config import load_config
 from detectron_lib.engine import trainer
 from detectron_lib.engine.trainer import TrainingError, train
+from detectron_lib.inference.engine import dump_proposals
 
 pytestmark = pytest.mark.slow
 
@@ -38,6 +39,7 @@ def tiny_overrides(catalog, output_dir, **extra):
         "DATA_LOADER.NUM_THREADS": "0", "TRAIN.AUTO_RESUME": "True",
         # from scratch in float32: exact comparisons across runs and process counts
         "TRAIN.WEIGHTS": "", "TRAIN.FREEZE_AT": "0", "MODEL.BODY_PRECISION": "float32",
+        "MODEL.HEAD_PRECISION": "float32",
     }
     opts.update(extra)
     return [token for pair in opts.items() for token in pair]
@@ -88,7 +90,14 @@ def test_cli_train_test_proposals_infer(tiny_dataset, tmp_path, reference_dir, c
                      "--dataset", "tiny_shapes", "--output", str(tmp_path / "props.pkl"), *rpn_opts]) == 0
     recall = json.loads(capsys.readouterr().out)
     assert 0.0 <= recall["proposals/AR@100"] <= recall["proposals/AR@1000"] <= 1.0
+    assert recall["proposals/images"] == 12 and recall["proposals/per_image"] > 0
     assert (tmp_path / "props.pkl").is_file()
+
+    # Without recall (the DAG's training-set dumps) the same file and only the counts.
+    counts = dump_proposals(load_config(BASE_CONFIG, rpn_opts), str(rpn_out / "model_final.pth"),
+                            "tiny_shapes", tmp_path / "props_no_recall.pkl", recall=False)
+    assert counts == {k: recall[k] for k in ("proposals/images", "proposals/per_image")}
+    assert (tmp_path / "props_no_recall.pkl").read_bytes() == (tmp_path / "props.pkl").read_bytes()
 
 
 def test_resume_after_sigkill_matches_uninterrupted_run(tiny_dataset, tmp_path):

@@ -152,12 +152,14 @@ def _proposal_arrays(results):
             for image_id, inst in results}
 
 
-def dump_proposals(cfg, weights, dataset_name, output_path):
+def dump_proposals(cfg, weights, dataset_name, output_path, recall=True):
     """Run an RPN_ONLY model over a dataset and write Detectron's proposal file.
 
     The file holds, per image, up to TEST.RPN_POST_NMS_TOP_N boxes in original-image pixels,
     their objectness scores and the image ids (detectron_lib.data.proposals layout). Returns
-    the proposal recall metrics (proposals/AR@100, AR@1000) on that dataset.
+    the proposal counts (proposals/images, proposals/per_image) and, with ``recall``, the
+    recall metrics (proposals/AR@100, AR@1000) on that dataset; recall over a training set's
+    millions of proposals takes pycocotools minutes, which a DAG may not want to spend.
     """
     if not cfg.MODEL.RPN_ONLY:
         raise ConfigError("dump_proposals needs an RPN-only model config (MODEL.RPN_ONLY: True)")
@@ -174,5 +176,9 @@ def dump_proposals(cfg, weights, dataset_name, output_path):
     results = sorted((r for part in gathered for r in part), key=lambda r: r[0])
     save_proposals(output_path, [inst.boxes.numpy() for _, inst in results],
                    [inst.scores.numpy() for _, inst in results], [image_id for image_id, _ in results])
-    return evaluate_proposals(str(annotation_file), _proposal_arrays(results),
-                              legacy_plus_one=cfg.MODEL.BBOX_LEGACY_PLUS_ONE)
+    metrics = {"proposals/images": len(results),
+               "proposals/per_image": sum(len(inst) for _, inst in results) / max(len(results), 1)}
+    if recall:
+        metrics.update(evaluate_proposals(str(annotation_file), _proposal_arrays(results),
+                                          legacy_plus_one=cfg.MODEL.BBOX_LEGACY_PLUS_ONE))
+    return metrics
