@@ -23,6 +23,7 @@ decoded (TEST.BBOX_REG) and clipped; over all levels, class-wise NMS (TEST.NMS) 
 (TEST.SOFT_NMS), box voting when TEST.BBOX_VOTE is on, and the best TEST.DETECTIONS_PER_IM.
 """
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +35,7 @@ from detectron_lib.errors import ConfigError
 from detectron_lib.modeling.anchors import AnchorGenerator, retinanet_anchor_specs
 from detectron_lib.modeling.backbone.build import body_features, build_backbone, group_norm_spec
 from detectron_lib.modeling.backbone.layers import Conv2dNorm
-from detectron_lib.modeling.backbone.precision import head_layers
+from detectron_lib.modeling.backbone.precision import run_in_precision
 from detectron_lib.modeling.postprocess import (
     box_voting_from_config,
     class_wise_nms,
@@ -123,22 +124,19 @@ class RetinaNetHead(nn.Module):
     def forward(self, features):
         cls_logits, box_deltas = [], []
         for x in features:
-            cls_x = head_layers(self.precision, self._cls_tower, x)
-            box_x = cls_x if self.box_tower is None else head_layers(
-                self.precision, self._box_tower, x)
+            cls_x = run_in_precision(self.precision, partial(_relu_tower, self.cls_tower), x)
+            box_x = cls_x if self.box_tower is None else run_in_precision(
+                self.precision, partial(_relu_tower, self.box_tower), x)
             cls_logits.append(self.cls_pred(cls_x))
             box_deltas.append(self.box_pred(box_x))
         return cls_logits, box_deltas
 
-    def _cls_tower(self, x):
-        for layer in self.cls_tower:
-            x = F.relu(layer(x))
-        return x
 
-    def _box_tower(self, x):
-        for layer in self.box_tower:
-            x = F.relu(layer(x))
-        return x
+def _relu_tower(layers, x):
+    """A RetinaNet tower: every layer followed by ReLU."""
+    for layer in layers:
+        x = F.relu(layer(x))
+    return x
 
 
 def flatten_anchor_maps(maps, dim):

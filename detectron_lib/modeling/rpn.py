@@ -13,7 +13,7 @@ from torch import nn
 
 from detectron_lib import ops
 from detectron_lib.modeling.anchors import straddle_mask
-from detectron_lib.modeling.backbone.precision import head_layers
+from detectron_lib.modeling.backbone.precision import run_in_precision
 from detectron_lib.modeling.sampling import Matcher, sample_labels
 from detectron_lib.structures.boxes import BoxCoder, box_widths_heights, clip_boxes
 from detectron_lib.structures.instances import Instances
@@ -38,7 +38,7 @@ class RPNHead(nn.Module):
         """features: [(N, C, H, W)]. Returns logits [(N, A, H, W)], deltas [(N, 4A, H, W)]."""
         logits, deltas = [], []
         for x in features:
-            t = head_layers(self.precision, self._hidden, x)
+            t = run_in_precision(self.precision, self._hidden, x)
             logits.append(self.cls_logits(t))
             deltas.append(self.bbox_pred(t))
         return logits, deltas

@@ -17,7 +17,11 @@ from detectron_lib.modeling.backbone.norms import (
     get_group_gn,
     get_norm,
 )
-from detectron_lib.modeling.backbone.precision import body_autocast_dtype, body_precision, head_layers
+from detectron_lib.modeling.backbone.precision import (
+    body_autocast_dtype,
+    body_precision,
+    run_in_precision,
+)
 from detectron_lib.modeling.backbone.resnet import ResNetBody, ResNetRoIHead
 from detectron_lib.modeling.backbone.vgg import VGG16Body, VGG16RoIHead
 
@@ -34,7 +38,7 @@ __all__ = [
     "body_autocast_dtype",
     "body_features",
     "body_precision",
-    "head_layers",
+    "run_in_precision",
     "build_backbone",
     "build_roi_box_head",
     "detectron_blob_names",

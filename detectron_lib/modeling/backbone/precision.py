@@ -1,6 +1,7 @@
 """MODEL.BODY_PRECISION: the dtype the convolutional body (and the res5 RoI head, which is the
 body's last stage) runs in under autocast; MODEL.HEAD_PRECISION: the same for the heads'
-hidden layers, whose predictors, box coding and losses stay float32 (``head_layers``).
+hidden layers, whose predictors, box coding and losses stay float32. ``run_in_precision``
+runs a part of a model so.
 
 And the memory layout the body runs in: on the CPU, images enter it channels-last (NHWC) when
 build_model laid the convolution weights out so (models without GroupNorm), and oneDNN
@@ -29,9 +30,10 @@ def body_precision(precision, device_type):
     return torch.autocast(device_type, dtype=dtype)
 
 
-def head_layers(precision, layers, x):
-    """Run ``layers`` (a callable) on ``x`` in the MODEL.HEAD_PRECISION ``precision``; the
-    result comes back in float32 for the predictor after it."""
+def run_in_precision(precision, layers, x):
+    """Run ``layers`` (a callable) on ``x`` under the autocast of ``precision`` (a
+    MODEL.BODY_PRECISION / HEAD_PRECISION value); the result comes back in float32 for the
+    float32 layers after it (predictors, pooling)."""
     if body_autocast_dtype(precision, x.device.type) is None:
         return layers(x)
     with body_precision(precision, x.device.type):

@@ -31,7 +31,7 @@ from detectron_lib.modeling.backbone.layers import (
     set_batchnorm_eval,
 )
 from detectron_lib.modeling.backbone.norms import BATCH_NORM, FROZEN_BN, NormSpec
-from detectron_lib.modeling.backbone.precision import body_precision
+from detectron_lib.modeling.backbone.precision import run_in_precision
 
 BOTTLENECK = "bottleneck"
 BASIC = "basic"
@@ -315,6 +315,4 @@ class ResNetRoIHead(nn.Module):
         )
 
     def forward(self, x):
-        with body_precision(self.precision, x.device.type):
-            x = self.res5(x)
-        return x.float().mean(dim=(2, 3))
+        return run_in_precision(self.precision, self.res5, x).mean(dim=(2, 3))

@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from detectron_lib.modeling.backbone.layers import FC, Conv2dNorm, freeze_
-from detectron_lib.modeling.backbone.precision import body_precision
+from detectron_lib.modeling.backbone.precision import run_in_precision
 
 # (block index, number of convs, output channels)
 VGG16_BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
@@ -75,7 +75,8 @@ class VGG16RoIHead(nn.Module):
         self.out_dim = hidden_dim
 
     def forward(self, x):
-        with body_precision(self.precision, x.device.type):
-            x = F.relu(self.fc6(x.flatten(1)))
-            x = F.relu(self.fc7(x))
-        return x.float()
+        return run_in_precision(self.precision, self._layers, x)
+
+    def _layers(self, x):
+        x = F.relu(self.fc6(x.flatten(1)))
+        return F.relu(self.fc7(x))

@@ -12,7 +12,7 @@ from torch import nn
 
 from detectron_lib.config.names import ROI_BOX_HEAD
 from detectron_lib.modeling.backbone.build import group_norm_spec
-from detectron_lib.modeling.backbone.precision import head_layers
+from detectron_lib.modeling.backbone.precision import run_in_precision
 from detectron_lib.modeling.init import msra_fill_, xavier_fill_
 
 
@@ -30,7 +30,7 @@ class MLPHead(nn.Module):
         self.out_dim = hidden_dim
 
     def forward(self, x):
-        return head_layers(self.precision, self._layers, x)
+        return run_in_precision(self.precision, self._layers, x)
 
     def _layers(self, x):
         x = F.relu(self.fc6(x.flatten(1)))
@@ -66,7 +66,7 @@ class ConvFCHead(nn.Module):
         self.out_dim = hidden_dim
 
     def forward(self, x):
-        return head_layers(self.precision, self._layers, x)
+        return run_in_precision(self.precision, self._layers, x)
 
     def _layers(self, x):
         return F.relu(self.fc6(self.convs(x).flatten(1)))

@@ -21,7 +21,7 @@ from torch import nn
 
 from detectron_lib.config.names import ROI_KEYPOINTS_HEAD
 from detectron_lib.errors import ConfigError, DatasetError
-from detectron_lib.modeling.backbone.precision import head_layers
+from detectron_lib.modeling.backbone.precision import run_in_precision
 from detectron_lib.modeling.init import constant_fill_, fill_
 from detectron_lib.modeling.poolers import roi_feature_names, roi_pooler_from_config
 from detectron_lib.modeling.roi_heads.mask_head import BilinearUpsample
@@ -62,7 +62,7 @@ class KeypointConvHead(nn.Module):
         self.out_channels = conv_dim
 
     def forward(self, x):
-        return head_layers(self.precision, self.convs, x)
+        return run_in_precision(self.precision, self.convs, x)
 
 
 def _deconv_x2(in_channels, out_channels, kernel_size):

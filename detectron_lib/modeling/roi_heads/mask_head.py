@@ -31,7 +31,7 @@ from detectron_lib.modeling.backbone.build import (
     resnet_block_options,
     group_norm_spec,
 )
-from detectron_lib.modeling.backbone.precision import head_layers
+from detectron_lib.modeling.backbone.precision import run_in_precision
 from detectron_lib.modeling.backbone.resnet import RESNET_BLOCK_COUNTS, make_stage
 from detectron_lib.modeling.init import constant_fill_, fill_, gaussian_fill_
 from detectron_lib.modeling.poolers import roi_feature_names, roi_pooler_from_config
@@ -92,7 +92,7 @@ class MaskConvUpsampleHead(nn.Module):
         return 2 * input_size
 
     def forward(self, x):
-        return head_layers(self.precision, self._layers, x)
+        return run_in_precision(self.precision, self._layers, x)
 
     def _layers(self, x):
         return F.relu(self.upsample(self.convs(x)))
