@@ -12,6 +12,7 @@ detectron_lib.workflow_steps STEP ...`` to run it (rules hold no logic of their 
 Every output is written atomically. Under torchrun only rank 0 writes files or tracks.
 """
 import argparse
+import functools
 import json
 import logging
 import os
@@ -266,22 +267,30 @@ def dump_baseline_proposals(cfg_file, overrides, weights, dataset, output, metri
 
 
 def evaluate_baseline(cfg_file, overrides, weights, output_dir, run_file, log_file=None,
-                      tracking=True):
+                      tracking=True, proposal_metrics=()):
     """Evaluate a baseline's weights on its TEST.DATASETS into ``output_dir``/metrics.json;
-    the results go to the 'evaluate' child run and the parent run, which this step ends."""
-    from detectron_lib.inference.engine import METRICS_FILE, test
+    the results go to the 'evaluate' child run and the parent run, which this step ends.
+
+    An RPN baseline whose proposals the DAG dumps for its TEST.DATASETS passes the dumps'
+    metrics files as ``proposal_metrics``: their recall is its evaluation (the same
+    inference, not run twice)."""
+    from detectron_lib.inference.engine import METRICS_FILE, evaluate_from_proposal_dumps, test
     from detectron_lib.tracking import make_tracker, stage_run
 
     cfg = _load_cfg(cfg_file, overrides)
+    if proposal_metrics:
+        evaluate = functools.partial(evaluate_from_proposal_dumps, cfg, proposal_metrics, output_dir)
+    else:
+        evaluate = functools.partial(test, cfg, weights, output_dir)
     if int(os.environ.get("RANK", "0")) != 0:
-        test(cfg, weights, output_dir)
+        evaluate()
         return None
     tracker = make_tracker(tracking)
     dataset = ",".join(cfg.TEST.DATASETS)
     parent_id = None
     try:
         with stage_run(tracker, run_file, "evaluate", "evaluate", dataset) as (parent_id, child_id):
-            metrics = test(cfg, weights, output_dir)
+            metrics = evaluate()
             tracker.log_metrics(child_id, metrics)
             tracker.log_metrics(parent_id, metrics)
             tracker.log_artifacts(child_id, [Path(output_dir) / METRICS_FILE, log_file])
@@ -351,6 +360,9 @@ def build_parser():
     p = sub.add_parser("evaluate", help="evaluate a baseline")
     p.add_argument("--weights", required=True)
     p.add_argument("--output-dir", required=True)
+    p.add_argument("--proposal-metrics", action="append", default=[], metavar="FILE",
+                   help="an RPN baseline's proposal metrics of a TEST.DATASETS entry (once "
+                        "per entry, in order): they hold its evaluation, no inference runs")
     _add_run_args(p)
 
     p = sub.add_parser("zoo-table", help="render MODEL_ZOO.md")
@@ -382,7 +394,7 @@ def run_step(args):
                                        args.output, args.metrics_file, args.run_file,
                                        args.log_file, tracking)
     return evaluate_baseline(args.cfg, args.opts, args.weights, args.output_dir, args.run_file,
-                             args.log_file, tracking)
+                             args.log_file, tracking, args.proposal_metrics)
 
 
 def main(argv=None):

@@ -15,7 +15,8 @@ from detectron_lib.cli import main as cli_main
 from detectron_lib.config import load_config
 from detectron_lib.engine import trainer
 from detectron_lib.engine.trainer import TrainingError, train
-from detectron_lib.inference.engine import dump_proposals
+from detectron_lib.errors import ConfigError
+from detectron_lib.inference.engine import dump_proposals, evaluate_from_proposal_dumps
 
 pytestmark = pytest.mark.slow
 
@@ -96,8 +97,25 @@ def test_cli_train_test_proposals_infer(tiny_dataset, tmp_path, reference_dir, c
     # Without recall (the DAG's training-set dumps) the same file and only the counts.
     counts = dump_proposals(load_config(BASE_CONFIG, rpn_opts), str(rpn_out / "model_final.pth"),
                             "tiny_shapes", tmp_path / "props_no_recall.pkl", recall=False)
-    assert counts == {k: recall[k] for k in ("proposals/images", "proposals/per_image")}
+    assert counts.keys() == {"proposals/images", "proposals/per_image", "inference_time_s_per_im"}
+    assert {k: counts[k] for k in ("proposals/images", "proposals/per_image")} == \
+        {k: recall[k] for k in ("proposals/images", "proposals/per_image")}
     assert (tmp_path / "props_no_recall.pkl").read_bytes() == (tmp_path / "props.pkl").read_bytes()
+
+    # The DAG evaluates an RPN from its test-set dump: the same recall as `detectron test`.
+    rpn_cfg = load_config(BASE_CONFIG, rpn_opts)
+    assert cli_main(["test", "--cfg", BASE_CONFIG, "--weights", str(rpn_out / "model_final.pth"),
+                     *rpn_opts]) == 0
+    tested = json.loads((rpn_out / "metrics.json").read_text())
+    (tmp_path / "dump.json").write_text(json.dumps(recall))
+    evaluate_from_proposal_dumps(rpn_cfg, [tmp_path / "dump.json"], tmp_path / "eval")
+    from_dump = json.loads((tmp_path / "eval/metrics.json").read_text())
+    assert from_dump["inference_time_s_per_im"] == recall["inference_time_s_per_im"]
+    ar_keys = [k for k in tested if k.startswith("proposals/AR")]
+    assert ar_keys and {k: from_dump[k] for k in ar_keys} == {k: tested[k] for k in ar_keys}
+    (tmp_path / "counts.json").write_text(json.dumps(counts))
+    with pytest.raises(ConfigError, match="counts.json: no recall"):
+        evaluate_from_proposal_dumps(rpn_cfg, [tmp_path / "counts.json"], tmp_path / "eval")
 
 
 def test_resume_after_sigkill_matches_uninterrupted_run(tiny_dataset, tmp_path):

@@ -7,6 +7,7 @@ checks compare against what the DAG itself must have produced: the files on disk
 in the MLflow store (read back with MlflowClient), the rendered MODEL_ZOO.md, and the job
 lists of Snakemake dry runs after no change / after touching one config.
 """
+import json
 import os
 import re
 import subprocess
@@ -135,6 +136,12 @@ def test_micro_zoo_produces_metrics_and_table(micro_run):
         assert (workdir / f"results/benchmarks/micro/train/{name}.tsv").is_file()
     for dataset in ("micro_train", "micro_val"):
         assert (workdir / f"results/micro/rpn_R-18-FPN_1x/proposals/{dataset}.pkl").is_file()
+    # The RPN tests on micro_val, which it dumps: its evaluation is that dump's recall.
+    rpn_dir = workdir / "results/micro/rpn_R-18-FPN_1x"
+    dumped = json.loads((rpn_dir / "proposals/micro_val_metrics.json").read_text())
+    evaluated = json.loads((rpn_dir / "eval/metrics.json").read_text())
+    assert "proposals/AR@1000" in dumped and "inference_time_s_per_im" in dumped
+    assert {k: evaluated[k] for k in dumped} == dumped
     table = (workdir / "MODEL_ZOO.md").read_text()
     assert "## RPN Proposal Baselines" in table
     assert "## Fast & Mask R-CNN Baselines Using Precomputed RPN Proposals" in table

@@ -88,7 +88,8 @@ def test_proposal_consumers_get_the_rpn_files_as_overrides(tmp_path, monkeypatch
     config = {"MODEL": {"FASTER_RCNN": False}, "TRAIN": {"DATASETS": "('shapes_train',)"},
               "TEST": {"DATASETS": "('shapes_val',)"}}
     Path("fast.yaml").write_text(yaml.safe_dump(config))
-    Path("rpn.yaml").write_text(yaml.safe_dump({"MODEL": {"RPN_ONLY": True}}))
+    Path("rpn.yaml").write_text(yaml.safe_dump({"MODEL": {"RPN_ONLY": True},
+                                                "TEST": {"DATASETS": "('shapes_val',)"}}))
     zoo = parse_manifest({
         "name": "z", "table": "Z.md", "overrides": ["DEVICE", "cpu"],
         "baselines": {
@@ -98,6 +99,10 @@ def test_proposal_consumers_get_the_rpn_files_as_overrides(tmp_path, monkeypatch
                              "overrides": ["SOLVER.MAX_ITER", 5]}}})
     assert zoo.rpn_consumers("rpn_R-18_1x") == ["fast_R-18_1x"]
     assert zoo.proposal_datasets("rpn_R-18_1x") == ["shapes_train", "shapes_val"]
+    # the RPN tests on shapes_val, which it dumps: the dump's recall is its evaluation
+    assert zoo.dumped_evaluation_inputs("rpn_R-18_1x") == [
+        "results/z/rpn_R-18_1x/proposals/shapes_val_metrics.json"]
+    assert zoo.dumped_evaluation_inputs("fast_R-18_1x") == []
     overrides = zoo.config_overrides("fast_R-18_1x")
     pairs = dict(zip(overrides[::2], overrides[1::2]))
     assert pairs == {
@@ -166,3 +171,19 @@ def test_sections_are_detectrons():
         "RPN Proposal Baselines",
         "Fast & Mask R-CNN Baselines Using Precomputed RPN Proposals",
         "End-to-End Faster & Mask R-CNN Baselines"]
+
+
+def test_rpn_evaluates_by_inference_when_its_test_set_is_not_dumped(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("fast.yaml").write_text(yaml.safe_dump({"TRAIN": {"DATASETS": "('shapes_train',)"},
+                                                 "TEST": {"DATASETS": "('shapes_val',)"}}))
+    Path("rpn.yaml").write_text(yaml.safe_dump({"MODEL": {"RPN_ONLY": True},
+                                                "TEST": {"DATASETS": "('shapes_kp_val',)"}}))
+    zoo = parse_manifest({
+        "name": "z", "table": "Z.md",
+        "baselines": {
+            "rpn_R-18_1x": {"config": "rpn.yaml", "section": "rpn"},
+            "fast_R-18_1x": {"config": "fast.yaml", "section": "fast_mask_on_proposals",
+                             "proposals_from": "rpn_R-18_1x"}}})
+    assert zoo.proposal_datasets("rpn_R-18_1x") == ["shapes_train", "shapes_val"]
+    assert zoo.dumped_evaluation_inputs("rpn_R-18_1x") == []

@@ -26,7 +26,7 @@ from detectron_lib.evaluation.coco import (
     masks_to_coco_results,
 )
 from detectron_lib.errors import ConfigError
-from detectron_lib.evaluation.metrics import write_metrics
+from detectron_lib.evaluation.metrics import read_metrics, write_metrics
 from detectron_lib.inference.tta import augmentation_enabled, run_inference_with_augmentation
 from detectron_lib.modeling.backbone.norms import fold_frozen_batchnorm_
 from detectron_lib.modeling.meta_arch import build_model
@@ -138,12 +138,39 @@ def test(cfg, weights, output_dir=None):
             write_json_atomic(output_dir / f"{dataset_name}_bbox_results.json", by_type["bbox"])
             metrics.update(evaluate_coco(str(annotation_file), by_type,
                                          kpt_oks_sigmas=get_dataset(dataset_name).keypoint_oks_sigmas))
-        metrics.update(training_timings(output_dir))
-        all_metrics[dataset_name] = metrics
-        name = METRICS_FILE if index == 0 else f"metrics_{dataset_name}.json"
-        write_metrics(output_dir / name, metrics)
-        logger.info("%s: %s", dataset_name, {k: round(v, 4) for k, v in metrics.items() if "/AP" in k[:9] or "AR@" in k})
+        all_metrics[dataset_name] = _write_dataset_metrics(output_dir, index, dataset_name, metrics)
     return all_metrics.get(cfg.TEST.DATASETS[0], {})
+
+
+def _write_dataset_metrics(output_dir, index, dataset_name, metrics):
+    """Add the run's training timings to one test dataset's metrics and write them:
+    metrics.json for the first TEST.DATASETS entry, metrics_<dataset>.json for the others."""
+    metrics = {**metrics, **training_timings(output_dir)}
+    name = METRICS_FILE if index == 0 else f"metrics_{dataset_name}.json"
+    write_metrics(Path(output_dir) / name, metrics)
+    logger.info("%s: %s", dataset_name, {k: round(v, 4) for k, v in metrics.items() if "/AP" in k[:9] or "AR@" in k})
+    return metrics
+
+
+def evaluate_from_proposal_dumps(cfg, dump_metrics_files, output_dir=None):
+    """An RPN-only model's evaluation taken from its proposal dumps of TEST.DATASETS (one
+    metrics file of ``dump_proposals`` per dataset, in order), which ran the same inference
+    and recall: written and returned like ``test``'s, without running the model again."""
+    if not cfg.MODEL.RPN_ONLY:
+        raise ConfigError("only an RPN-only model (MODEL.RPN_ONLY: True) is evaluated from its proposal dumps")
+    if len(dump_metrics_files) != len(cfg.TEST.DATASETS):
+        raise ConfigError(f"{len(dump_metrics_files)} proposal metrics files for "
+                          f"{len(cfg.TEST.DATASETS)} TEST.DATASETS {tuple(cfg.TEST.DATASETS)}: "
+                          "give one per dataset, in order")
+    output_dir = Path(output_dir or cfg.OUTPUT_DIR)
+    all_metrics = {}
+    for index, (dataset_name, path) in enumerate(zip(cfg.TEST.DATASETS, dump_metrics_files)):
+        metrics = read_metrics(path)
+        if "proposals/AR@100" not in metrics or "inference_time_s_per_im" not in metrics:
+            raise ConfigError(f"{path}: no recall or inference time for {dataset_name}; dump "
+                              f"the proposals again with {dataset_name} in TEST.DATASETS")
+        all_metrics[dataset_name] = _write_dataset_metrics(output_dir, index, dataset_name, metrics)
+    return all_metrics[cfg.TEST.DATASETS[0]]
 
 
 def _proposal_arrays(results):
@@ -157,7 +184,8 @@ def dump_proposals(cfg, weights, dataset_name, output_path, recall=True):
 
     The file holds, per image, up to TEST.RPN_POST_NMS_TOP_N boxes in original-image pixels,
     their objectness scores and the image ids (detectron_lib.data.proposals layout). Returns
-    the proposal counts (proposals/images, proposals/per_image) and, with ``recall``, the
+    the proposal counts (proposals/images, proposals/per_image), the inference time
+    (inference_time_s_per_im) and, with ``recall``, the
     recall metrics (proposals/AR@100, AR@1000) on that dataset; recall over a training set's
     millions of proposals takes pycocotools minutes, which a DAG may not want to spend.
     """
@@ -169,15 +197,15 @@ def dump_proposals(cfg, weights, dataset_name, output_path, recall=True):
     model = load_model_for_inference(cfg, weights, device)
     annotation_file = materialize_dataset(dataset_name, cfg.DATA_ROOT or None)
     loader = build_test_loader(cfg, dataset_name, dist_info.rank, dist_info.world_size)
-    results, _ = run_inference(model, loader, device)
-    gathered = all_gather_objects(results)
+    gathered = all_gather_objects(run_inference(model, loader, device))
     if not dist_info.is_main:
         return {}
-    results = sorted((r for part in gathered for r in part), key=lambda r: r[0])
+    results = sorted((r for part, _ in gathered for r in part), key=lambda r: r[0])
     save_proposals(output_path, [inst.boxes.numpy() for _, inst in results],
                    [inst.scores.numpy() for _, inst in results], [image_id for image_id, _ in results])
     metrics = {"proposals/images": len(results),
-               "proposals/per_image": sum(len(inst) for _, inst in results) / max(len(results), 1)}
+               "proposals/per_image": sum(len(inst) for _, inst in results) / max(len(results), 1),
+               "inference_time_s_per_im": statistics.mean(t for _, t in gathered)}
     if recall:
         metrics.update(evaluate_proposals(str(annotation_file), _proposal_arrays(results),
                                           legacy_plus_one=cfg.MODEL.BBOX_LEGACY_PLUS_ONE))

@@ -306,6 +306,15 @@ class ZooManifest:
         train_sets, test_sets = self.datasets(name)
         return [self.layout.proposals(rpn, d) for d in (train_sets if split == "train" else test_sets)]
 
+    def dumped_evaluation_inputs(self, name):
+        """For an RPN baseline that dumps proposals for each of its TEST.DATASETS, the dumps'
+        metrics files, which hold its evaluation (recall, inference time); else empty."""
+        dumped = self.proposal_datasets(name)
+        _, test_sets = self.datasets(name)
+        if not dumped or not set(test_sets) <= set(dumped):
+            return []
+        return [self.layout.proposal_metrics(name, d) for d in test_sets]
+
     def all_datasets(self):
         """Every dataset some baseline trains or tests on, sorted."""
         names = set()

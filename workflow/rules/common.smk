@@ -2,6 +2,7 @@
 # turn a manifest entry into the inputs and command-line arguments of a job.
 import json
 import re
+import shlex
 
 from snakemake.logging import logger
 from snakemake.utils import min_version, validate
@@ -91,7 +92,15 @@ def evaluate_inputs(wildcards):
         "run": LAYOUT.run_file(name),
         "datasets": [LAYOUT.dataset_marker(d) for d in test_sets],
         "proposals": ZOO.proposal_inputs(name, "test"),
+        "dumped_evaluation": ZOO.dumped_evaluation_inputs(name),
     }
+
+
+def evaluation_source(wildcards):
+    """Where an evaluation comes from when not from inference: an RPN baseline whose
+    proposals the DAG dumps for its test sets takes their recall and inference time."""
+    files = ZOO.dumped_evaluation_inputs(wildcards.baseline)
+    return " ".join(f"--proposal-metrics {shlex.quote(path)}" for path in files)
 
 
 def overrides_of(name):

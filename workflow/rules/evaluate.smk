@@ -1,4 +1,6 @@
-# Stage 5: evaluate a baseline's final weights on its TEST.DATASETS (pycocotools).
+# Stage 5: evaluate a baseline's final weights on its TEST.DATASETS (pycocotools). An RPN
+# baseline whose proposals are dumped for its test sets is evaluated by those dumps (same
+# inference, same recall), so its model does not run twice.
 
 
 rule evaluate:
@@ -9,6 +11,7 @@ rule evaluate:
     params:
         overrides=lambda wildcards: overrides_of(wildcards.baseline),
         eval_dir=lambda wildcards: LAYOUT.eval_dir(wildcards.baseline),
+        source=evaluation_source,
     threads: resource_of("threads")
     resources:
         gpu=lambda wildcards: min(1, ZOO.baseline(wildcards.baseline).resources.gpus),
@@ -21,4 +24,4 @@ rule evaluate:
     shell:
         "python -m detectron_lib.workflow_steps evaluate --cfg {input.config}"
         " --weights {input.weights} --output-dir {params.eval_dir} --run-file {input.run}"
-        " --threads {threads} --log-file {log} {params.overrides} > {log} 2>&1"
+        " --threads {threads} --log-file {log} {params.source} {params.overrides} > {log} 2>&1"
