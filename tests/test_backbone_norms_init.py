@@ -54,7 +54,34 @@ def test_frozen_bn_is_an_affine_channel_without_statistics_updates():
     expected = torch.tensor([1.0, 3.0, -0.5]).view(1, 3, 1, 1).expand(1, 3, 2, 2)
     torch.testing.assert_close(frozen.train()(x), expected)
     torch.testing.assert_close(frozen.eval()(x), expected)
-    assert [name for name, _ in frozen.named_buffers()] == []
+    # Caffe2's AffineChannel (is_learnable unset in Detectron) trains neither scale nor bias
+    assert [name for name, _ in frozen.named_parameters()] == []
+    assert [name for name, _ in frozen.named_buffers()] == ["weight", "bias"]
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_conv_with_frozen_bn_trains_as_conv_then_affine(bias):
+    """Conv2dNorm applies its frozen BN as scaled conv weights and a bias; output and the
+    gradients of the conv weights and input equal conv then x * scale + shift
+    (reference: F.conv2d and the affine written out)."""
+    torch.manual_seed(0)
+    layer = Conv2dNorm(8, 16, 3, padding=1, bias=bias, norm="FrozenBN")
+    layer.norm.load_state_dict(random_batchnorm(16).state_dict())
+    if bias:
+        nn.init.normal_(layer.bias)
+    layer.double()  # float64: the two orders of rounding agree to 1e-10
+    x = torch.randn(2, 8, 9, 11, dtype=torch.float64, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    weight_ref = layer.weight.detach().clone().requires_grad_(True)
+    conv = torch.nn.functional.conv2d(x_ref, weight_ref, layer.bias, padding=1)
+    reference = conv * layer.norm.weight.view(1, -1, 1, 1) + layer.norm.bias.view(1, -1, 1, 1)
+    grad = torch.randn_like(reference)
+    layer.train()(x).backward(grad)
+    reference.backward(grad)
+    torch.testing.assert_close(layer(x), reference, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(layer.weight.grad, weight_ref.grad, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-10, atol=1e-10)
+    assert {name for name, _ in layer.named_parameters()} == ({"weight", "bias"} if bias else {"weight"})
 
 
 def test_frozen_bn_loads_a_detectron_style_scale_and_bias_directly():

@@ -130,11 +130,14 @@ def test_trainable_bn_body_matches_torchvision_in_train_mode():
 
 @pytest.mark.parametrize("depth, factory", [(50, models.resnet50), (101, models.resnet101)])
 def test_parameter_count_equals_torchvision_minus_fc(depth, factory):
-    """Conv5 body parameters == torchvision resnet<depth> parameters without the fc layer."""
+    """Conv5 body tensors (conv weights; frozen BN scale and shift, which are buffers) ==
+    torchvision resnet<depth> parameters without the fc layer."""
     tv_count = sum(p.numel() for name, p in factory().named_parameters()
                    if not name.startswith("fc."))
     body = ResNetBody(RESNET_BLOCK_COUNTS[depth])
-    assert sum(p.numel() for p in body.parameters()) == tv_count
+    assert sum(t.numel() for t in body.state_dict().values()) == tv_count
+    frozen_bn = sum(t.numel() for name, t in body.named_buffers())
+    assert sum(p.numel() for p in body.parameters()) == tv_count - frozen_bn > 0
 
 
 def test_resnet152_and_resnext101_construct_with_detectron_widths():
@@ -252,7 +255,7 @@ def test_detectron_blob_names_of_bn_body():
     assert names["stem.conv1.norm.weight"] == "res_conv1_bn_s"
     assert names["res2.0.branch1.norm.bias"] == "res2_0_branch1_bn_b"
     assert names["res4.5.branch2c.weight"] == "res4_5_branch2c_w"
-    assert len(names) == len(dict(ResNetBody((3, 4, 6)).named_parameters()))
+    assert len(names) == len(ResNetBody((3, 4, 6)).state_dict())   # every tensor has a blob
 
 
 @pytest.mark.parametrize("resolution, first_stride", [(14, 2), (7, 1)])

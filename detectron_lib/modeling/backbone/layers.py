@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from detectron_lib.modeling.backbone.norms import NormSpec
+from detectron_lib.modeling.backbone.norms import FrozenBatchNorm2d, NormSpec
 from detectron_lib.modeling.init import init_layer_, init_norm_
 
 
@@ -70,6 +70,12 @@ class Conv2dNorm(nn.Conv2d):
             init_norm_(self.norm)
 
     def forward(self, x):
+        if isinstance(self.norm, FrozenBatchNorm2d):
+            # conv then constant per-channel affine = one conv with scaled weights and a bias:
+            # no pass over the output map for the affine, forward or backward.
+            scale, shift = self.norm.weight, self.norm.bias
+            bias = shift if self.bias is None else self.bias * scale + shift
+            return self._conv_forward(x, self.weight * scale.view(-1, 1, 1, 1), bias)
         x = self._conv_forward(x, self.weight, self.bias)
         return self.norm(x) if self.norm is not None else x
 

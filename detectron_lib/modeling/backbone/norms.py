@@ -1,9 +1,10 @@
 """Normalization layers of the backbones: frozen BN (AffineChannel), GroupNorm, trainable BN.
 
 Detectron fine-tunes ImageNet models whose BatchNorm layers were folded into an
-``AffineChannel`` op (``y = x * scale + bias``, per channel): the statistics never change, the
-scale and bias are ordinary parameters (trained above TRAIN.FREEZE_AT, like any other weight).
-``FrozenBatchNorm2d`` is that op. GroupNorm follows Detectron's GROUP_NORM.* keys; trainable
+``AffineChannel`` op (``y = x * scale + bias``, per channel). Nothing of it trains: Caffe2's
+AffineChannel gives its scale and bias no gradient unless ``is_learnable`` is set, which
+Detectron never sets, so they are constants at every depth (like detectron2's and
+torchvision's FrozenBatchNorm2d). ``FrozenBatchNorm2d`` is that op. GroupNorm follows Detectron's GROUP_NORM.* keys; trainable
 BatchNorm is offered for models trained from scratch on CPU-sized data.
 
 Norm kinds accepted by ``get_norm``:
@@ -26,8 +27,8 @@ NORM_KINDS = (FROZEN_BN, GROUP_NORM, BATCH_NORM, "")
 class FrozenBatchNorm2d(nn.Module):
     """Detectron's AffineChannel: ``y = x * weight + bias`` per channel, no statistics.
 
-    x: (N, C, H, W). ``weight`` (the blob ``*_bn_s``) and ``bias`` (``*_bn_b``) are parameters;
-    whether they train is decided by requires_grad (TRAIN.FREEZE_AT), not by this layer.
+    x: (N, C, H, W). ``weight`` (the blob ``*_bn_s``) and ``bias`` (``*_bn_b``) are buffers:
+    saved and loaded with the state dict, never trained.
 
     Loading a BatchNorm state dict (with ``running_mean`` / ``running_var``) folds the statistics
     in: ``weight = gamma / sqrt(var + eps)``, ``bias = beta - mean * weight``, so the layer then
@@ -38,8 +39,8 @@ class FrozenBatchNorm2d(nn.Module):
         super().__init__()
         self.num_channels = num_channels
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(num_channels))
-        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self.register_buffer("weight", torch.ones(num_channels))
+        self.register_buffer("bias", torch.zeros(num_channels))
 
     def forward(self, x):
         return x * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
