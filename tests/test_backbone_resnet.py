@@ -16,6 +16,7 @@ from torchvision import models
 from detectron_lib.errors import ConfigError
 from detectron_lib.modeling.backbone.layers import detectron_blob_names, max_pool_3x3_s2
 from detectron_lib.modeling.backbone.norms import FrozenBatchNorm2d, NormSpec
+from detectron_lib.modeling.backbone.precision import reuse_weight_casts, run_in_precision
 from detectron_lib.modeling.backbone.resnet import (
     BASIC,
     RESNET_BLOCK_COUNTS,
@@ -323,3 +324,26 @@ def test_stem_max_pool_is_max_pool2d(dtype, height, width):
     max_pool_3x3_s2(x).sum().backward()
     expected_grad = torch.autograd.grad(F.max_pool2d(x, 3, 2, 1).sum(), x)[0]
     assert torch.equal(x.grad, expected_grad)
+
+
+def test_reuse_weight_casts_casts_each_weight_once_with_the_same_results():
+    """Inside reuse_weight_casts, a bfloat16 layer's weight and bias are cast on the first
+    forward pass only (profiled: aten::_to_copy calls); the outputs do not change."""
+    torch.manual_seed(0)
+    layer = nn.Linear(64, 32)
+    x = torch.randn(8, 64)
+
+    def forward_and_casts():
+        with torch.profiler.profile() as prof:
+            out = run_in_precision("bfloat16", layer, x)
+        casts = sum(e.count for e in prof.key_averages() if e.key == "aten::_to_copy")
+        return out, casts
+
+    with torch.no_grad():
+        plain, plain_casts = forward_and_casts()
+        with reuse_weight_casts("cpu"):
+            first, first_casts = forward_and_casts()
+            second, second_casts = forward_and_casts()
+    assert first_casts == plain_casts
+    assert second_casts == plain_casts - 2          # weight and bias come from the cache
+    assert torch.equal(first, plain) and torch.equal(second, plain)

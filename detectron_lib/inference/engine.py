@@ -29,6 +29,7 @@ from detectron_lib.errors import ConfigError
 from detectron_lib.evaluation.metrics import read_metrics, write_metrics
 from detectron_lib.inference.tta import augmentation_enabled, run_inference_with_augmentation
 from detectron_lib.modeling.backbone.norms import fold_frozen_batchnorm_
+from detectron_lib.modeling.backbone.precision import reuse_weight_casts
 from detectron_lib.modeling.meta_arch import build_model
 from detectron_lib.modeling.roi_heads.mask_head import paste_mask_probs
 from detectron_lib.utils.io import write_json_atomic
@@ -58,15 +59,16 @@ def run_inference(model, loader, device, mask_thresh=0.5, legacy_paste=False):
     ``mask_thresh`` / ``legacy_paste``). Returns (results, seconds per image)."""
     results = []
     seconds = 0.0
-    for batch in loader:
-        start = time.perf_counter()
-        outputs = model(**batch.model_inputs(device))
-        for image_id, output, (h, w) in zip(batch.image_ids, outputs, batch.original_sizes):
-            output = output.to("cpu")
-            if output.has("mask_probs"):
-                output.masks = paste_mask_probs(output, h, w, mask_thresh, legacy_paste)
-            results.append((image_id, output))
-        seconds += time.perf_counter() - start
+    with reuse_weight_casts(device.type):
+        for batch in loader:
+            start = time.perf_counter()
+            outputs = model(**batch.model_inputs(device))
+            for image_id, output, (h, w) in zip(batch.image_ids, outputs, batch.original_sizes):
+                output = output.to("cpu")
+                if output.has("mask_probs"):
+                    output.masks = paste_mask_probs(output, h, w, mask_thresh, legacy_paste)
+                results.append((image_id, output))
+            seconds += time.perf_counter() - start
     return results, seconds / max(len(results), 1)
 
 

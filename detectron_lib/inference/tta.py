@@ -42,6 +42,7 @@ from detectron_lib.data.transforms import (
     resize_image,
 )
 from detectron_lib.errors import ConfigError
+from detectron_lib.modeling.backbone.precision import reuse_weight_casts
 from detectron_lib.modeling.roi_heads.keypoint_head import heatmaps_to_keypoints
 from detectron_lib.modeling.roi_heads.mask_head import paste_mask_probs
 from detectron_lib.structures.boxes import box_area
@@ -379,14 +380,15 @@ def run_inference_with_augmentation(model, cfg, loader, device):
     results = []
     seconds = 0.0
     dataset = loader.dataset
-    for index in loader.sampler:
-        record = dataset.records[index]
-        start = time.perf_counter()
-        image = read_image_bgr(record["file_name"])
-        output = detect_with_augmentation(model, cfg, image, device, record.get("proposals"))
-        if output.has("mask_probs"):
-            output.masks = paste_mask_probs(output, image.shape[0], image.shape[1],
-                                            cfg.MRCNN.THRESH_BINARIZE, cfg.MRCNN.LEGACY_PASTE)
-        results.append((record["image_id"], output))
-        seconds += time.perf_counter() - start
+    with reuse_weight_casts(device.type):
+        for index in loader.sampler:
+            record = dataset.records[index]
+            start = time.perf_counter()
+            image = read_image_bgr(record["file_name"])
+            output = detect_with_augmentation(model, cfg, image, device, record.get("proposals"))
+            if output.has("mask_probs"):
+                output.masks = paste_mask_probs(output, image.shape[0], image.shape[1],
+                                                cfg.MRCNN.THRESH_BINARIZE, cfg.MRCNN.LEGACY_PASTE)
+            results.append((record["image_id"], output))
+            seconds += time.perf_counter() - start
     return results, seconds / max(len(results), 1)

@@ -40,6 +40,17 @@ def run_in_precision(precision, layers, x):
         return layers(x).float()
 
 
+@contextlib.contextmanager
+def reuse_weight_casts(device_type):
+    """Within this context, autocast casts each trainable weight to bfloat16 / float16 once
+    and reuses the copy in every later forward pass. For inference over a dataset, where
+    weights do not change: autocast keeps its casts until the outermost autocast region
+    exits, and this context is that region (autocast itself off in it). Without it, every
+    image pays the casts again: VGG16's 100M-weight fc6 alone took 0.14 of 0.34 s/image."""
+    with torch.autocast(device_type, enabled=False):
+        yield
+
+
 def prefers_channels_last(model):
     """Whether ``model`` should run channels-last on the CPU: yes unless it holds GroupNorm,
     whose CPU backward is ~20x slower in that layout (a shapes R-18-FPN GN training step takes
