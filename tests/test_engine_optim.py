@@ -63,3 +63,20 @@ def test_parameter_groups_follow_detectron():
     assert groups["weights"]["weight_decay"] == 1e-4 and groups["biases"]["weight_decay"] == 0.0
     set_lr(opt, 0.01)
     assert groups["biases"]["lr"] == pytest.approx(0.02) and groups["weights"]["lr"] == pytest.approx(0.01)
+
+
+def test_resume_from_a_snapshot_of_another_layout_names_the_file(tmp_path):
+    """A snapshot whose optimizer state has other parameters (e.g. written when frozen-BN
+    scale and shift still trained) stops the resume with one error naming the file."""
+    from detectron_lib.engine.checkpoint import CheckpointError, save_checkpoint
+    from detectron_lib.engine.trainer import _resume
+
+    cfg = get_default_cfg()
+    cfg.TRAIN.AUTO_RESUME = True
+    old = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 1))
+    save_checkpoint(tmp_path / "model_iter9.pth", old, build_optimizer(cfg, old), iteration=9)
+    new = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 1))
+    new[1].requires_grad_(False)                       # fewer trainable parameters now
+    with pytest.raises(CheckpointError, match=r"cannot resume from .*model_iter9\.pth.*AUTO_RESUME"):
+        _resume(cfg, tmp_path, new, build_optimizer(cfg, new))
+    assert _resume(cfg, tmp_path, old, build_optimizer(cfg, old)) == 10

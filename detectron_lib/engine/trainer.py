@@ -17,6 +17,7 @@ import torch
 from detectron_lib.data.loader import build_train_loader
 from detectron_lib.engine.checkpoint import (
     FINAL_NAME,
+    CheckpointError,
     load_checkpoint,
     latest_checkpoint,
     save_checkpoint,
@@ -143,8 +144,15 @@ def _resume(cfg, output_dir, model, optimizer):
     if path is None:
         return 0
     state = load_checkpoint(path)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError) as err:
+        raise CheckpointError(
+            f"cannot resume from {path}: its model or optimizer state does not fit this model "
+            f"({err}). It was written for another config or by an older version of "
+            f"detectron_lib; move the snapshots out of {output_dir} or set TRAIN.AUTO_RESUME "
+            "False to train from the start") from None
     set_rng_state(state["rng"])
     logger.info("resuming from %s (iteration %d)", path, state["iteration"])
     return state["iteration"] + 1
