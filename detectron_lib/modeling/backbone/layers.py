@@ -73,9 +73,7 @@ class Conv2dNorm(nn.Conv2d):
         if isinstance(self.norm, FrozenBatchNorm2d):
             # conv then constant per-channel affine = one conv with scaled weights and a bias:
             # no pass over the output map for the affine, forward or backward.
-            scale, shift = self.norm.weight, self.norm.bias
-            bias = shift if self.bias is None else self.bias * scale + shift
-            return self._conv_forward(x, self.weight * scale.view(-1, 1, 1, 1), bias)
+            return self._conv_forward(x, *self.norm.folded_into(self.weight, self.bias))
         x = self._conv_forward(x, self.weight, self.bias)
         return self.norm(x) if self.norm is not None else x
 

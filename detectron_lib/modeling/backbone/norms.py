@@ -4,8 +4,9 @@ Detectron fine-tunes ImageNet models whose BatchNorm layers were folded into an
 ``AffineChannel`` op (``y = x * scale + bias``, per channel). Nothing of it trains: Caffe2's
 AffineChannel gives its scale and bias no gradient unless ``is_learnable`` is set, which
 Detectron never sets, so they are constants at every depth (like detectron2's and
-torchvision's FrozenBatchNorm2d). ``FrozenBatchNorm2d`` is that op. GroupNorm follows Detectron's GROUP_NORM.* keys; trainable
-BatchNorm is offered for models trained from scratch on CPU-sized data.
+torchvision's FrozenBatchNorm2d). ``FrozenBatchNorm2d`` is that op. GroupNorm follows
+Detectron's GROUP_NORM.* keys; trainable BatchNorm is offered for models trained from scratch
+on CPU-sized data.
 
 Norm kinds accepted by ``get_norm``:
   "FrozenBN" (alias "AffineChannel"), "GN", "BN", and "" / None for no norm.
@@ -58,6 +59,12 @@ class FrozenBatchNorm2d(nn.Module):
             state_dict[prefix + "bias"] = beta - mean * scale
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    def folded_into(self, weight, bias):
+        """A conv (``weight`` (C, ...), ``bias`` (C,) or None) followed by this layer, as one
+        conv's (weight, bias): ``weight * scale`` per output channel, ``bias * scale + shift``."""
+        shift = self.bias if bias is None else bias * self.weight + self.bias
+        return weight * self.weight.view(-1, 1, 1, 1).to(weight.dtype), shift
+
     def extra_repr(self):
         return f"{self.num_channels}, eps={self.eps}"
 
@@ -76,8 +83,8 @@ def fold_frozen_batchnorm_(module):
         norm = getattr(layer, "norm", None)
         if not isinstance(layer, nn.Conv2d) or not isinstance(norm, FrozenBatchNorm2d):
             continue
-        layer.weight.mul_(norm.weight.view(-1, 1, 1, 1).to(layer.weight.dtype))
-        bias = norm.bias.clone() if layer.bias is None else layer.bias * norm.weight + norm.bias
+        weight, bias = norm.folded_into(layer.weight, layer.bias)
+        layer.weight.copy_(weight)
         layer.bias = nn.Parameter(bias.to(layer.weight.dtype), requires_grad=False)
         layer.norm = None
         folded += 1
