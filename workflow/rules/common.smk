@@ -96,11 +96,11 @@ def evaluate_inputs(wildcards):
     }
 
 
-def evaluation_source(wildcards):
+def evaluation_source(wildcards, input):
     """Where an evaluation comes from when not from inference: an RPN baseline whose
-    proposals the DAG dumps for its test sets takes their recall and inference time."""
-    files = ZOO.dumped_evaluation_inputs(wildcards.baseline)
-    return " ".join(f"--proposal-metrics {shlex.quote(path)}" for path in files)
+    proposals the DAG dumps for its test sets takes their recall and inference time (its
+    ``dumped_evaluation`` inputs)."""
+    return " ".join(f"--proposal-metrics {shlex.quote(path)}" for path in input.dumped_evaluation)
 
 
 def overrides_of(name):
