@@ -14,6 +14,7 @@ from detectron_lib.data.transforms import (
     read_image_bgr,
     resize_image,
 )
+from detectron_lib.evaluation import boxes_to_coco_xywh
 from detectron_lib.structures.keypoints import flip_permutation
 
 
@@ -78,6 +79,27 @@ def test_flip_with_keypoint_flip_map_hand_computed(record):
     # Flipped x (35, 31, -) then left/right swapped: the 'left' slot gets old 'right'.
     assert t["keypoints"][0].tolist() == [[35, 3, 2], [0, 0, 0], [31, 4, 2]]
     assert t["segms"][0] == [[36, 2, 30, 2, 30, 12, 36, 12]]
+
+
+def test_legacy_plus_one_targets_are_pixel_indices_hand_computed(record):
+    # Detectron's loader: COCO [4, 2, 6, 10] -> x2 = 4 + 6 - 1; flipped x -> 40 - 1 - x.
+    record = {**record, "keypoints": None}
+    plain = prepare_sample(record, 20, 1000, (0, 0, 0), legacy_plus_one=True)
+    assert plain["targets"]["boxes"].tolist() == [[4, 2, 9, 11], [0, 0, 39, 19]]
+    flipped = prepare_sample(record, 20, 1000, (0, 0, 0), flip=True, legacy_plus_one=True)
+    assert flipped["targets"]["boxes"].tolist() == [[30, 2, 35, 11], [0, 0, 39, 19]]
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+@pytest.mark.parametrize("flip", [False, True])
+def test_target_boxes_written_back_as_coco_results_are_the_annotations(record, legacy, flip):
+    # A model that learned its targets exactly and whose boxes are written out as evaluation
+    # writes them (in the same convention) reproduces the annotation's [x, y, w, h].
+    record = {**record, "keypoints": None}
+    sample = prepare_sample(record, 40, 1000, (0, 0, 0), flip=flip, legacy_plus_one=legacy)
+    boxes = sample["targets"]["boxes"] / sample["im_scale"]
+    expected = [[30, 2, 6, 10] if flip else [4, 2, 6, 10], [0, 0, 40, 20]]
+    np.testing.assert_allclose(boxes_to_coco_xywh(boxes, legacy), expected, atol=1e-5)
 
 
 def test_pad_to_divisibility_32():

@@ -576,8 +576,9 @@ _C.DATASET_CATALOG_FILE = ""
 # Device to run on: 'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'
 _C.DEVICE = "auto"
 # True: box widths are x2 - x1 + 1, Detectron's pixel-index convention, in box coding,
-# anchors, clipping and evaluation. False: x2 - x1, as torchvision and detectron2 (datasets
-# are always loaded with x2 = x + w)
+# anchors, clipping and evaluation, and training targets x2 = x + w - 1 from COCO's
+# [x, y, w, h], as Detectron loaded them. False: x2 - x1 and x2 = x + w, as torchvision and
+# detectron2
 _C.MODEL.BBOX_LEGACY_PLUS_ONE = False
 # RoIAlign with the half-pixel offset of detectron2 (False: the RoIAlign of Detectron and of
 # torchvision's detection models)

@@ -114,10 +114,12 @@ class TrainingDataset(Dataset):
         use_flip: random horizontal flip with probability 0.5 (TRAIN.USE_FLIPPED).
         seed: RNG_SEED; augmentation is a pure function of (seed, position).
         keypoint_flip_perm: (K,) from structures.keypoints.flip_permutation, for keypoints.
+        legacy_plus_one: MODEL.BBOX_LEGACY_PLUS_ONE; target boxes in that convention.
     """
 
     def __init__(self, records, scales, max_size, pixel_means, use_flip, seed,
-                 keypoint_flip_perm=None, pixel_stds=(1.0, 1.0, 1.0), channel_order="BGR"):
+                 keypoint_flip_perm=None, pixel_stds=(1.0, 1.0, 1.0), channel_order="BGR",
+                 legacy_plus_one=False):
         self.records = records
         self.scales = tuple(scales)
         self.max_size = max_size
@@ -127,6 +129,7 @@ class TrainingDataset(Dataset):
         self.keypoint_flip_perm = keypoint_flip_perm
         self.pixel_stds = tuple(pixel_stds)
         self.channel_order = channel_order
+        self.legacy_plus_one = legacy_plus_one
 
     def __len__(self):
         return len(self.records)
@@ -137,7 +140,7 @@ class TrainingDataset(Dataset):
             self.seed, position, self.scales, self.use_flip)
         sample = prepare_sample(self.records[index], target_size, self.max_size,
                                 self.pixel_means, flip, self.keypoint_flip_perm,
-                                self.pixel_stds, self.channel_order)
+                                self.pixel_stds, self.channel_order, self.legacy_plus_one)
         sample["position"] = position
         sample["seed"] = sample_seed
         return sample
@@ -271,7 +274,8 @@ def build_train_loader(cfg, rank=0, world_size=1, start_iter=0, data_root=None):
     dataset = TrainingDataset(filter_for_training(records, cfg.MODEL.KEYPOINTS_ON),
                               cfg.TRAIN.SCALES, cfg.TRAIN.MAX_SIZE, cfg.PIXEL_MEANS,
                               cfg.TRAIN.USE_FLIPPED, cfg.RNG_SEED, flip_perm,
-                              pixel_stds=cfg.PIXEL_STDS, channel_order=cfg.PIXEL_ORDER)
+                              pixel_stds=cfg.PIXEL_STDS, channel_order=cfg.PIXEL_ORDER,
+                              legacy_plus_one=cfg.MODEL.BBOX_LEGACY_PLUS_ONE)
     return make_train_loader(dataset, cfg.TRAIN.IMS_PER_BATCH, cfg.RNG_SEED,
                              num_workers=cfg.DATA_LOADER.NUM_THREADS,
                              aspect_grouping=cfg.TRAIN.ASPECT_GROUPING,

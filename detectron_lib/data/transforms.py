@@ -62,29 +62,49 @@ def normalize_image(image, pixel_means, pixel_stds=(1.0, 1.0, 1.0), channel_orde
     return torch.from_numpy(np.ascontiguousarray(chw))
 
 
-def flip_boxes(boxes, width):
-    """Mirror (N, 4) x1y1x2y2 boxes left-right in an image ``width`` pixels wide."""
+def flip_boxes(boxes, width, legacy_plus_one=False):
+    """Mirror (N, 4) x1y1x2y2 boxes left-right in an image ``width`` pixels wide.
+
+    With ``legacy_plus_one`` x is a pixel index (Detectron's convention) and maps to
+    width - 1 - x; else width - x.
+    """
+    last = width - (1.0 if legacy_plus_one else 0.0)
     flipped = np.array(boxes, dtype=np.float32, copy=True)
-    flipped[:, 0] = width - boxes[:, 2]
-    flipped[:, 2] = width - boxes[:, 0]
+    flipped[:, 0] = last - boxes[:, 2]
+    flipped[:, 2] = last - boxes[:, 0]
     return flipped
 
 
-def transform_annotations(record, scale, flip, keypoint_flip_perm=None):
+def boxes_in_model_convention(boxes, legacy_plus_one):
+    """Records' x1y1x2y2 boxes (x2 = x + w from COCO's [x, y, w, h]) in the model's convention.
+
+    Under MODEL.BBOX_LEGACY_PLUS_ONE a box's width is x2 - x1 + 1, so its last pixel index
+    is x + w - 1, as Detectron's loader made it; without this the model learns boxes one
+    pixel too wide and tall, and its COCO results (w = x2 - x1 + 1) carry the error.
+    """
+    if not legacy_plus_one:
+        return boxes
+    return np.asarray(boxes, dtype=np.float32) - np.array([0, 0, 1, 1], dtype=np.float32)
+
+
+def transform_annotations(record, scale, flip, keypoint_flip_perm=None, legacy_plus_one=False):
     """The record's annotations for its image flipped (optionally) and then scaled.
 
+    Boxes come out in the model's convention (``legacy_plus_one``: MODEL.BBOX_LEGACY_PLUS_ONE,
+    see ``boxes_in_model_convention``); precomputed proposals are taken to be in it already,
+    as a model of the same convention wrote them.
     Returns a dict of boxes (N, 4) float32 tensor, classes (N,) int64, is_crowd (N,) bool,
     segms (list or None), keypoints (N, K, 3) float32 or None, and, when the record has
     precomputed proposals, proposals (P, 4) float32 and proposal_scores (P,).
     """
     height, width = record["height"], record["width"]
     new_height, new_width = max(int(round(height * scale)), 1), max(int(round(width * scale)), 1)
-    boxes = record["boxes"]
+    boxes = boxes_in_model_convention(record["boxes"], legacy_plus_one)
     segms = record.get("segms")
     keypoints = record.get("keypoints")
     proposals = record.get("proposals")
     if flip:
-        boxes = flip_boxes(boxes, width)
+        boxes = flip_boxes(boxes, width, legacy_plus_one)
         if segms is not None:
             segms = [flip_segm(s, width) for s in segms]
         if keypoints is not None:
@@ -93,7 +113,7 @@ def transform_annotations(record, scale, flip, keypoint_flip_perm=None):
                                    f"dataset's keypoint flip map")
             keypoints = flip_keypoints(keypoints, width, keypoint_flip_perm)
         if proposals is not None:
-            proposals = flip_boxes(proposals, width)
+            proposals = flip_boxes(proposals, width, legacy_plus_one)
     targets = {
         "boxes": torch.from_numpy(np.asarray(boxes, dtype=np.float32) * np.float32(scale)),
         "classes": torch.from_numpy(np.asarray(record["classes"], dtype=np.int64)),
@@ -110,8 +130,10 @@ def transform_annotations(record, scale, flip, keypoint_flip_perm=None):
 
 
 def prepare_sample(record, target_size, max_size, pixel_means, flip=False,
-                   keypoint_flip_perm=None, pixel_stds=(1.0, 1.0, 1.0), channel_order="BGR"):
-    """Read, optionally flip, resize and normalize one record's image with its annotations.
+                   keypoint_flip_perm=None, pixel_stds=(1.0, 1.0, 1.0), channel_order="BGR",
+                   legacy_plus_one=False):
+    """Read, optionally flip, resize and normalize one record's image with its annotations
+    (boxes in the model's convention: ``legacy_plus_one``, see transform_annotations).
 
     Returns a dict: image (3, H', W') float32 tensor, image_size (H', W'), im_scale (float),
     original_size (H, W), image_id, flipped (bool), targets (see transform_annotations).
@@ -132,7 +154,8 @@ def prepare_sample(record, target_size, max_size, pixel_means, flip=False,
         "original_size": (record["height"], record["width"]),
         "image_id": record["image_id"],
         "flipped": bool(flip),
-        "targets": transform_annotations(record, scale, flip, keypoint_flip_perm),
+        "targets": transform_annotations(record, scale, flip, keypoint_flip_perm,
+                                         legacy_plus_one),
     }
 
 
