@@ -329,7 +329,9 @@ def test_shapes_baseline_config_builds(repo_root):
     model = build_model(cfg)
     assert isinstance(model, RetinaNet)
     assert model.backbone.strides == {"p3": 8, "p4": 16, "p5": 32, "p6": 64, "p7": 128}
-    assert model.head.cls_dim == 6 and model.anchor_generator.num_anchors == [9] * 5
+    # Softmax focal loss: 6 shape classes plus background per anchor.
+    assert model.head.softmax and model.head.cls_dim == 7
+    assert model.anchor_generator.num_anchors == [9] * 5
 
 
 def test_overfits_one_tiny_image(repo_root):
