@@ -26,7 +26,6 @@ from detectron_lib.inference.tta import (
     combine_soft_masks,
     detect_with_augmentation,
     drop_by_size,
-    flip_boxes,
     flip_heatmaps,
     map_boxes,
     size_dependent_use,
@@ -35,6 +34,7 @@ from detectron_lib.inference.tta import (
 from detectron_lib.modeling.meta_arch import build_model
 from detectron_lib.modeling.postprocess import BoxVoting
 from detectron_lib.modeling.roi_heads.fast_rcnn import box_results_with_nms_and_limit
+from detectron_lib.structures.boxes import flip_boxes
 from detectron_lib.structures.instances import Instances
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,6 +51,10 @@ def test_flip_boxes_hand_computed_and_legacy():
     assert flip_boxes(boxes, 64).tolist() == [[34.0, 5.0, 54.0, 20.0, 0.0, 0.0, 64.0, 8.0]]
     # Legacy (pixel-index) boxes: x -> width - 1 - x, as Detectron's box_utils.flip_boxes.
     assert flip_boxes(boxes[:, :4], 64, legacy_plus_one=True).tolist() == [[33.0, 5.0, 53.0, 20.0]]
+    # The data pipeline flips numpy records with the same function, leaving its input alone.
+    array = boxes[:, :4].numpy()
+    assert flip_boxes(array, 64).tolist() == [[34.0, 5.0, 54.0, 20.0]]
+    assert array.tolist() == [[10.0, 5.0, 30.0, 20.0]]
 
 
 @pytest.mark.parametrize("aug", [

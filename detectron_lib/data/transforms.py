@@ -13,6 +13,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from detectron_lib.errors import DatasetError
+from detectron_lib.structures.boxes import flip_boxes
 from detectron_lib.structures.instances import Instances
 from detectron_lib.structures.keypoints import flip_keypoints, scale_keypoints
 from detectron_lib.structures.masks import flip_segm, scale_segm
@@ -60,19 +61,6 @@ def normalize_image(image, pixel_means, pixel_stds=(1.0, 1.0, 1.0), channel_orde
     stds = np.asarray(pixel_stds, dtype=np.float32).reshape(1, 1, 3)
     chw = ((image.astype(np.float32) - means) / stds).transpose(2, 0, 1)
     return torch.from_numpy(np.ascontiguousarray(chw))
-
-
-def flip_boxes(boxes, width, legacy_plus_one=False):
-    """Mirror (N, 4) x1y1x2y2 boxes left-right in an image ``width`` pixels wide.
-
-    With ``legacy_plus_one`` x is a pixel index (Detectron's convention) and maps to
-    width - 1 - x; else width - x.
-    """
-    last = width - (1.0 if legacy_plus_one else 0.0)
-    flipped = np.array(boxes, dtype=np.float32, copy=True)
-    flipped[:, 0] = last - boxes[:, 2]
-    flipped[:, 2] = last - boxes[:, 0]
-    return flipped
 
 
 def boxes_in_model_convention(boxes, legacy_plus_one):

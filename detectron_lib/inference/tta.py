@@ -45,7 +45,7 @@ from detectron_lib.errors import ConfigError
 from detectron_lib.modeling.backbone.precision import reuse_weight_casts
 from detectron_lib.modeling.roi_heads.keypoint_head import heatmaps_to_keypoints
 from detectron_lib.modeling.roi_heads.mask_head import paste_mask_probs
-from detectron_lib.structures.boxes import box_area
+from detectron_lib.structures.boxes import box_area, flip_boxes
 from detectron_lib.structures.instances import Instances
 from detectron_lib.structures.keypoints import flip_permutation
 
@@ -110,18 +110,6 @@ def transform_image(image_bgr, aug):
     if aug.hflip:
         image_bgr = image_bgr[:, ::-1]
     return np.ascontiguousarray(image_bgr)
-
-
-def flip_boxes(boxes, width, legacy_plus_one=False):
-    """Mirror boxes (N, 4k), k boxes x1y1x2y2 per row, left-right in an image ``width`` wide.
-
-    With the legacy convention x is a pixel index and maps to width - 1 - x; else width - x.
-    """
-    last = width - (1.0 if legacy_plus_one else 0.0)
-    flipped = boxes.clone()
-    flipped[:, 0::4] = last - boxes[:, 2::4]
-    flipped[:, 2::4] = last - boxes[:, 0::4]
-    return flipped
 
 
 def map_boxes(boxes, aug, width, legacy_plus_one=False, inverse=False):

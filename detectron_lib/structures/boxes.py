@@ -47,6 +47,19 @@ def xyxy_to_xywh(boxes, legacy_plus_one=False):
     return out
 
 
+def flip_boxes(boxes, width, legacy_plus_one=False):
+    """Mirror boxes (N, 4k), k boxes x1y1x2y2 per row, left-right in an image ``width`` wide;
+    works on tensors and numpy arrays.
+
+    With the legacy convention x is a pixel index and maps to width - 1 - x; else width - x.
+    """
+    last = width - _offset(legacy_plus_one)
+    flipped = boxes.clone() if isinstance(boxes, torch.Tensor) else boxes.copy()
+    flipped[:, 0::4] = last - boxes[:, 2::4]
+    flipped[:, 2::4] = last - boxes[:, 0::4]
+    return flipped
+
+
 def clip_boxes(boxes, height, width, legacy_plus_one=False):
     """Clip boxes (N, 4) to an image of ``height`` x ``width`` pixels (returns a new tensor).
 
