@@ -8,7 +8,10 @@
 //    coordinate-offset trick, so no IoU precision is lost on large offsets); groups run
 //    in parallel. The result is sorted by decreasing score, like torchvision's.
 //  - soft_nms: Detectron's cython_nms.soft_nms loop (see soft_nms_impl).
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/tensor.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 

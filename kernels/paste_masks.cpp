@@ -8,7 +8,9 @@
 // mask cell outside it. Boxes of zero or negative width or height paste nothing.
 // Threads split the masks; each mask only touches the pixel rows/columns whose sample
 // falls within one cell of the mask.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/Dispatch.h>
+#include <ATen/ops/zeros.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 

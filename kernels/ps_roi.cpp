@@ -4,7 +4,9 @@
 // the input has C_out * PH * PW channels. Geometry follows torchvision.ops.ps_roi_align /
 // ps_roi_pool. Forward threads split the RoIs. Backward threads split the input channels:
 // each input channel belongs to one (c_out, ph, pw), so the slices are disjoint.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/Dispatch.h>
+#include <ATen/ops/zeros.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 

@@ -12,7 +12,10 @@
 // input gradient and no atomics or per-thread copies are needed.
 // Multi-level: one call over a list of feature maps with a level index per RoI, writing
 // one output; single-level RoIAlign is the one-level case.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 

@@ -7,7 +7,10 @@
 // forward reads a channels-last copy, so each bin pixel updates the running max of all
 // channels in one vectorized pass; otherwise it scans the (N, C, H, W) planes. Backward
 // threads split the channels, so each owns a disjoint slice of the input gradient.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/Dispatch.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/zeros.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 

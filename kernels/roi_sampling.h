@@ -10,7 +10,7 @@
 // computed once per RoI and shared by every channel.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <algorithm>
 #include <cmath>
