@@ -101,6 +101,19 @@ def test_mask_rcnn_r50_fpn_values(reference_dir):
     # Keys the file does not set keep Detectron's defaults.
     assert cfg.TRAIN.IMS_PER_BATCH == 2
     assert cfg.PIXEL_MEANS == (102.9801, 115.9465, 122.7717)
+    # Detectron's conventions, which a Detectron config and its model-zoo weights assume.
+    assert cfg.MODEL.BBOX_LEGACY_PLUS_ONE is True
+    assert cfg.MRCNN.LEGACY_PASTE is True
+    assert cfg.MODEL.ROI_ALIGN_ALIGNED is False
+
+
+@pytest.mark.parametrize("name", ["maskrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn",
+                                  "keypointrcnn_resnet50_fpn", "retinanet_resnet50_fpn"])
+def test_torchvision_configs_state_torchvision_box_convention(name):
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    cfg = load_config(str(configs / "torchvision" / f"{name}.yaml"))
+    assert cfg.MODEL.BBOX_LEGACY_PLUS_ONE is False
+    assert cfg.MRCNN.LEGACY_PASTE is True  # torchvision pastes as Detectron did
 
 
 def test_test_time_aug_config_values(reference_dir):

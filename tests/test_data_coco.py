@@ -205,6 +205,9 @@ def test_proposals_round_trip_top_k_and_clip(tmp_path):
     assert records[0]["proposals"].tolist() == [[1, 1, 20, 9], [2, 2, 3, 3]]
     assert records[0]["proposal_scores"].tolist() == pytest.approx([0.9, 0.5])
     assert records[1]["proposals"].shape == (0, 4)
+    # Detectron's convention clips to the last pixel index, width - 1.
+    legacy = attach_proposals(_records((10, 20)), proposals, top_k=1, legacy_plus_one=True)
+    assert legacy[0]["proposals"].tolist() == [[1, 1, 19, 9]]
 
 
 def test_proposals_python2_layout_and_missing_ids(tmp_path):

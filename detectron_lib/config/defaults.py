@@ -575,11 +575,12 @@ _C.DATA_ROOT = ""
 _C.DATASET_CATALOG_FILE = ""
 # Device to run on: 'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'
 _C.DEVICE = "auto"
-# True: box widths are x2 - x1 + 1, Detectron's pixel-index convention, in box coding,
-# anchors, clipping and evaluation, and training targets x2 = x + w - 1 from COCO's
-# [x, y, w, h], as Detectron loaded them. False: x2 - x1 and x2 = x + w, as torchvision and
-# detectron2
-_C.MODEL.BBOX_LEGACY_PLUS_ONE = False
+# True (Detectron): box widths are x2 - x1 + 1, Detectron's pixel-index convention, in box
+# coding, anchors, clipping and evaluation; training targets x2 = x + w - 1 from COCO's
+# [x, y, w, h] and flips x -> width - 1 - x (boxes, proposals, polygons, keypoints), as
+# Detectron loaded them. False: x2 - x1, x2 = x + w and x -> width - x, as torchvision and
+# detectron2. A Detectron config (and a Detectron model-zoo .pkl) means True, the default.
+_C.MODEL.BBOX_LEGACY_PLUS_ONE = True
 # RoIAlign with the half-pixel offset of detectron2 (False: the RoIAlign of Detectron and of
 # torchvision's detection models)
 _C.MODEL.ROI_ALIGN_ALIGNED = False
@@ -590,9 +591,9 @@ _C.PIXEL_ORDER = "BGR"
 # Detectron; torchvision's ImageNet models use 255 x (0.229, 0.224, 0.225) in RGB)
 _C.PIXEL_STDS = (1.0, 1.0, 1.0)
 # Paste masks into the image as Detectron and torchvision do (the mask, padded by one cell,
-# resized to its box rounded to whole pixels); False: detectron2's bilinear sampling of the
-# mask at every pixel centre of the exact box
-_C.MRCNN.LEGACY_PASTE = False
+# resized to its box rounded to whole pixels; the default, as a Detectron config expects);
+# False: detectron2's bilinear sampling of the mask at every pixel centre of the exact box
+_C.MRCNN.LEGACY_PASTE = True
 # Upsample keypoint heatmaps by KRCNN.UP_SCALE as torchvision and detectron2 do (bilinear
 # interpolation repeating the border cells); False: Detectron's fixed bilinear transposed
 # conv, which blends the border cells with zeros (the interior is the same)

@@ -232,8 +232,10 @@ def size_divisibility_from_cfg(cfg):
     return int(cfg.FPN.COARSEST_STRIDE) if cfg.FPN.FPN_ON else 0
 
 
-def load_datasets(names, data_root=None, min_area=0.0, proposal_files=(), proposal_limit=-1):
-    """Load and concatenate catalog datasets that share one category (and keypoint) layout.
+def load_datasets(names, data_root=None, min_area=0.0, proposal_files=(), proposal_limit=-1,
+                  legacy_plus_one=False):
+    """Load and concatenate catalog datasets that share one category (and keypoint) layout,
+    with precomputed proposals clipped in the ``legacy_plus_one`` convention if given.
 
     Returns (records, categories, keypoint_flip_perm or None).
     """
@@ -254,7 +256,7 @@ def load_datasets(names, data_root=None, min_area=0.0, proposal_files=(), propos
         categories = loaded.categories
         if proposal_files:
             attach_proposals(loaded.records, load_proposals(proposal_files[k]), proposal_limit,
-                             source=str(proposal_files[k]))
+                             source=str(proposal_files[k]), legacy_plus_one=legacy_plus_one)
         entry = get_dataset(name)
         if loaded.keypoint_names is not None and entry.keypoint_flip_map is not None:
             flip_perm = flip_permutation(loaded.keypoint_names, entry.keypoint_flip_map)
@@ -270,7 +272,7 @@ def build_train_loader(cfg, rank=0, world_size=1, start_iter=0, data_root=None):
     records, categories, flip_perm = load_datasets(
         tuple(cfg.TRAIN.DATASETS), data_root or cfg.DATA_ROOT or None,
         min_area=cfg.TRAIN.GT_MIN_AREA, proposal_files=tuple(cfg.TRAIN.PROPOSAL_FILES),
-        proposal_limit=-1)
+        proposal_limit=-1, legacy_plus_one=cfg.MODEL.BBOX_LEGACY_PLUS_ONE)
     dataset = TrainingDataset(filter_for_training(records, cfg.MODEL.KEYPOINTS_ON),
                               cfg.TRAIN.SCALES, cfg.TRAIN.MAX_SIZE, cfg.PIXEL_MEANS,
                               cfg.TRAIN.USE_FLIPPED, cfg.RNG_SEED, flip_perm,
@@ -292,7 +294,7 @@ def build_test_loader(cfg, dataset_name, rank=0, world_size=1, data_root=None,
     records, categories, _ = load_datasets(
         (dataset_name,), data_root or cfg.DATA_ROOT or None,
         proposal_files=(proposal_file,) if proposal_file else (),
-        proposal_limit=cfg.TEST.PROPOSAL_LIMIT)
+        proposal_limit=cfg.TEST.PROPOSAL_LIMIT, legacy_plus_one=cfg.MODEL.BBOX_LEGACY_PLUS_ONE)
     dataset = InferenceDataset(records, cfg.TEST.SCALE, cfg.TEST.MAX_SIZE, cfg.PIXEL_MEANS,
                                cfg.PIXEL_STDS, cfg.PIXEL_ORDER)
     return InferenceLoader(dataset, num_workers=cfg.DATA_LOADER.NUM_THREADS,

@@ -43,8 +43,11 @@ def load_proposals(path):
     return proposals
 
 
-def attach_proposals(records, proposals, top_k, source="proposals"):
+def attach_proposals(records, proposals, top_k, source="proposals", legacy_plus_one=False):
     """Add each record's top-``top_k`` proposals by score, clipped to the image, in place.
+
+    The image ends at width, height or, with ``legacy_plus_one`` (MODEL.BBOX_LEGACY_PLUS_ONE),
+    at the last pixel index width - 1, height - 1, as Detectron clipped.
 
     Adds 'proposals' (P, 4) float32 and 'proposal_scores' (P,) float32; top_k <= 0 keeps all.
     A record whose image id has no proposals raises DatasetError (``source`` names the file).
@@ -59,8 +62,8 @@ def attach_proposals(records, proposals, top_k, source="proposals"):
         if top_k > 0:
             order = order[:top_k]
         boxes = boxes[order].copy()
-        boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, record["width"])
-        boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, record["height"])
+        boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, record["width"] - int(legacy_plus_one))
+        boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, record["height"] - int(legacy_plus_one))
         record["proposals"] = boxes
         record["proposal_scores"] = scores[order].copy()
     return records

@@ -94,12 +94,12 @@ def transform_annotations(record, scale, flip, keypoint_flip_perm=None, legacy_p
     if flip:
         boxes = flip_boxes(boxes, width, legacy_plus_one)
         if segms is not None:
-            segms = [flip_segm(s, width) for s in segms]
+            segms = [flip_segm(s, width, legacy_plus_one) for s in segms]
         if keypoints is not None:
             if keypoint_flip_perm is None:
                 raise DatasetError(f"{record['file_name']}: flipping keypoints needs the "
                                    f"dataset's keypoint flip map")
-            keypoints = flip_keypoints(keypoints, width, keypoint_flip_perm)
+            keypoints = flip_keypoints(keypoints, width, keypoint_flip_perm, legacy_plus_one)
         if proposals is not None:
             proposals = flip_boxes(proposals, width, legacy_plus_one)
     targets = {
