@@ -22,6 +22,7 @@ from detectron_lib.modeling.postprocess import (
     soft_nms_from_config,
 )
 from detectron_lib.modeling.roi_heads.fast_rcnn import box_results_with_nms_and_limit
+from detectron_lib.structures.boxes import extent_boxes
 
 # Two boxes overlapping with IoU 50 / 150 = 1/3 (same height, shifted by half the width).
 A = [0.0, 0.0, 10.0, 10.0]
@@ -209,6 +210,48 @@ def test_rcnn_post_processing_with_soft_nms_and_box_voting():
     # Plain NMS at 0.5 keeps RoI 0 and RoI 1; RoI 0 votes with RoI 2 (IoU 5/6 >= 0.8).
     assert voted.scores.tolist() == pytest.approx([(0.9 + 0.4) / 2, 0.6])
     torch.testing.assert_close(voted.boxes[0], torch.tensor([0.0, 0.0, 10.0, (9 + 4.8) / 1.3]))
+
+
+def _legacy_iou(a, b):
+    """Detectron's bbox_overlaps / cython NMS IoU, written out: inclusive pixel extents."""
+    iw = min(a[2], b[2]) - max(a[0], b[0]) + 1
+    ih = min(a[3], b[3]) - max(a[1], b[1]) + 1
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    area = lambda box: (box[2] - box[0] + 1) * (box[3] - box[1] + 1)  # noqa: E731
+    return iw * ih / (area(a) + area(b) - iw * ih)
+
+
+def test_extent_boxes_give_detectron_iou():
+    rng = np.random.default_rng(0)
+    corners = rng.uniform(0, 40, (30, 2, 2)).round()
+    boxes = torch.tensor(np.concatenate([corners.min(1), corners.max(1)], axis=1))
+    ours = ops.box_iou(extent_boxes(boxes, True), extent_boxes(boxes, True))
+    expected = [[_legacy_iou(a, b) for b in boxes.tolist()] for a in boxes.tolist()]
+    torch.testing.assert_close(ours, torch.tensor(expected, dtype=ours.dtype))
+    assert extent_boxes(boxes, False) is boxes
+
+
+def test_legacy_nms_soft_nms_and_voting_use_plus_one_iou():
+    # Pixel boxes 0..9 and 5..14: legacy IoU 50 / 150 = 1/3, plain IoU 36 / 126 = 2/7.
+    boxes = torch.tensor([[0.0, 0.0, 9.0, 9.0], [5.0, 0.0, 14.0, 9.0]])
+    scores = torch.tensor([0.9, 0.6])
+    classes = torch.tensor([0, 0])
+    assert len(class_wise_nms(boxes, scores, classes, 0.3)[0]) == 2
+    kept, _, _ = class_wise_nms(boxes, scores, classes, 0.3, legacy_plus_one=True)
+    assert kept.tolist() == [[0.0, 0.0, 9.0, 9.0]]
+    kept, decayed, _ = class_wise_nms(boxes, scores, classes, 0.3, SoftNMS("linear", 0.5),
+                                      legacy_plus_one=True)
+    assert decayed.tolist() == pytest.approx([0.9, 0.6 * (1 - 1 / 3)])
+    assert torch.equal(kept, boxes)  # the boxes come back in their own convention
+    # Voting at VOTE_TH 0.825: pixel boxes 0..9 and 0..11 have legacy IoU 100/120 (a voter)
+    # and plain IoU 81/99 (not one); the vote averages y2 to (0.9 * 9 + 0.6 * 11) / 1.5.
+    tall = torch.tensor([[0.0, 0.0, 9.0, 9.0], [0.0, 0.0, 9.0, 11.0]])
+    voting = BoxVoting(0.825, "ID")
+    voted, _, _ = class_wise_nms(tall, scores, classes, 0.5, None, voting, legacy_plus_one=True)
+    torch.testing.assert_close(voted, torch.tensor([[0.0, 0.0, 9.0, (8.1 + 6.6) / 1.5]]))
+    plain, _, _ = class_wise_nms(tall, scores, classes, 0.5, None, voting)
+    assert plain.tolist() == [[0.0, 0.0, 9.0, 9.0]]
 
 
 def test_config_turns_soft_nms_and_box_voting_on(reference_dir):

@@ -317,10 +317,13 @@ def test_keypoint_rcnn_keypoint_augmentation(reference_dir):
         out = detect_with_augmentation(model, cfg, image, "cpu")
         torch.testing.assert_close(out.boxes, plain.boxes)
         assert out.keypoints.shape == plain.keypoints.shape and out.keypoint_probs.shape == (len(plain), 17)
-        # Decoded inside their boxes (a box under 1 pixel wide decodes over 1 pixel).
+        # Decoded inside their boxes. A box under 1 pixel wide decodes over 1 pixel from x1;
+        # in Detectron's +1 convention its x2 is then below x1 (x2 = x1 + width - 1).
         x, y, boxes = out.keypoints[:, :, 0], out.keypoints[:, :, 1], out.boxes[:, None]
-        assert ((x >= boxes[..., 0]) & (x <= boxes[..., 2] + 1)).all()
-        assert ((y >= boxes[..., 1]) & (y <= boxes[..., 3] + 1)).all()
+        right = torch.maximum(boxes[..., 0], boxes[..., 2]) + 1
+        bottom = torch.maximum(boxes[..., 1], boxes[..., 3]) + 1
+        assert ((x >= boxes[..., 0]) & (x <= right)).all()
+        assert ((y >= boxes[..., 1]) & (y <= bottom)).all()
         assert not torch.allclose(out.keypoints, plain.keypoints)
 
 

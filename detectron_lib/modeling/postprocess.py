@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from detectron_lib import ops
+from detectron_lib.structures.boxes import extent_boxes
 
 # Detectron's test.py drops a box once soft-NMS has decayed its score below this.
 SOFT_NMS_SCORE_THRESH = 0.0001
@@ -47,15 +48,18 @@ def box_voting_from_config(cfg):
 
 
 def class_wise_nms(boxes, scores, classes, nms_thresh, soft_nms=None, box_voting=None,
-                   detections_per_image=0):
+                   detections_per_image=0, legacy_plus_one=False):
     """NMS (or soft-NMS) within each class, then box voting, then the top detections.
 
     boxes: (N, 4), scores: (N,), classes: (N,) int - the candidates above the score threshold.
     soft_nms: SoftNMS or None (plain NMS at IoU ``nms_thresh``). box_voting: BoxVoting or None;
     the kept boxes vote with all candidates of their class. detections_per_image: keep the
-    best that many over all classes (<= 0: keep all).
+    best that many over all classes (<= 0: keep all). legacy_plus_one: IoUs with Detectron's
+    +1 widths and areas (MODEL.BBOX_LEGACY_PLUS_ONE), as its NMS, soft-NMS and box voting.
     Returns (boxes, scores, classes) of the kept detections, in decreasing score order.
     """
+    # Everything below works on the covered regions; the +1 comes off the results at the end.
+    boxes = extent_boxes(boxes, legacy_plus_one)
     if soft_nms is None:
         keep = ops.batched_nms(boxes, scores, classes, nms_thresh)
         kept_boxes, kept_scores, kept_classes = boxes[keep], scores[keep], classes[keep]
@@ -77,4 +81,7 @@ def class_wise_nms(boxes, scores, classes, nms_thresh, soft_nms=None, box_voting
     order = torch.sort(kept_scores, descending=True, stable=True).indices
     if detections_per_image > 0:
         order = order[:detections_per_image]
-    return kept_boxes[order], kept_scores[order], kept_classes[order]
+    kept_boxes = kept_boxes[order]
+    if legacy_plus_one:
+        kept_boxes = kept_boxes - kept_boxes.new_tensor([0.0, 0.0, 1.0, 1.0])
+    return kept_boxes, kept_scores[order], kept_classes[order]

@@ -41,7 +41,7 @@ from detectron_lib.modeling.postprocess import (
     class_wise_nms,
     soft_nms_from_config,
 )
-from detectron_lib.structures.boxes import BoxCoder, clip_boxes
+from detectron_lib.structures.boxes import BoxCoder, clip_boxes, extent_boxes
 from detectron_lib.structures.instances import Instances
 
 
@@ -150,17 +150,20 @@ def flatten_anchor_maps(maps, dim):
 
 
 @torch.no_grad()
-def retinanet_anchor_labels(anchors, gt_boxes, gt_classes, positive_overlap, negative_overlap):
+def retinanet_anchor_labels(anchors, gt_boxes, gt_classes, positive_overlap, negative_overlap,
+                            legacy_plus_one=False):
     """Detectron's RetinaNet assignment of one image's anchors (see the module docstring).
 
-    anchors: (R, 4); gt_boxes: (G, 4); gt_classes: (G,) in 1..K.
+    anchors: (R, 4); gt_boxes: (G, 4); gt_classes: (G,) in 1..K; IoUs in the
+    ``legacy_plus_one`` convention (MODEL.BBOX_LEGACY_PLUS_ONE).
     Returns labels (R,) int64 (class of the matched box, 0 background, -1 ignored) and the
     matched box of each anchor (R, 4) (meaningful where labels > 0).
     """
     if len(gt_boxes) == 0:
         return (torch.zeros(len(anchors), dtype=torch.int64, device=anchors.device),
                 torch.zeros_like(anchors))
-    iou = ops.box_iou(gt_boxes, anchors)
+    iou = ops.box_iou(extent_boxes(gt_boxes, legacy_plus_one),
+                      extent_boxes(anchors, legacy_plus_one))
     max_iou, matched = iou.max(dim=0)
     best_for_gt = iou.max(dim=1, keepdim=True).values
     # A box no anchor touches (best IoU 0) has no best anchor.
@@ -263,7 +266,8 @@ class RetinaNet(nn.Module):
         labels, matched = [], []
         for gt in targets:
             image_labels, image_matched = retinanet_anchor_labels(
-                anchors, gt.boxes, gt.classes, self.positive_overlap, self.negative_overlap)
+                anchors, gt.boxes, gt.classes, self.positive_overlap, self.negative_overlap,
+                self.box_coder.legacy_plus_one)
             labels.append(image_labels)
             matched.append(image_matched)
         labels = torch.stack(labels)
@@ -291,7 +295,7 @@ class RetinaNet(nn.Module):
             boxes = clip_boxes(boxes, h, w, self.box_coder.legacy_plus_one)
             boxes, scores, classes = class_wise_nms(
                 boxes, scores, classes, self.nms_thresh, self.soft_nms, self.box_voting,
-                self.detections_per_image)
+                self.detections_per_image, self.box_coder.legacy_plus_one)
             results.append(Instances((h, w), boxes=boxes / scale, scores=scores,
                                      classes=classes + 1))
         return results

@@ -47,6 +47,18 @@ def xyxy_to_xywh(boxes, legacy_plus_one=False):
     return out
 
 
+def extent_boxes(boxes, legacy_plus_one=False):
+    """Boxes (N, 4) as the regions they cover, so that plain IoU (ops.box_iou, ops.nms,
+    torchvision's) is their IoU in the model's convention.
+
+    A legacy box covers the pixels x1..x2, the region [x1, x2 + 1): its IoU with the +1 widths
+    and areas of Detectron's bbox_overlaps and NMS is the plain IoU of x1, y1, x2 + 1, y2 + 1.
+    """
+    if not legacy_plus_one:
+        return boxes
+    return boxes + boxes.new_tensor([0.0, 0.0, 1.0, 1.0])
+
+
 def flip_boxes(boxes, width, legacy_plus_one=False):
     """Mirror boxes (N, 4k), k boxes x1y1x2y2 per row, left-right in an image ``width`` wide;
     works on tensors and numpy arrays.

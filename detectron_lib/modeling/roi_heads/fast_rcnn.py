@@ -9,7 +9,7 @@ from torch import nn
 from detectron_lib import ops
 from detectron_lib.modeling.postprocess import class_wise_nms
 from detectron_lib.modeling.sampling import Matcher, sample_labels
-from detectron_lib.structures.boxes import BoxCoder, clip_boxes, nonempty_boxes
+from detectron_lib.structures.boxes import BoxCoder, clip_boxes, extent_boxes, nonempty_boxes
 from detectron_lib.structures.instances import Instances
 
 
@@ -41,9 +41,10 @@ def sample_rois(proposals, gt_instances, matcher, batch_size_per_image, fg_fract
     """
     sampled = []
     generators = generators or [None] * len(proposals)
+    legacy = box_coder.legacy_plus_one
     for props, gt, generator in zip(proposals, gt_instances, generators):
         boxes = torch.cat([props.boxes, gt.boxes.to(props.boxes.dtype)])
-        iou = ops.box_iou(gt.boxes, boxes)
+        iou = ops.box_iou(extent_boxes(gt.boxes, legacy), extent_boxes(boxes, legacy))
         matched, labels = matcher(iou)
         fg, bg = sample_labels(labels, batch_size_per_image, fg_fraction, generator)
         keep = torch.cat([fg, bg])
@@ -74,9 +75,11 @@ def fast_rcnn_losses(cls_logits, box_deltas, classes, regression_targets, smooth
 
 
 def box_results_with_nms_and_limit(scores, boxes, image_size, score_thresh, nms_thresh,
-                                   detections_per_image, soft_nms=None, box_voting=None):
+                                   detections_per_image, soft_nms=None, box_voting=None,
+                                   legacy_plus_one=False):
     """Per-class thresholding and NMS (or soft-NMS, then box voting when given: see
-    modeling.postprocess), then the top ``detections_per_image`` over classes.
+    modeling.postprocess), then the top ``detections_per_image`` over classes; IoUs and empty
+    boxes in the ``legacy_plus_one`` convention.
 
     scores: (R, K+1) softmax probabilities. boxes: (R, 4(K+1)) decoded and clipped.
     soft_nms: postprocess.SoftNMS or None; box_voting: postprocess.BoxVoting or None.
@@ -93,10 +96,11 @@ def box_results_with_nms_and_limit(scores, boxes, image_size, score_thresh, nms_
     roi_idx, cls_idx = candidates[:, 0], candidates[:, 1]
     det_boxes = boxes[roi_idx, cls_idx]
     det_scores = scores[roi_idx, cls_idx]
-    keep = nonempty_boxes(det_boxes)
+    keep = nonempty_boxes(det_boxes, legacy_plus_one=legacy_plus_one)
     det_boxes, det_scores, cls_idx = det_boxes[keep], det_scores[keep], cls_idx[keep]
     det_boxes, det_scores, cls_idx = class_wise_nms(
-        det_boxes, det_scores, cls_idx, nms_thresh, soft_nms, box_voting, detections_per_image)
+        det_boxes, det_scores, cls_idx, nms_thresh, soft_nms, box_voting, detections_per_image,
+        legacy_plus_one)
     return Instances(image_size, boxes=det_boxes, scores=det_scores, classes=cls_idx + 1)
 
 
@@ -172,7 +176,8 @@ class BoxROIHeads(nn.Module):
         soft-NMS, box voting and the limit. Returns Instances(boxes, scores, classes)."""
         return box_results_with_nms_and_limit(
             scores, boxes, image_size, self.score_thresh, self.nms_thresh,
-            self.detections_per_image, self.soft_nms, self.box_voting)
+            self.detections_per_image, self.soft_nms, self.box_voting,
+            self.box_coder.legacy_plus_one)
 
 
 def build_fast_rcnn_matcher(fg_thresh, bg_thresh_hi, bg_thresh_lo):
