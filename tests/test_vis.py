@@ -11,7 +11,7 @@ def test_draws_box_mask_and_keypoints_above_threshold_only():
     masks[0, 30:40, 20:30] = True
     masks[1, 40:50, 55:65] = True
     kps = np.array([[[15, 45, 1], [35, 45, 1]], [[60, 35, 1], [65, 40, 1]]], dtype=np.float32)
-    out = np.asarray(draw_detections(image, boxes, [1, 2], [0.9, 0.3], ["circle", "square"],
+    out = np.asarray(draw_detections(image, boxes, [1, 2], [0.9, 0.3], {1: "circle", 2: "square"},
                                      masks=masks, keypoints=kps, skeleton=[(0, 1)]))
     assert out.shape == (60, 80, 3)
     # The kept box's bottom edge has its class colour; the dropped box (score 0.3) is not drawn.
@@ -28,11 +28,11 @@ def test_keypoints_below_threshold_and_their_lines_are_not_drawn():
     image = np.zeros((60, 80, 3), dtype=np.uint8)
     boxes = np.array([[0, 0, 79, 59]], dtype=np.float32)
     kps = np.array([[[20, 30, 5.0], [60, 30, 0.5], [20, 50, 3.0]]], dtype=np.float32)
-    out = np.asarray(draw_detections(image, boxes, [1], [0.9], ["star"], keypoints=kps,
+    out = np.asarray(draw_detections(image, boxes, [1], [0.9], {1: "star"}, keypoints=kps,
                                      skeleton=[(0, 1), (0, 2)], keypoint_thresh=2.0))
     assert out[30, 20].sum() > 0 and out[50, 20].sum() > 0   # drawn points
     assert out[40, 20].sum() > 0                              # line 0-2
     assert out[30, 60].sum() == 0 and out[30, 40].sum() == 0  # hidden point, no line 0-1
-    every = np.asarray(draw_detections(image, boxes, [1], [0.9], ["star"], keypoints=kps,
+    every = np.asarray(draw_detections(image, boxes, [1], [0.9], {1: "star"}, keypoints=kps,
                                        skeleton=[(0, 1), (0, 2)]))
     assert every[30, 60].sum() > 0 and every[30, 40].sum() > 0

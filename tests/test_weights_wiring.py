@@ -90,8 +90,8 @@ def test_test_and_infer_take_test_weights_and_infer_writes_json(tiny, tmp_path, 
     np.testing.assert_allclose([d["box"] for d in detections], expected.boxes.numpy(), atol=1e-4)
     assert [d["label"] for d in detections] == expected.classes.tolist()
     np.testing.assert_allclose([d["score"] for d in detections], expected.scores.numpy(), atol=1e-6)
-    names = [f"class{k}" for k in range(1, 7)]
+    names = {k: f"class{k}" for k in range(1, 7)}
     named = detections_to_json(expected, names)
-    assert [d["category"] for d in named] == [names[k - 1] for k in expected.classes.tolist()]
+    assert [d["category"] for d in named] == [names[k] for k in expected.classes.tolist()]
     for detection, mask in zip(detections, expected.masks.numpy()):
         assert np.array_equal(mask_utils.decode(detection["mask"]).astype(bool), mask)

@@ -581,6 +581,10 @@ _C.DEVICE = "auto"
 # Detectron loaded them. False: x2 - x1, x2 = x + w and x -> width - x, as torchvision and
 # detectron2. A Detectron config (and a Detectron model-zoo .pkl) means True, the default.
 _C.MODEL.BBOX_LEGACY_PLUS_ONE = True
+# What a model's class labels are: False (Detectron), label k is the k-th category of the
+# dataset in id order (1..K); True (torchvision's COCO models), a label is the dataset's JSON
+# category id, so NUM_CLASSES exceeds the largest id (91 for COCO, whose ids run to 90)
+_C.MODEL.LABELS_ARE_CATEGORY_IDS = False
 # RoIAlign with the half-pixel offset of detectron2 (False: the RoIAlign of Detectron and of
 # torchvision's detection models)
 _C.MODEL.ROI_ALIGN_ALIGNED = False

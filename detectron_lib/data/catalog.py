@@ -33,6 +33,11 @@ COCO_CATEGORY_NAMES = (
     "refrigerator", "book", "clock", "vase", "scissors", "teddy bear", "hair drier",
     "toothbrush",
 )
+# COCO's JSON category ids of COCO_CATEGORY_NAMES: 1..90 with ten ids unused.
+COCO_CATEGORY_IDS = (
+    *range(1, 12), *range(13, 26), 27, 28, *range(31, 45), *range(46, 66), 67, 70,
+    *range(72, 83), *range(84, 91),
+)
 COCO_PERSON_KEYPOINT_NAMES = (
     "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder",
     "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip",
@@ -63,7 +68,7 @@ CITYSCAPES_CATEGORY_NAMES = (
     "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
 )
 
-_METADATA_KEYS = ("category_names", "keypoint_names", "keypoint_flip_map",
+_METADATA_KEYS = ("category_names", "category_ids", "keypoint_names", "keypoint_flip_map",
                   "keypoint_oks_sigmas", "keypoint_skeleton", "image_prefix", "devkit_dir")
 
 
@@ -73,6 +78,7 @@ class DatasetEntry:
 
     annotation_file, image_dir, devkit_dir: paths, relative ones under the data root.
     category_names: names in category-id order, or None to take them from the JSON.
+    category_ids: the JSON category ids of category_names, or None for 1, 2, ...
     keypoint_*: per-keypoint names, left/right pairs swapped by a flip, OKS sigmas, and the
         pairs of names joined by a line when keypoints are drawn (skeleton).
     image_prefix: prefix of image file names missing from the JSON (COCO 2017 test).
@@ -83,6 +89,7 @@ class DatasetEntry:
     annotation_file: str
     image_dir: str
     category_names: tuple = None
+    category_ids: tuple = None
     keypoint_names: tuple = None
     keypoint_flip_map: tuple = None
     keypoint_oks_sigmas: tuple = None
@@ -104,6 +111,11 @@ class DatasetEntry:
 
     def devkit_path(self, data_root=None):
         return _under_root(self.devkit_dir, data_root) if self.devkit_dir else None
+
+    def names_by_category_id(self):
+        """{JSON category id: name}, or {} when the catalog does not name the categories."""
+        names = self.category_names or ()
+        return dict(zip(self.category_ids or range(1, len(names) + 1), names))
 
 
 def resolve_data_root(data_root=None):
@@ -128,7 +140,8 @@ def _coco(name, image_dir, annotation_file, keypoints=False, image_prefix=""):
                             keypoint_skeleton=COCO_PERSON_KEYPOINT_SKELETON,
                             image_prefix=image_prefix)
     return DatasetEntry(name, f"coco/annotations/{annotation_file}", f"coco/{image_dir}",
-                        category_names=COCO_CATEGORY_NAMES, image_prefix=image_prefix)
+                        category_names=COCO_CATEGORY_NAMES, category_ids=COCO_CATEGORY_IDS,
+                        image_prefix=image_prefix)
 
 
 def _voc(year, image_set):
@@ -220,7 +233,7 @@ def register_coco_dataset(name, annotation_file, image_dir, **metadata):
 
     Args:
         annotation_file, image_dir: paths; relative ones resolve under the data root.
-        **metadata: any of category_names, keypoint_names, keypoint_flip_map,
+        **metadata: any of category_names, category_ids, keypoint_names, keypoint_flip_map,
             keypoint_oks_sigmas, keypoint_skeleton, image_prefix, devkit_dir; other keys are
             kept in ``extra``.
     Returns the DatasetEntry. Re-registering an identical entry is a no-op; redefining a
@@ -228,7 +241,7 @@ def register_coco_dataset(name, annotation_file, image_dir, **metadata):
     """
     known = {k: v for k, v in metadata.items() if k in _METADATA_KEYS}
     extra = {k: v for k, v in metadata.items() if k not in _METADATA_KEYS}
-    for key in ("category_names", "keypoint_names", "keypoint_oks_sigmas"):
+    for key in ("category_names", "category_ids", "keypoint_names", "keypoint_oks_sigmas"):
         if known.get(key) is not None:
             known[key] = tuple(known[key])
     for key in ("keypoint_flip_map", "keypoint_skeleton"):

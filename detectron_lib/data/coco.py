@@ -52,6 +52,13 @@ class CategoryMap:
     def contiguous_to_json_id(self):
         return {k: json_id for k, json_id in enumerate(self.json_ids, start=1)}
 
+    def label_to_json_id(self, labels_are_category_ids=False):
+        """{model class label: JSON category id}: contiguous labels 1..K (Detectron), or with
+        ``labels_are_category_ids`` (MODEL.LABELS_ARE_CATEGORY_IDS) the JSON ids themselves."""
+        if labels_are_category_ids:
+            return {json_id: json_id for json_id in self.json_ids}
+        return self.contiguous_to_json_id
+
 
 @dataclass
 class LoadedDataset:
@@ -270,6 +277,11 @@ def load_dataset(name, data_root=None, min_area=0.0):
             f"{annotation_file}: categories {list(loaded.categories.names)} differ from the "
             f"catalog's {list(entry.category_names)} for dataset '{name}'; fix the file or "
             f"the catalog entry")
+    if entry.category_ids is not None and tuple(entry.category_ids) != loaded.categories.json_ids:
+        raise DatasetError(
+            f"{annotation_file}: category ids {list(loaded.categories.json_ids)} differ from the "
+            f"catalog's {list(entry.category_ids)} for dataset '{name}'; fix the file or the "
+            f"catalog entry")
     if entry.keypoint_names is not None and loaded.keypoint_names is not None \
             and tuple(entry.keypoint_names) != loaded.keypoint_names:
         raise DatasetError(

@@ -264,6 +264,17 @@ def load_datasets(names, data_root=None, min_area=0.0, proposal_files=(), propos
     return records, categories, flip_perm
 
 
+def relabel_with_category_ids(records, categories, num_classes):
+    """Records whose classes are JSON category ids instead of 1..K, for a model labelled by
+    category id (MODEL.LABELS_ARE_CATEGORY_IDS); every id must be below ``num_classes``."""
+    largest = max(categories.json_ids)
+    if largest >= num_classes:
+        raise ConfigError(f"MODEL.LABELS_ARE_CATEGORY_IDS: category id {largest} needs "
+                          f"MODEL.NUM_CLASSES > {largest}, got {num_classes}")
+    json_ids = np.array((0,) + tuple(categories.json_ids), dtype=np.int64)
+    return [dict(record, classes=json_ids[record["classes"]]) for record in records]
+
+
 def build_train_loader(cfg, rank=0, world_size=1, start_iter=0, data_root=None):
     """The TrainLoader of TRAIN.DATASETS from Detectron's keys (TRAIN.*, DATA_LOADER.NUM_THREADS,
     FPN.*, PIXEL_MEANS, RNG_SEED, DATA_ROOT). Precomputed TRAIN.PROPOSAL_FILES are attached
@@ -273,6 +284,8 @@ def build_train_loader(cfg, rank=0, world_size=1, start_iter=0, data_root=None):
         tuple(cfg.TRAIN.DATASETS), data_root or cfg.DATA_ROOT or None,
         min_area=cfg.TRAIN.GT_MIN_AREA, proposal_files=tuple(cfg.TRAIN.PROPOSAL_FILES),
         proposal_limit=-1, legacy_plus_one=cfg.MODEL.BBOX_LEGACY_PLUS_ONE)
+    if cfg.MODEL.LABELS_ARE_CATEGORY_IDS:
+        records = relabel_with_category_ids(records, categories, cfg.MODEL.NUM_CLASSES)
     dataset = TrainingDataset(filter_for_training(records, cfg.MODEL.KEYPOINTS_ON),
                               cfg.TRAIN.SCALES, cfg.TRAIN.MAX_SIZE, cfg.PIXEL_MEANS,
                               cfg.TRAIN.USE_FLIPPED, cfg.RNG_SEED, flip_perm,

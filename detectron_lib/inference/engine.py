@@ -135,13 +135,23 @@ def test(cfg, weights, output_dir=None):
             metrics.update(evaluate_proposals(str(annotation_file), _proposal_arrays(results),
                                               legacy_plus_one=cfg.MODEL.BBOX_LEGACY_PLUS_ONE))
         else:
-            by_type = coco_results(results, loader.categories.contiguous_to_json_id,
-                                   cfg.MODEL.BBOX_LEGACY_PLUS_ONE, cfg.KRCNN.KEYPOINT_CONFIDENCE)
+            label_map = loader.categories.label_to_json_id(cfg.MODEL.LABELS_ARE_CATEGORY_IDS)
+            if cfg.MODEL.LABELS_ARE_CATEGORY_IDS:
+                results = _drop_unknown_labels(results, label_map)
+            by_type = coco_results(results, label_map, cfg.MODEL.BBOX_LEGACY_PLUS_ONE,
+                                   cfg.KRCNN.KEYPOINT_CONFIDENCE)
             write_json_atomic(output_dir / f"{dataset_name}_bbox_results.json", by_type["bbox"])
             metrics.update(evaluate_coco(str(annotation_file), by_type,
                                          kpt_oks_sigmas=get_dataset(dataset_name).keypoint_oks_sigmas))
         all_metrics[dataset_name] = _write_dataset_metrics(output_dir, index, dataset_name, metrics)
     return all_metrics.get(cfg.TEST.DATASETS[0], {})
+
+
+def _drop_unknown_labels(results, label_map):
+    """Detections whose label is a category of the dataset: a model labelled by category id
+    (torchvision's COCO models) also scores the ids COCO leaves unused."""
+    known = torch.tensor(sorted(label_map))
+    return [(image_id, inst[torch.isin(inst.classes, known)]) for image_id, inst in results]
 
 
 def _write_dataset_metrics(output_dir, index, dataset_name, metrics):

@@ -44,15 +44,19 @@ def list_images(path):
 
 
 def class_names_for(cfg):
-    """Category names of the first training dataset, to label drawn detections."""
+    """{class label: category name} from the first dataset of the config whose catalog entry
+    names its categories, to label drawn detections; labels are 1..K in category-id order or,
+    with MODEL.LABELS_ARE_CATEGORY_IDS, the category ids. {} if no dataset names them."""
     for name in tuple(cfg.TRAIN.DATASETS) + tuple(cfg.TEST.DATASETS):
         try:
             entry = get_dataset(name)
         except DatasetError:
             continue
         if entry.category_names:
-            return list(entry.category_names)
-    return []
+            if cfg.MODEL.LABELS_ARE_CATEGORY_IDS:
+                return entry.names_by_category_id()
+            return dict(enumerate(entry.category_names, start=1))
+    return {}
 
 
 def keypoint_skeleton_for(cfg):
@@ -99,9 +103,10 @@ class Predictor:
         return out
 
 
-def detections_to_json(detections, class_names=()):
+def detections_to_json(detections, class_names=None):
     """One image's detections as JSON-ready dicts, best first: ``box`` [x1, y1, x2, y2] in the
-    pixels of the input image, ``label`` (1..K), ``category`` (its name, when known),
+    pixels of the input image, ``label`` (the model's class), ``category`` (its name in
+    ``class_names``, {label: name}, when known),
     ``score``, and when predicted ``mask`` (COCO compressed RLE of the binary mask) and
     ``keypoints`` [[x, y, logit], ...]."""
     masks = encode_masks_rle(detections.masks) if detections.has("masks") else None
@@ -110,8 +115,8 @@ def detections_to_json(detections, class_names=()):
                                                 detections.classes.tolist(),
                                                 detections.scores.tolist())):
         entry = {"box": box, "label": label, "score": score}
-        if 0 < label <= len(class_names):
-            entry["category"] = class_names[label - 1]
+        if label in (class_names or {}):
+            entry["category"] = class_names[label]
         if masks is not None:
             entry["mask"] = masks[i]
         if detections.has("keypoints"):

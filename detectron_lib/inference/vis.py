@@ -21,8 +21,9 @@ def draw_detections(image, boxes, classes, scores, class_names, masks=None, keyp
                     skeleton=(), score_thresh=0.7, keypoint_thresh=None):
     """Return a PIL RGB image with the detections scoring >= ``score_thresh`` drawn on it.
 
-    image: (H, W, 3) uint8 RGB. boxes: (N, 4) x1y1x2y2 in image pixels. classes: (N,) in
-    1..K (class_names[k - 1] names class k). scores: (N,). masks: optional (N, H, W) bool.
+    image: (H, W, 3) uint8 RGB. boxes: (N, 4) x1y1x2y2 in image pixels. classes: (N,) class
+    labels, named by ``class_names`` {label: name} (unnamed ones by their number). scores:
+    (N,). masks: optional (N, H, W) bool.
     keypoints: optional (N, K, 3) with (x, y, score); skeleton: pairs of keypoint indices.
     keypoint_thresh: draw only keypoints (and lines between two such) whose score is >= it
     (Detectron's infer_simple: heatmap logit >= 2); None draws every keypoint.
@@ -47,7 +48,7 @@ def draw_detections(image, boxes, classes, scores, class_names, masks=None, keyp
         color = class_color(classes[i])
         x1, y1, x2, y2 = (float(v) for v in boxes[i])
         draw.rectangle([x1, y1, x2, y2], outline=color, width=2)
-        name = class_names[int(classes[i]) - 1] if 0 < int(classes[i]) <= len(class_names) else str(int(classes[i]))
+        name = class_names.get(int(classes[i]), str(int(classes[i])))
         label = f"{name} {float(scores[i]):.2f}"
         tx1, ty1, tx2, ty2 = draw.textbbox((x1, y1), label, font=font)
         top = max(y1 - (ty2 - ty1) - 2, 0)
