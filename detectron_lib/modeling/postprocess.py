@@ -58,30 +58,29 @@ def class_wise_nms(boxes, scores, classes, nms_thresh, soft_nms=None, box_voting
     +1 widths and areas (MODEL.BBOX_LEGACY_PLUS_ONE), as its NMS, soft-NMS and box voting.
     Returns (boxes, scores, classes) of the kept detections, in decreasing score order.
     """
-    # Everything below works on the covered regions; the +1 comes off the results at the end.
-    boxes = extent_boxes(boxes, legacy_plus_one)
+    # IoUs are taken between the regions the boxes cover (the boxes themselves unless legacy).
+    regions = extent_boxes(boxes, legacy_plus_one)
     if soft_nms is None:
-        keep = ops.batched_nms(boxes, scores, classes, nms_thresh)
-        kept_boxes, kept_scores, kept_classes = boxes[keep], scores[keep], classes[keep]
+        keep = ops.batched_nms(regions, scores, classes, nms_thresh)
+        kept_scores = scores[keep]
     else:
         # One soft-NMS per class: the kernel is quadratic in its input, classes are few.
         parts = []
         for label in torch.unique(classes):
             members = torch.nonzero(classes == label).flatten()
-            keep, decayed = ops.soft_nms(boxes[members], scores[members], soft_nms.method,
+            keep, decayed = ops.soft_nms(regions[members], scores[members], soft_nms.method,
                                          soft_nms.sigma, nms_thresh, soft_nms.score_thresh)
             parts.append((members[keep], decayed.to(scores.dtype)))
         keep = torch.cat([p[0] for p in parts]) if parts else classes.new_zeros(0)
         kept_scores = torch.cat([p[1] for p in parts]) if parts else scores[:0]
-        kept_boxes, kept_classes = boxes[keep], classes[keep]
+    kept_boxes, kept_classes = boxes[keep], classes[keep]
     if box_voting is not None:
-        kept_boxes, kept_scores = ops.box_voting(
-            kept_boxes, kept_scores, boxes, scores, box_voting.iou_thresh,
+        voted, kept_scores = ops.box_voting(
+            regions[keep], kept_scores, regions, scores, box_voting.iou_thresh,
             box_voting.scoring_method, box_voting.beta, kept_classes, classes)
+        # The vote averages regions: back to legacy boxes, x2 and y2 one less.
+        kept_boxes = voted - voted.new_tensor([0.0, 0.0, 1.0, 1.0]) if legacy_plus_one else voted
     order = torch.sort(kept_scores, descending=True, stable=True).indices
     if detections_per_image > 0:
         order = order[:detections_per_image]
-    kept_boxes = kept_boxes[order]
-    if legacy_plus_one:
-        kept_boxes = kept_boxes - kept_boxes.new_tensor([0.0, 0.0, 1.0, 1.0])
-    return kept_boxes, kept_scores[order], kept_classes[order]
+    return kept_boxes[order], kept_scores[order], kept_classes[order]
