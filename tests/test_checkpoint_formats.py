@@ -29,6 +29,7 @@ from detectron_lib.engine.checkpoint_formats import (
     load_weights,
     read_weights_file,
 )
+from detectron_lib.inference.engine import load_model_for_inference, warn_on_box_convention_mismatch
 from detectron_lib.modeling.meta_arch import build_model
 from detectron_lib.utils.download import DownloadError, cache_path_for, cached_path
 
@@ -324,6 +325,22 @@ def test_detectron2_checkpoint_loads_with_background_moved_first(mask_r50_fpn, t
     assert report.missing == [] and report.unused == []
     assert report.ignored == ["pixel_mean", "pixel_std"]
     _assert_same_state(model, reference)
+
+
+def test_inference_warns_when_the_box_convention_differs_from_the_weights(
+        mask_r50_fpn, tmp_path, caplog):
+    cfg, reference = mask_r50_fpn  # a Detectron config: BBOX_LEGACY_PLUS_ONE True by default
+    path = tmp_path / "model_final.pth"
+    torch.save({"model": detectron2_state(reference)}, path)
+    with caplog.at_level(logging.WARNING):
+        load_model_for_inference(cfg, str(path), torch.device("cpu"))
+    assert "detectron2 weights were trained with MODEL.BBOX_LEGACY_PLUS_ONE False" in caplog.text
+    plain = cfg.clone()
+    plain.MODEL.BBOX_LEGACY_PLUS_ONE = False
+    assert not warn_on_box_convention_mismatch(plain, DETECTRON2)
+    assert warn_on_box_convention_mismatch(plain, DETECTRON)
+    assert not warn_on_box_convention_mismatch(cfg, DETECTRON)
+    assert not warn_on_box_convention_mismatch(cfg, OURS)  # our checkpoints carry no convention
 
 
 # ---- torchvision ----------------------------------------------------------------------------

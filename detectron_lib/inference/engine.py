@@ -15,7 +15,7 @@ import torch
 from detectron_lib.data.catalog import get_dataset, materialize_dataset, register_datasets_from_cfg
 from detectron_lib.data.loader import build_test_loader
 from detectron_lib.data.proposals import save_proposals
-from detectron_lib.engine.checkpoint_formats import load_weights
+from detectron_lib.engine.checkpoint_formats import DETECTRON, DETECTRON2, TORCHVISION, load_weights
 from detectron_lib.engine.distributed import all_gather_objects, init_distributed
 from detectron_lib.engine.trainer import TRAIN_LOG, resolve_device
 from detectron_lib.evaluation.coco import (
@@ -47,9 +47,28 @@ def load_model_for_inference(cfg, weights, device):
     if not weights:
         raise ConfigError("no weights to run: give --weights or set TEST.WEIGHTS")
     model = build_model(cfg)
-    load_weights(model, weights, for_training=False, cache_dir=cfg.DOWNLOAD_CACHE)
+    report = load_weights(model, weights, for_training=False, cache_dir=cfg.DOWNLOAD_CACHE)
+    warn_on_box_convention_mismatch(cfg, report.format)
     fold_frozen_batchnorm_(model)
     return model.to(device).eval()
+
+
+# The box convention each family of detection checkpoints was trained in.
+_LEGACY_PLUS_ONE_OF_FORMAT = {DETECTRON: True, DETECTRON2: False, TORCHVISION: False}
+
+
+def warn_on_box_convention_mismatch(cfg, weights_format):
+    """Warn once when MODEL.BBOX_LEGACY_PLUS_ONE differs from the convention the weights were
+    trained in (Detectron: x2 - x1 + 1; detectron2 and torchvision: x2 - x1): the model then
+    runs, but its boxes are off by a pixel. Returns whether it warned."""
+    trained_with = _LEGACY_PLUS_ONE_OF_FORMAT.get(weights_format)
+    if trained_with is None or trained_with == cfg.MODEL.BBOX_LEGACY_PLUS_ONE:
+        return False
+    logger.warning("%s weights were trained with MODEL.BBOX_LEGACY_PLUS_ONE %s but the config "
+                   "sets %s: set it to %s (configs/torchvision/ shows every switch of "
+                   "torchvision's conventions)", weights_format, trained_with,
+                   cfg.MODEL.BBOX_LEGACY_PLUS_ONE, trained_with)
+    return True
 
 
 @torch.no_grad()
