@@ -10,7 +10,6 @@ from dataclasses import dataclass
 import torch
 
 from detectron_lib import ops
-from detectron_lib.structures.boxes import extent_boxes
 
 # Detectron's test.py drops a box once soft-NMS has decayed its score below this.
 SOFT_NMS_SCORE_THRESH = 0.0001
@@ -58,28 +57,25 @@ def class_wise_nms(boxes, scores, classes, nms_thresh, soft_nms=None, box_voting
     +1 widths and areas (MODEL.BBOX_LEGACY_PLUS_ONE), as its NMS, soft-NMS and box voting.
     Returns (boxes, scores, classes) of the kept detections, in decreasing score order.
     """
-    # IoUs are taken between the regions the boxes cover (the boxes themselves unless legacy).
-    regions = extent_boxes(boxes, legacy_plus_one)
     if soft_nms is None:
-        keep = ops.batched_nms(regions, scores, classes, nms_thresh)
+        keep = ops.batched_nms(boxes, scores, classes, nms_thresh, legacy_plus_one)
         kept_scores = scores[keep]
     else:
         # One soft-NMS per class: the kernel is quadratic in its input, classes are few.
         parts = []
         for label in torch.unique(classes):
             members = torch.nonzero(classes == label).flatten()
-            keep, decayed = ops.soft_nms(regions[members], scores[members], soft_nms.method,
-                                         soft_nms.sigma, nms_thresh, soft_nms.score_thresh)
+            keep, decayed = ops.soft_nms(boxes[members], scores[members], soft_nms.method,
+                                         soft_nms.sigma, nms_thresh, soft_nms.score_thresh,
+                                         legacy_plus_one)
             parts.append((members[keep], decayed.to(scores.dtype)))
         keep = torch.cat([p[0] for p in parts]) if parts else classes.new_zeros(0)
         kept_scores = torch.cat([p[1] for p in parts]) if parts else scores[:0]
     kept_boxes, kept_classes = boxes[keep], classes[keep]
     if box_voting is not None:
-        voted, kept_scores = ops.box_voting(
-            regions[keep], kept_scores, regions, scores, box_voting.iou_thresh,
-            box_voting.scoring_method, box_voting.beta, kept_classes, classes)
-        # The vote averages regions: back to legacy boxes, x2 and y2 one less.
-        kept_boxes = voted - voted.new_tensor([0.0, 0.0, 1.0, 1.0]) if legacy_plus_one else voted
+        kept_boxes, kept_scores = ops.box_voting(
+            kept_boxes, kept_scores, boxes, scores, box_voting.iou_thresh,
+            box_voting.scoring_method, box_voting.beta, kept_classes, classes, legacy_plus_one)
     order = torch.sort(kept_scores, descending=True, stable=True).indices
     if detections_per_image > 0:
         order = order[:detections_per_image]

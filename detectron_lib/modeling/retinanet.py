@@ -41,7 +41,7 @@ from detectron_lib.modeling.postprocess import (
     class_wise_nms,
     soft_nms_from_config,
 )
-from detectron_lib.structures.boxes import BoxCoder, clip_boxes, extent_boxes
+from detectron_lib.structures.boxes import BoxCoder, clip_boxes
 from detectron_lib.structures.instances import Instances
 
 
@@ -162,8 +162,7 @@ def retinanet_anchor_labels(anchors, gt_boxes, gt_classes, positive_overlap, neg
     if len(gt_boxes) == 0:
         return (torch.zeros(len(anchors), dtype=torch.int64, device=anchors.device),
                 torch.zeros_like(anchors))
-    iou = ops.box_iou(extent_boxes(gt_boxes, legacy_plus_one),
-                      extent_boxes(anchors, legacy_plus_one))
+    iou = ops.box_iou(gt_boxes, anchors, legacy_plus_one)
     max_iou, matched = iou.max(dim=0)
     best_for_gt = iou.max(dim=1, keepdim=True).values
     # A box no anchor touches (best IoU 0) has no best anchor.

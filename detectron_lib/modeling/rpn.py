@@ -15,7 +15,7 @@ from detectron_lib import ops
 from detectron_lib.modeling.anchors import straddle_mask
 from detectron_lib.modeling.backbone.precision import run_in_precision
 from detectron_lib.modeling.sampling import Matcher, sample_labels
-from detectron_lib.structures.boxes import BoxCoder, box_widths_heights, clip_boxes, extent_boxes
+from detectron_lib.structures.boxes import BoxCoder, box_widths_heights, clip_boxes
 from detectron_lib.structures.instances import Instances
 
 
@@ -139,8 +139,7 @@ class RPN(nn.Module):
         labels = torch.full((len(anchors),), -1, dtype=torch.int8, device=anchors.device)
         targets = torch.zeros_like(anchors)
         inside_idx = inside.nonzero().flatten()
-        iou = ops.box_iou(extent_boxes(gt_boxes, self.legacy_plus_one),
-                          extent_boxes(anchors[inside_idx], self.legacy_plus_one))
+        iou = ops.box_iou(gt_boxes, anchors[inside_idx], self.legacy_plus_one)
         matched, inside_labels = self.matcher(iou)
         fg, bg = sample_labels(inside_labels, self.batch_size_per_image, self.fg_fraction, generator)
         labels[inside_idx[bg]] = 0
@@ -164,8 +163,8 @@ class RPN(nn.Module):
                 boxes = clip_boxes(boxes, h, w, self.legacy_plus_one)
                 keep = self._keep_large_enough(boxes, h, w, self.min_size[mode] * scale)
                 boxes, scores = boxes[keep], scores[keep]
-                keep = ops.nms(extent_boxes(boxes, self.legacy_plus_one), scores,
-                               self.nms_thresh[mode])[: self.post_nms_topk[mode]]
+                keep = ops.nms(boxes, scores, self.nms_thresh[mode],
+                               self.legacy_plus_one)[: self.post_nms_topk[mode]]
                 boxes_per_level.append(boxes[keep])
                 scores_per_level.append(scores[keep])
             boxes = torch.cat(boxes_per_level)

@@ -48,8 +48,9 @@ def xyxy_to_xywh(boxes, legacy_plus_one=False):
 
 
 def extent_boxes(boxes, legacy_plus_one=False):
-    """Boxes (N, 4) as the regions they cover, so that plain IoU (ops.box_iou, ops.nms,
-    torchvision's) is their IoU in the model's convention.
+    """Boxes (N, 4) as the regions they cover, so that plain IoU (torchvision's, our kernels')
+    is their IoU in the model's convention; the ops of detectron_lib.ops.boxes apply it given
+    ``legacy_plus_one``.
 
     A legacy box covers the pixels x1..x2, the region [x1, x2 + 1): its IoU with the +1 widths
     and areas of Detectron's bbox_overlaps and NMS is the plain IoU of x1, y1, x2 + 1, y2 + 1.

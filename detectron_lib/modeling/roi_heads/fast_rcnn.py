@@ -9,7 +9,7 @@ from torch import nn
 from detectron_lib import ops
 from detectron_lib.modeling.postprocess import class_wise_nms
 from detectron_lib.modeling.sampling import Matcher, sample_labels
-from detectron_lib.structures.boxes import BoxCoder, clip_boxes, extent_boxes, nonempty_boxes
+from detectron_lib.structures.boxes import BoxCoder, clip_boxes, nonempty_boxes
 from detectron_lib.structures.instances import Instances
 
 
@@ -41,10 +41,9 @@ def sample_rois(proposals, gt_instances, matcher, batch_size_per_image, fg_fract
     """
     sampled = []
     generators = generators or [None] * len(proposals)
-    legacy = box_coder.legacy_plus_one
     for props, gt, generator in zip(proposals, gt_instances, generators):
         boxes = torch.cat([props.boxes, gt.boxes.to(props.boxes.dtype)])
-        iou = ops.box_iou(extent_boxes(gt.boxes, legacy), extent_boxes(boxes, legacy))
+        iou = ops.box_iou(gt.boxes, boxes, box_coder.legacy_plus_one)
         matched, labels = matcher(iou)
         fg, bg = sample_labels(labels, batch_size_per_image, fg_fraction, generator)
         keep = torch.cat([fg, bg])
