@@ -72,17 +72,17 @@ def boxes_to_coco_xywh(boxes, legacy_plus_one=False):
     return np.concatenate([boxes[:, 0:2], widths_heights], axis=1)
 
 
-def _json_category_ids(classes, contiguous_to_json_id):
-    """Map contiguous class ids (N,) to the dataset's json category ids, as Python ints."""
+def _json_category_ids(classes, label_to_json_id):
+    """Map class labels (N,) to the dataset's json category ids, as Python ints."""
     json_ids = []
     for class_id in _to_numpy(classes).astype(np.int64).reshape(-1).tolist():
-        if class_id not in contiguous_to_json_id:
-            known = sorted(contiguous_to_json_id)
+        if class_id not in label_to_json_id:
+            known = sorted(label_to_json_id)
             raise ConfigError(
                 f"class id {class_id} has no COCO category in the dataset mapping (known class ids "
                 f"{known[:1]}..{known[-1:]}); check that MODEL.NUM_CLASSES matches the dataset"
             )
-        json_ids.append(int(contiguous_to_json_id[class_id]))
+        json_ids.append(int(label_to_json_id[class_id]))
     return json_ids
 
 
@@ -92,16 +92,17 @@ def _check_lengths(what, *arrays):
         raise ValueError(f"{what}: per-instance arrays have different lengths {[len(a) for a in arrays]}")
 
 
-def detections_to_coco_results(image_id, boxes, scores, classes, contiguous_to_json_id, legacy_plus_one=False):
+def detections_to_coco_results(image_id, boxes, scores, classes, label_to_json_id, legacy_plus_one=False):
     """COCO 'bbox' results for one image.
 
-    boxes: (N, 4) x1y1x2y2 in original-image pixels; scores: (N,); classes: (N,) contiguous
-    class ids; contiguous_to_json_id: {contiguous id: json category id} of the dataset.
+    boxes: (N, 4) x1y1x2y2 in original-image pixels; scores: (N,); classes: (N,) class
+    labels; label_to_json_id: {class label: json category id} of the dataset
+    (CategoryMap.label_to_json_id).
     Returns N dicts ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``.
     """
     xywh = boxes_to_coco_xywh(boxes, legacy_plus_one).tolist()
     scores = _to_numpy(scores, np.float64).reshape(-1).tolist()
-    category_ids = _json_category_ids(classes, contiguous_to_json_id)
+    category_ids = _json_category_ids(classes, label_to_json_id)
     _check_lengths(f"image {image_id} detections", xywh, scores, category_ids)
     return [
         {"image_id": image_id, "category_id": category_id, "bbox": box, "score": score}
@@ -132,7 +133,7 @@ def _rle_with_str_counts(rle):
     return {"size": [int(s) for s in rle["size"]], "counts": counts}
 
 
-def masks_to_coco_results(image_id, masks, scores, classes, contiguous_to_json_id):
+def masks_to_coco_results(image_id, masks, scores, classes, label_to_json_id):
     """COCO 'segm' results for one image.
 
     masks: (N, H, W) binary full-image masks, or a list of N compressed RLE dicts (counts as
@@ -144,7 +145,7 @@ def masks_to_coco_results(image_id, masks, scores, classes, contiguous_to_json_i
     else:
         rles = encode_masks_rle(masks)
     scores = _to_numpy(scores, np.float64).reshape(-1).tolist()
-    category_ids = _json_category_ids(classes, contiguous_to_json_id)
+    category_ids = _json_category_ids(classes, label_to_json_id)
     _check_lengths(f"image {image_id} masks", rles, scores, category_ids)
     return [
         {"image_id": image_id, "category_id": category_id, "segmentation": rle, "score": score}
@@ -153,7 +154,7 @@ def masks_to_coco_results(image_id, masks, scores, classes, contiguous_to_json_i
 
 
 def keypoints_to_coco_results(
-    image_id, keypoints, scores, classes, contiguous_to_json_id, keypoint_confidence="bbox"
+    image_id, keypoints, scores, classes, label_to_json_id, keypoint_confidence="bbox"
 ):
     """COCO 'keypoints' results for one image, with Detectron's score convention.
 
@@ -179,7 +180,7 @@ def keypoints_to_coco_results(
     flat = keypoints.copy()
     flat[:, :, 2] = 1.0
     flat = flat.reshape(len(keypoints), -1).tolist()
-    category_ids = _json_category_ids(classes, contiguous_to_json_id)
+    category_ids = _json_category_ids(classes, label_to_json_id)
     _check_lengths(f"image {image_id} keypoints", flat, instance_scores, category_ids)
     return [
         {"image_id": image_id, "category_id": category_id, "keypoints": kps, "score": score}

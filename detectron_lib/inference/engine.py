@@ -91,22 +91,22 @@ def run_inference(model, loader, device, mask_thresh=0.5, legacy_paste=False):
     return results, seconds / max(len(results), 1)
 
 
-def coco_results(results, contiguous_to_json_id, legacy_plus_one, keypoint_confidence="bbox"):
+def coco_results(results, label_to_json_id, legacy_plus_one, keypoint_confidence="bbox"):
     """COCO result lists by type: 'bbox', 'segm' when masks are present, 'keypoints' when
     keypoints are, scored as KRCNN.KEYPOINT_CONFIDENCE ('bbox', 'logit' or 'prob') says."""
     by_type = {"bbox": []}
     for image_id, inst in results:
         by_type["bbox"].extend(detections_to_coco_results(
-            image_id, inst.boxes, inst.scores, inst.classes, contiguous_to_json_id, legacy_plus_one))
+            image_id, inst.boxes, inst.scores, inst.classes, label_to_json_id, legacy_plus_one))
         if inst.has("masks"):
             by_type.setdefault("segm", []).extend(masks_to_coco_results(
-                image_id, inst.masks, inst.scores, inst.classes, contiguous_to_json_id))
+                image_id, inst.masks, inst.scores, inst.classes, label_to_json_id))
         if inst.has("keypoints"):
             keypoints = inst.keypoints  # (x, y, logit)
             if keypoint_confidence == "prob":
                 keypoints = torch.cat([keypoints[:, :, :2], inst.keypoint_probs[:, :, None]], dim=2)
             by_type.setdefault("keypoints", []).extend(keypoints_to_coco_results(
-                image_id, keypoints, inst.scores, inst.classes, contiguous_to_json_id,
+                image_id, keypoints, inst.scores, inst.classes, label_to_json_id,
                 keypoint_confidence))
     return by_type
 
