@@ -8,6 +8,7 @@ import logging
 import sys
 
 from detectron_lib.errors import DetectronError
+from detectron_lib.utils.malloc import keep_freed_memory
 
 
 WEIGHTS_HELP = ("weights file or URL, of ours or Detectron (.pkl), detectron2 (.pkl/.pth) or "
@@ -173,6 +174,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    keep_freed_memory()
     try:
         args.func(args)
     except DetectronError as e:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from detectron_lib.errors import DetectronError
 from detectron_lib.utils.io import write_json_atomic
+from detectron_lib.utils.malloc import keep_freed_memory
 
 logger = logging.getLogger("detectron_lib.workflow_steps")
 
@@ -381,6 +382,7 @@ def run_step(args):
     if args.step == "zoo-table":
         return zoo_table(json.loads(args.manifest_json), args.output)
     set_worker_threads(args.threads)
+    keep_freed_memory()
     tracking = not args.no_tracking
     if args.step == "pretrain":
         return pretrain_body(args.cfg, args.opts, args.name, args.output, args.experiment_file,
