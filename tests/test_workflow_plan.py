@@ -57,6 +57,38 @@ def test_default_zoo_plans_every_shapes_baseline(shapes_workdir):
     assert ("reproduce_model_zoo", "") in jobs     # the default target
 
 
+def planned_priorities(dry_run_output):
+    """{(rule, wildcards): priority} of the jobs a dry run lists; Snakemake prints only
+    priorities other than 0."""
+    priorities = {}
+    for block in re.split(r"\n(?=\[[^\]]+\]\n)", dry_run_output):
+        rule = re.search(r"^(?:local)?rule (\S+):", block, re.MULTILINE)
+        wildcards = re.search(r"^\s+wildcards: (.+)$", block, re.MULTILINE)
+        priority = re.search(r"^\s+priority: (\S+)$", block, re.MULTILINE)
+        if rule and wildcards:
+            key = (rule.group(1), wildcards.group(1).strip())
+            priorities[key] = float(priority.group(1)) if priority else 0.0
+    return priorities
+
+
+def test_shapes_zoo_schedules_stages_and_long_jobs_first(shapes_workdir):
+    proc = run_snakemake(shapes_workdir, "-n")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    priority = planned_priorities(proc.stdout)
+    assert priority[("pretrain", "pretrained=R-18-GN")] == 10
+    assert priority[("train", "baseline=rpn_R-18-FPN_1x")] == 5          # the proposal chain
+    assert priority[("train", "baseline=fast_rcnn_R-18-FPN_1x")] == 5
+    assert priority[("train", "baseline=e2e_faster_rcnn_R-18-FPN_1x")] == 1
+    assert priority[("evaluate", "baseline=e2e_faster_rcnn_R-18-FPN_1x")] == 0
+    manifest = yaml.safe_load((REPO_ROOT / "configs/zoo/shapes.yaml").read_text())
+    early = {name for name, entry in manifest["baselines"].items() if entry.get("start_early")}
+    assert early == {"e2e_faster_rcnn_R-18-C4_1x", "e2e_faster_rcnn_VGG16_1x",
+                     "e2e_mask_rcnn_R-50-FPN_1x_gn"}
+    for name in early:
+        assert priority[("train", f"baseline={name}")] == 1.5
+        assert priority[("evaluate", f"baseline={name}")] == 0.5
+
+
 def test_one_baseline_target_plans_only_that_baseline(shapes_workdir):
     proc = run_snakemake(shapes_workdir, "-n", "baseline_e2e_faster_rcnn_R-18-FPN_1x")
     assert proc.returncode == 0, proc.stderr[-3000:]

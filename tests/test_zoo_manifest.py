@@ -47,6 +47,12 @@ def test_backbone_and_schedule_come_from_the_name():
     assert (zoo.baseline("custom").backbone, zoo.baseline("custom").lr_schd) == ("VGG16", "3x")
 
 
+def test_start_early_defaults_to_false():
+    zoo = parse_manifest(_manifest(a={"config": "a.yaml", "section": "rpn"},
+                                   b={"config": "b.yaml", "section": "rpn", "start_early": True}))
+    assert (zoo.baseline("a").start_early, zoo.baseline("b").start_early) == (False, True)
+
+
 def test_resources_merge_defaults_and_entry():
     document = _manifest(a={"config": "a.yaml", "section": "rpn", "resources": {"gpus": 4}})
     document["default_resources"] = {"threads": 8, "mem_mb": 9000}
@@ -70,6 +76,8 @@ def test_resources_merge_defaults_and_entry():
      "KEY VALUE pairs"),
     ({"x": {"config": "x.yaml", "section": "rpn", "resources": {"gpu": 1}}},
      "unknown resources"),
+    ({"x": {"config": "x.yaml", "section": "rpn", "start_early": "yes"}},
+     "baseline 'x': start_early must be true or false, got 'yes'"),
 ])
 def test_broken_manifests_name_the_entry(baselines, message):
     with pytest.raises(ConfigError, match=message):

@@ -75,6 +75,8 @@ class Baseline:
     proposals_from: name of the RPN baseline whose dumped proposals it trains and tests on.
     weights_from: name of the manifest's pretrained body it starts from (TRAIN.WEIGHTS).
     overrides: extra ``KEY VALUE`` config overrides, after the manifest-wide ones.
+    start_early: its jobs start before the others of their stage (the DAG's scheduling
+        priority); for the baselines with the longest jobs, so that short jobs end the run.
     """
 
     name: str
@@ -86,6 +88,7 @@ class Baseline:
     overrides: tuple = ()
     backbone: str = None
     lr_schd: str = None
+    start_early: bool = False
 
     def __post_init__(self):
         parts = self.name.split("_")
@@ -407,6 +410,9 @@ def parse_manifest(document, source="<manifest>"):
         where = f"{source}: baseline '{name}'"
         if not isinstance(entry, dict) or "config" not in entry or "section" not in entry:
             raise ConfigError(f"{where} needs 'config' and 'section'")
+        if not isinstance(entry.get("start_early", False), bool):
+            raise ConfigError(f"{where}: start_early must be true or false, got "
+                              f"{entry['start_early']!r}")
         if entry["section"] not in SECTIONS:
             raise ConfigError(f"{where}: unknown section '{entry['section']}'; use one of "
                               f"{', '.join(SECTIONS)}")
@@ -416,7 +422,8 @@ def parse_manifest(document, source="<manifest>"):
             proposals_from=entry.get("proposals_from"),
             weights_from=entry.get("weights_from"),
             overrides=_overrides(entry.get("overrides"), where),
-            backbone=entry.get("backbone"), lr_schd=entry.get("lr_schd"))
+            backbone=entry.get("backbone"), lr_schd=entry.get("lr_schd"),
+            start_early=entry.get("start_early", False))
     for baseline in baselines.values():
         if baseline.weights_from is not None and baseline.weights_from not in pretrained:
             raise ConfigError(f"{source}: baseline '{baseline.name}' starts from pretrained body "

@@ -12,6 +12,7 @@ rule evaluate:
         overrides=lambda wildcards: overrides_of(wildcards.baseline),
         eval_dir=lambda wildcards: LAYOUT.eval_dir(wildcards.baseline),
         source=evaluation_source,
+    priority: evaluate_priority
     threads: resource_of("threads")
     resources:
         gpu=lambda wildcards: min(1, ZOO.baseline(wildcards.baseline).resources.gpus),
