@@ -97,16 +97,20 @@ def snakemake(workdir, *args, check=True, timeout=600):
     return proc
 
 
-def planned_jobs(dry_run_output):
-    """(rule, wildcards) of every job a dry run lists, e.g. ('train', 'baseline=rpn_...')."""
-    jobs = set()
+def planned_job_blocks(dry_run_output):
+    """((rule, wildcards), text) of every job a dry run lists, e.g.
+    (('train', 'baseline=rpn_...'), its lines)."""
     for block in re.split(r"\n(?=\[[^\]]+\]\n|rule |localrule )", dry_run_output):
         match = re.search(r"^(?:local)?rule (\S+):", block, re.MULTILINE)
         if not match:
             continue
         wildcards = re.search(r"^\s+wildcards: (.+)$", block, re.MULTILINE)
-        jobs.add((match.group(1), wildcards.group(1).strip() if wildcards else ""))
-    return jobs
+        yield (match.group(1), wildcards.group(1).strip() if wildcards else ""), block
+
+
+def planned_jobs(dry_run_output):
+    """(rule, wildcards) of every job a dry run lists, e.g. ('train', 'baseline=rpn_...')."""
+    return {job for job, _ in planned_job_blocks(dry_run_output)}
 
 
 def edit_config(path):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_workflow_dag import planned_jobs
+from test_workflow_dag import planned_job_blocks, planned_jobs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO_ROOT / "Snakefile")]
@@ -61,13 +61,9 @@ def planned_priorities(dry_run_output):
     """{(rule, wildcards): priority} of the jobs a dry run lists; Snakemake prints only
     priorities other than 0."""
     priorities = {}
-    for block in re.split(r"\n(?=\[[^\]]+\]\n)", dry_run_output):
-        rule = re.search(r"^(?:local)?rule (\S+):", block, re.MULTILINE)
-        wildcards = re.search(r"^\s+wildcards: (.+)$", block, re.MULTILINE)
+    for job, block in planned_job_blocks(dry_run_output):
         priority = re.search(r"^\s+priority: (\S+)$", block, re.MULTILINE)
-        if rule and wildcards:
-            key = (rule.group(1), wildcards.group(1).strip())
-            priorities[key] = float(priority.group(1)) if priority else 0.0
+        priorities[job] = float(priority.group(1)) if priority else 0.0
     return priorities
 
 

@@ -11,7 +11,7 @@ never trimmed, for a 5-9% higher peak RSS.
 
 Other allocators (tcmalloc, jemalloc) keep memory on their own terms; the settings apply
 only under glibc and only when the user has not chosen malloc settings through glibc's
-MALLOC_*_ environment variables.
+MALLOC_*_ environment variables or GLIBC_TUNABLES.
 """
 import ctypes
 import os
