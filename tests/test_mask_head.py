@@ -270,6 +270,35 @@ def test_image_without_fg_rois_gives_zero_loss_but_gradients():
                for p in heads.parameters())
 
 
+def _rois_of_classes(classes):
+    """One image's RoIs: box k is shifted by 3k px; every fg RoI matches gt 0."""
+    n = len(classes)
+    boxes = torch.tensor([[8.0, 8.0, 40.0, 40.0]]) + 3.0 * torch.arange(n, dtype=torch.float32)[:, None]
+    return Instances((64, 64), boxes=boxes, classes=torch.tensor(classes),
+                     matched_gt=torch.zeros(n, dtype=torch.int64))
+
+
+def test_capped_mask_loss_is_the_loss_of_the_first_fg_rois():
+    """MRCNN.MAX_FG_ROIS_PER_IM 2: the loss of RoIs (fg, bg, fg, fg, fg) is the uncapped loss
+    of the first two fg RoIs alone, and an image with fewer fg RoIs keeps them all."""
+    features, _, gt = _one_roi_batch(roi_class=2)
+    features = {"p2": features["p2"].expand(2, -1, -1, -1)}
+    rois = [_rois_of_classes([2, 0, 1, 2, 2]), _rois_of_classes([0, 1])]
+    capped = _tiny_mask_heads()
+    capped.max_fg_rois_per_image = 2
+    _, loss = capped(features, rois, gt * 2)
+    reference = [rois[0][torch.tensor([0, 2])], rois[1][torch.tensor([1])]]
+    _, expected = _tiny_mask_heads()(features, reference, gt * 2)
+    uncapped = _tiny_mask_heads()(features, rois, gt * 2)[1]["loss_mask"]
+    assert loss["loss_mask"].item() == pytest.approx(expected["loss_mask"].item(), rel=1e-6)
+    assert loss["loss_mask"].item() != pytest.approx(uncapped.item(), rel=1e-3)
+
+
+def test_negative_fg_roi_cap_is_a_config_error(reference_dir):
+    with pytest.raises(ConfigError, match="MRCNN.MAX_FG_ROIS_PER_IM"):
+        _build(reference_dir, FPN_1X, ["MRCNN.MAX_FG_ROIS_PER_IM", "-1"])
+
+
 def test_res5_upsample_head_is_trained_through_the_shared_res5():
     res5 = torch.nn.Sequential(torch.nn.Conv2d(8, 12, 3, stride=2, padding=1), torch.nn.ReLU())
     head = MaskRes5UpsampleHead(12, 16, "MSRAFill")

@@ -426,6 +426,10 @@ _C.MRCNN.CONV_INIT = "GaussianFill"
 _C.MRCNN.CLS_SPECIFIC_MASK = True
 # Weight of the mask loss
 _C.MRCNN.WEIGHT_LOSS_MASK = 1.0
+# Train the mask head on at most this many fg RoIs per image (0: all of them, as Detectron).
+# The box head's sampler draws fg RoIs in random order, so the first ones are a uniform
+# sample; a cap keeps the mask head's cost fixed when TRAIN.FG_FRACTION rises.
+_C.MRCNN.MAX_FG_ROIS_PER_IM = 0
 # Threshold that binarizes soft masks
 _C.MRCNN.THRESH_BINARIZE = 0.5
 

@@ -285,11 +285,12 @@ class MaskROIHeads(nn.Module):
     names to pool from. cls_specific: one mask per class (predictor channels = classes) rather
     than one class-agnostic mask. shared_res5: the res5 stage of the box head (v0upshare),
     applied to the pooled features before ``head``; its weights are the box head's.
-    loss_weight: MRCNN.WEIGHT_LOSS_MASK.
+    loss_weight: MRCNN.WEIGHT_LOSS_MASK. max_fg_rois_per_image: MRCNN.MAX_FG_ROIS_PER_IM, the
+    number of fg RoIs per image the loss uses (0: all).
     """
 
     def __init__(self, pooler, head, predictor, in_features, cls_specific=True, *,
-                 shared_res5=None, loss_weight=1.0):
+                 shared_res5=None, loss_weight=1.0, max_fg_rois_per_image=0):
         super().__init__()
         self.pooler = pooler
         self.head = head
@@ -298,6 +299,7 @@ class MaskROIHeads(nn.Module):
         self.cls_specific = cls_specific
         self.shared_res5 = shared_res5
         self.loss_weight = loss_weight
+        self.max_fg_rois_per_image = max_fg_rois_per_image
 
     def mask_logits(self, features, boxes_per_image):
         """features: {name: (N, C, H, W)}; boxes_per_image: [(Ni, 4)] -> (sum Ni, C', M, M)."""
@@ -322,14 +324,19 @@ class MaskROIHeads(nn.Module):
         """Predictor channel of each RoI: its class, or 0 for a class-agnostic mask."""
         return classes if self.cls_specific else torch.zeros_like(classes)
 
+    def _fg_rois(self, rois):
+        """An image's fg RoIs, the first ``max_fg_rois_per_image`` of them if capped."""
+        fg_rois = rois[rois.classes > 0]
+        return fg_rois[:self.max_fg_rois_per_image] if self.max_fg_rois_per_image else fg_rois
+
     def loss(self, features, rois, gt_instances):
-        """Mask loss over the fg RoIs of every image.
+        """Mask loss over the fg RoIs of every image (at most ``max_fg_rois_per_image``).
 
         An image without fg RoIs contributes one RoI whose targets are all ignored (as
         Detectron's roi_data does), so the loss stays connected to every mask weight.
         """
         has_fg = [bool((r.classes > 0).any()) for r in rois]
-        mask_rois = [r[r.classes > 0] if fg else r[:1] for r, fg in zip(rois, has_fg)]
+        mask_rois = [self._fg_rois(r) if fg else r[:1] for r, fg in zip(rois, has_fg)]
         logits = self.mask_logits(features, [r.boxes for r in mask_rois])
         resolution = logits.shape[-1]
         targets = []
@@ -436,6 +443,9 @@ def build_mask_roi_heads(cfg, backbone_out_channels, backbone_strides, box_head=
     if cfg.MODEL.NUM_CLASSES < 2:
         raise ConfigError(f"MODEL.NUM_CLASSES is {cfg.MODEL.NUM_CLASSES}; set it to the number "
                           "of object classes plus one for background")
+    if m.MAX_FG_ROIS_PER_IM < 0:
+        raise ConfigError(f"MRCNN.MAX_FG_ROIS_PER_IM is {m.MAX_FG_ROIS_PER_IM}; set it to the "
+                          "number of fg RoIs per image the mask head trains on, or 0 for all")
     in_features = roi_feature_names(cfg, backbone_out_channels)
     head_in_channels = backbone_out_channels[in_features[0]]
     feature_size = m.ROI_XFORM_RESOLUTION
@@ -470,4 +480,5 @@ def build_mask_roi_heads(cfg, backbone_out_channels, backbone_strides, box_head=
         predictor = MaskPredictor(head.out_channels, num_masks, weight_fill, m.UPSAMPLE_RATIO)
     pooler = roi_pooler_from_config(cfg, m, [backbone_strides[name] for name in in_features])
     return MaskROIHeads(pooler, head, predictor, in_features, m.CLS_SPECIFIC_MASK,
-                        shared_res5=shared_res5, loss_weight=m.WEIGHT_LOSS_MASK)
+                        shared_res5=shared_res5, loss_weight=m.WEIGHT_LOSS_MASK,
+                        max_fg_rois_per_image=m.MAX_FG_ROIS_PER_IM)
