@@ -2,8 +2,23 @@
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
+
+
+def _new_file_beside(path):
+    """Create an empty, uniquely named temporary file beside ``path``; returns (fd, its path).
+
+    It gets the permissions a plain open() would give (0o666 less the umask), so results
+    stay readable by the teammates and services that a shared results directory serves;
+    tempfile.mkstemp would make every output private (0o600).
+    """
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
 
 
 @contextlib.contextmanager
@@ -15,7 +30,7 @@ def atomic_write(path, mode="w", **open_kwargs):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _new_file_beside(path)
     try:
         with os.fdopen(fd, mode, **open_kwargs) as f:
             yield f
