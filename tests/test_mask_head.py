@@ -227,11 +227,12 @@ def test_fixed_bilinear_upsampling_matches_torch_interpolate_inside():
 
 
 # ---- training -------------------------------------------------------------------------------
-def _tiny_mask_heads(head=None):
+def _tiny_mask_heads(head=None, max_fg_rois_per_image=0):
     torch.manual_seed(0)
     head = head or MaskConvUpsampleHead(8, 2, 16, weight_fill="MSRAFill")
     return MaskROIHeads(RoIPooler(7, [4], sampling_ratio=2), head,
-                        MaskPredictor(head.out_channels, 3, "MSRAFill"), ["p2"])
+                        MaskPredictor(head.out_channels, 3, "MSRAFill"), ["p2"],
+                        max_fg_rois_per_image=max_fg_rois_per_image)
 
 
 def _one_roi_batch(roi_class):
@@ -273,7 +274,8 @@ def test_image_without_fg_rois_gives_zero_loss_but_gradients():
 def _rois_of_classes(classes):
     """One image's RoIs: box k is shifted by 3k px; every fg RoI matches gt 0."""
     n = len(classes)
-    boxes = torch.tensor([[8.0, 8.0, 40.0, 40.0]]) + 3.0 * torch.arange(n, dtype=torch.float32)[:, None]
+    shifts = 3.0 * torch.arange(n, dtype=torch.float32)[:, None]
+    boxes = torch.tensor([[8.0, 8.0, 40.0, 40.0]]) + shifts
     return Instances((64, 64), boxes=boxes, classes=torch.tensor(classes),
                      matched_gt=torch.zeros(n, dtype=torch.int64))
 
@@ -284,9 +286,7 @@ def test_capped_mask_loss_is_the_loss_of_the_first_fg_rois():
     features, _, gt = _one_roi_batch(roi_class=2)
     features = {"p2": features["p2"].expand(2, -1, -1, -1)}
     rois = [_rois_of_classes([2, 0, 1, 2, 2]), _rois_of_classes([0, 1])]
-    capped = _tiny_mask_heads()
-    capped.max_fg_rois_per_image = 2
-    _, loss = capped(features, rois, gt * 2)
+    _, loss = _tiny_mask_heads(max_fg_rois_per_image=2)(features, rois, gt * 2)
     reference = [rois[0][torch.tensor([0, 2])], rois[1][torch.tensor([1])]]
     _, expected = _tiny_mask_heads()(features, reference, gt * 2)
     uncapped = _tiny_mask_heads()(features, rois, gt * 2)[1]["loss_mask"]
