@@ -6,7 +6,12 @@ import torch
 from torch import nn
 
 from detectron_lib.config import get_default_cfg
-from detectron_lib.engine.optim import build_optimizer, lr_schedule_from_cfg, set_lr
+from detectron_lib.engine.optim import (
+    build_optimizer,
+    lr_schedule_from_cfg,
+    parameter_groups,
+    set_lr,
+)
 from detectron_lib.errors import ConfigError
 
 
@@ -63,6 +68,35 @@ def test_parameter_groups_follow_detectron():
     assert groups["weights"]["weight_decay"] == 1e-4 and groups["biases"]["weight_decay"] == 0.0
     set_lr(opt, 0.01)
     assert groups["biases"]["lr"] == pytest.approx(0.02) and groups["weights"]["lr"] == pytest.approx(0.01)
+
+
+def test_fused_sgd_on_cpu_matches_the_per_op_loop_bit_for_bit():
+    """The solver's fused step gives the weights of torch's reference SGD loop, with Detectron's
+    groups (weight decay, double bias LR), a frozen parameter and one without a gradient."""
+    def trained(fused, steps=5):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4), nn.Flatten(), nn.Linear(64, 2),
+                              nn.Linear(2, 2))
+        model[0].weight.requires_grad_(False)
+        cfg = get_default_cfg()
+        cfg.SOLVER.WEIGHT_DECAY = 1e-2
+        if fused:
+            opt = build_optimizer(cfg, model)
+            assert all(group["fused"] for group in opt.param_groups)
+        else:
+            opt = torch.optim.SGD(parameter_groups(model, 1e-2, cfg.SOLVER.WEIGHT_DECAY_GN),
+                                  lr=0.0, momentum=cfg.SOLVER.MOMENTUM, foreach=False)
+        inputs = torch.randn(8, 3, 6, 6, generator=torch.Generator().manual_seed(1))
+        for it in range(steps):
+            set_lr(opt, 0.01 / (it + 1))
+            opt.zero_grad(set_to_none=True)
+            model[:4](inputs).square().mean().backward()  # model[4] gets no gradient
+            opt.step()
+        return [p.detach().clone() for p in model.parameters()]
+
+    fused, reference, initial = trained(True), trained(False), trained(True, steps=0)
+    assert all(torch.equal(p, q) and torch.isfinite(p).all() for p, q in zip(fused, reference))
+    assert not all(torch.equal(p, q) for p, q in zip(fused, initial))
 
 
 def test_resume_from_a_snapshot_of_another_layout_names_the_file(tmp_path):

@@ -28,7 +28,7 @@ from detectron_lib import ops
 from detectron_lib.data.catalog import register_datasets_from_cfg
 from detectron_lib.data.loader import load_datasets
 from detectron_lib.data.transforms import normalize_image, read_image_bgr
-from detectron_lib.engine.optim import lr_at_iter, parameter_groups, set_lr
+from detectron_lib.engine.optim import lr_at_iter, parameter_groups, set_lr, sgd
 from detectron_lib.engine.trainer import resolve_device
 from detectron_lib.errors import ConfigError
 from detectron_lib.modeling.backbone import body_features, detectron_blob_names
@@ -223,9 +223,8 @@ def pretrain_backbone(cfg, output_file, log_period=20):
     sampler, categories = _sampler(cfg, datasets, cfg.RNG_SEED)
     device = resolve_device(cfg.DEVICE)
     model = build_body_classifier(cfg, len(categories.names) + 1).to(device)
-    optimizer = torch.optim.SGD(
-        parameter_groups(model, p.WEIGHT_DECAY, cfg.SOLVER.WEIGHT_DECAY_GN), lr=p.BASE_LR,
-        momentum=cfg.SOLVER.MOMENTUM)
+    optimizer = sgd(parameter_groups(model, p.WEIGHT_DECAY, cfg.SOLVER.WEIGHT_DECAY_GN),
+                    lr=p.BASE_LR, momentum=cfg.SOLVER.MOMENTUM)
     schedule = dict(policy="cosine_decay", base_lr=p.BASE_LR, gamma=0.0, step_size=0, steps=(),
                     lrs=(), max_iter=p.MAX_ITER, warm_up_iters=p.WARM_UP_ITERS,
                     warm_up_factor=cfg.SOLVER.WARM_UP_FACTOR, warm_up_method="linear")
