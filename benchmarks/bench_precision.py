@@ -13,7 +13,7 @@ import torch
 from detectron_lib.config import load_config
 from detectron_lib.data.loader import build_train_loader
 from detectron_lib.modeling.meta_arch import build_model
-from timing import bench_args, compare
+from timing import bench_args, compare, sgd_iteration
 
 DEFAULT_CONFIG = "configs/shapes/e2e_faster_rcnn_R-18-FPN_1x.yaml"
 PRECISION_KEYS = {"body": "MODEL.BODY_PRECISION", "heads": "MODEL.HEAD_PRECISION"}
@@ -25,14 +25,7 @@ def training_step(config, key, precision, batch):
     model = build_model(cfg).train()
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4,
                                 momentum=0.9)
-    inputs = batch.model_inputs("cpu")
-
-    def step():
-        losses = model(**inputs)
-        optimizer.zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
-        optimizer.step()
-    return step
+    return sgd_iteration(model, batch.model_inputs("cpu"), optimizer)
 
 
 def main():

@@ -14,7 +14,7 @@ from detectron_lib.config import load_config
 from detectron_lib.data.loader import build_train_loader
 from detectron_lib.engine.optim import parameter_groups, sgd
 from detectron_lib.modeling.meta_arch import build_model
-from timing import bench_args, compare
+from timing import bench_args, compare, sgd_iteration
 
 DEFAULT_CONFIGS = (
     "configs/shapes/e2e_faster_rcnn_VGG16_1x.yaml",
@@ -51,16 +51,9 @@ def main():
         print(f"{config}: {weights / 1e6:.1f}M trained weights")
         compare("optimizer step", ours.step, reference.step, repeats=args.repeats,
                 reference="per-op SGD")
-
-        def training_step(optimizer):
-            def step():
-                losses = model(**inputs)
-                optimizer.zero_grad(set_to_none=True)
-                sum(losses.values()).backward()
-                optimizer.step()
-            return step
-        compare("training step", training_step(ours), training_step(reference),
-                repeats=args.repeats, reference="per-op SGD")
+        compare("training step", sgd_iteration(model, inputs, ours),
+                sgd_iteration(model, inputs, reference), repeats=args.repeats,
+                reference="per-op SGD")
 
 
 if __name__ == "__main__":

@@ -62,3 +62,14 @@ def bench_args(description, repeats, extra=lambda parser: None):
 def setup_threads(threads):
     torch.set_num_threads(threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+
+
+def sgd_iteration(model, inputs, optimizer):
+    """A callable running one training iteration of ``model`` on the keyword ``inputs``:
+    forward, the sum of its losses backward, and an ``optimizer`` step."""
+    def step():
+        losses = model(**inputs)
+        optimizer.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        optimizer.step()
+    return step
