@@ -98,7 +98,7 @@ def parameter_groups(model, weight_decay, weight_decay_gn, bias_lr_factor=2.0, b
 
 # Devices with PyTorch's fused SGD kernel: one pass over each parameter, its gradient and its
 # momentum buffer instead of one per arithmetic op. The update is the same up to float rounding
-# (a few weights 1 ulp apart), enough for a chaotic training run to end elsewhere.
+# (a few weights a few ulps apart), enough for a chaotic training run to end elsewhere.
 FUSED_SGD_DEVICES = ("cpu", "cuda")
 
 
