@@ -76,8 +76,8 @@ def test_fused_sgd_on_cpu_matches_the_per_op_loop():
     one without a gradient."""
     def trained(fused, steps=5):
         torch.manual_seed(0)
-        model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4), nn.Flatten(), nn.Linear(64, 2),
-                              nn.Linear(2, 2))
+        model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4), nn.Flatten(),
+                              nn.Linear(64, 2), nn.Linear(2, 2))
         model[0].weight.requires_grad_(False)
         cfg = get_default_cfg()
         cfg.SOLVER.WEIGHT_DECAY = 1e-2
@@ -85,8 +85,8 @@ def test_fused_sgd_on_cpu_matches_the_per_op_loop():
             opt = build_optimizer(cfg, model)
             assert all(group["fused"] for group in opt.param_groups)
         else:
-            opt = torch.optim.SGD(parameter_groups(model, 1e-2, cfg.SOLVER.WEIGHT_DECAY_GN),
-                                  lr=0.0, momentum=cfg.SOLVER.MOMENTUM, foreach=False)
+            groups = parameter_groups(model, cfg.SOLVER.WEIGHT_DECAY, cfg.SOLVER.WEIGHT_DECAY_GN)
+            opt = torch.optim.SGD(groups, lr=0.0, momentum=cfg.SOLVER.MOMENTUM, foreach=False)
         inputs = torch.randn(8, 3, 6, 6, generator=torch.Generator().manual_seed(1))
         for it in range(steps):
             set_lr(opt, 0.01 / (it + 1))

@@ -99,7 +99,7 @@ def parameter_groups(model, weight_decay, weight_decay_gn, bias_lr_factor=2.0, b
 # Devices with PyTorch's fused SGD kernel: one pass over each parameter, its gradient and its
 # momentum buffer instead of one per arithmetic op. The update is the same up to float rounding
 # (a few weights a few ulps apart), enough for a chaotic training run to end elsewhere.
-FUSED_SGD_DEVICES = ("cpu", "cuda")
+FUSED_SGD_DEVICES = frozenset(("cpu", "cuda"))
 
 
 def sgd(groups, lr, momentum):
@@ -109,7 +109,7 @@ def sgd(groups, lr, momentum):
     it matters most for VGG16's 120M-weight fc head, a fifth of whose training step it was.
     """
     devices = {param.device.type for group in groups for param in group["params"]}
-    fused = bool(devices) and devices <= set(FUSED_SGD_DEVICES)
+    fused = bool(devices) and devices <= FUSED_SGD_DEVICES
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, fused=fused)
 
 
