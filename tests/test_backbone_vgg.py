@@ -4,10 +4,13 @@ Reference: torchvision's VGG16 feature extractor (torchvision.models.vgg.make_la
 without its last max-pool (Detectron has no pool5), given the same weights; for the head, the
 fc6 -> ReLU -> fc7 -> ReLU composition written out with torch.nn.functional.
 """
+import pytest
 import torch
 from torch.nn import functional as F
 from torchvision.models import vgg
 
+from detectron_lib.config import load_config
+from detectron_lib.modeling.backbone.build import build_backbone
 from detectron_lib.modeling.backbone.layers import detectron_blob_names
 from detectron_lib.modeling.backbone.norms import GROUP_NORM, NormSpec
 from detectron_lib.modeling.backbone.vgg import VGG16Body, VGG16RoIHead
@@ -41,6 +44,16 @@ def test_vgg16_freezes_conv1_and_conv2_as_detectron():
     assert {blobs[name] for name in frozen} == {
         f"conv{b}_{i}_{kind}" for b in (1, 2) for i in (1, 2) for kind in ("w", "b")
     }
+
+
+@pytest.mark.parametrize("body_name", ["VGG16.add_VGG16_conv5_body",
+                                       "VGG16.add_VGG16_gn_conv5_body"])
+@pytest.mark.parametrize("freeze_at", [0, 2, 4])
+def test_vgg16_bodies_freeze_the_conv_blocks_up_to_train_freeze_at(body_name, freeze_at):
+    cfg = load_config(None, ["MODEL.CONV_BODY", body_name, "TRAIN.FREEZE_AT", str(freeze_at)])
+    body = build_backbone(cfg)
+    frozen_blocks = [all(not p.requires_grad for p in block.parameters()) for block in body.blocks]
+    assert frozen_blocks == [index < freeze_at for index in range(5)]
 
 
 def test_vgg16_roi_head_is_fc6_fc7_with_relu():

@@ -314,6 +314,8 @@ def test_unknown_function_name_fails_at_load_with_closest_name():
         (["TEST.DATASETS", "('a',)"], "TEST.PROPOSAL_FILES needs one file per entry"),
         (["MODEL.CONV_BODY", "ResNet.add_ResNet50_conv4_body", "TRAIN.FREEZE_AT", "1"],
          "TRAIN.FREEZE_AT must be one of"),
+        (["MODEL.CONV_BODY", "VGG16.add_VGG16_conv5_body", "TRAIN.FREEZE_AT", "6"],
+         "TRAIN.FREEZE_AT must be between 0 and 5"),
         (["PIXEL_MEANS", "(1.0, 2.0)"], "PIXEL_MEANS must be three numbers"),
     ],
 )

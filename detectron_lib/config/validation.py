@@ -29,6 +29,7 @@ CHOICE_KEYS = {
 
 # Stages after which ResNet backbones can stop gradients (0: train everything).
 _RESNET_FREEZE_AT_STAGES = (0, 2, 3, 4, 5)
+_VGG16_CONV_BLOCKS = 5
 
 
 def finalize(cfg):
@@ -112,6 +113,11 @@ def _check_backbone_freezing(cfg):
         raise ConfigError(
             f"TRAIN.FREEZE_AT must be one of {_RESNET_FREEZE_AT_STAGES} for a ResNet backbone, "
             f"got {cfg.TRAIN.FREEZE_AT}"
+        )
+    if "VGG16" in cfg.MODEL.CONV_BODY and not 0 <= cfg.TRAIN.FREEZE_AT <= _VGG16_CONV_BLOCKS:
+        raise ConfigError(
+            f"TRAIN.FREEZE_AT must be between 0 and {_VGG16_CONV_BLOCKS} (the conv blocks frozen) "
+            f"for a VGG16 backbone, got {cfg.TRAIN.FREEZE_AT}"
         )
 
 

@@ -185,15 +185,16 @@ for _depth in RESNET_BLOCK_COUNTS:
 
 @CONV_BODY.register("VGG16.add_VGG16_conv5_body")
 def vgg16_body_from_config(cfg):
-    """VGG16 conv5 body; conv1/conv2 are always frozen, as Detectron (TRAIN.FREEZE_AT unused)."""
-    return VGG16Body()
+    """VGG16 conv5 body; conv blocks 1..TRAIN.FREEZE_AT are frozen (the default 2 is Detectron's
+    gradient stop at pool2)."""
+    return VGG16Body(frozen_blocks=cfg.TRAIN.FREEZE_AT)
 
 
 @CONV_BODY.register("VGG16.add_VGG16_gn_conv5_body")
 def vgg16_gn_body_from_config(cfg):
     """VGG16 conv5 body with GroupNorm (GROUP_NORM.*) after every conv (this project's, for
-    training from scratch); conv1/conv2 frozen as in Detectron's VGG16."""
-    return VGG16Body(norm=group_norm_spec(cfg))
+    training from scratch, where TRAIN.FREEZE_AT 0 trains every block)."""
+    return VGG16Body(frozen_blocks=cfg.TRAIN.FREEZE_AT, norm=group_norm_spec(cfg))
 
 
 @ROI_BOX_HEAD.register("ResNet.add_ResNet_roi_conv5_head")
