@@ -32,6 +32,10 @@ TORCH_LIBRARY(detectron, m) {
   m.def("_ps_roi_pool_backward(Tensor grad, Tensor rois, float spatial_scale, "
         "int pooled_height, int pooled_width, SymInt batch_size, SymInt channels, "
         "SymInt height, SymInt width) -> Tensor");
+  m.def("max_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding) "
+        "-> (Tensor, Tensor)");
+  m.def("_max_pool2d_backward(Tensor grad, Tensor argmax, SymInt height, SymInt width) "
+        "-> Tensor");
   m.def("nms(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor");
   m.def("batched_nms(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold) -> Tensor");
   m.def("soft_nms(Tensor boxes, Tensor scores, int method, float sigma, float iou_threshold, "

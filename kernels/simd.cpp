@@ -3,13 +3,6 @@
 #include <algorithm>
 #include <limits>
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define DETECTRON_MULTI_ISA \
-  __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define DETECTRON_MULTI_ISA
-#endif
-
 namespace detectron {
 
 namespace {

@@ -2,10 +2,18 @@
 //
 // setup.py compiles without -march, so these few hot loops are built for several
 // instruction sets (AVX-512F, AVX2, baseline SSE2) and the loader picks the best one the
-// CPU supports at run time (GCC target_clones / ifunc).
+// CPU supports at run time (GCC target_clones / ifunc). Other kernels mark their own hot
+// loops (non-template functions) with DETECTRON_MULTI_ISA the same way.
 #pragma once
 
 #include <cstdint>
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define DETECTRON_MULTI_ISA \
+  __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define DETECTRON_MULTI_ISA
+#endif
 
 namespace detectron {
 

@@ -315,8 +315,8 @@ def test_roi_head_runs_res5_in_body_precision():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("height,width", [(16, 24), (15, 9), (1, 2)])
 def test_stem_max_pool_is_max_pool2d(dtype, height, width):
-    """The stem's fast 3x3/2 max-pool equals F.max_pool2d bit for bit (odd, even and tiny
-    sizes, negative values at the padded border); with autograd it is max_pool2d itself."""
+    """The stem's 3x3/2 max-pool (the compiled kernel on the CPU) equals F.max_pool2d bit for
+    bit (odd, even and tiny sizes, negative values at the padded border), gradients too."""
     x = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(0)).to(dtype)
     expected = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
     assert torch.equal(max_pool_3x3_s2(x), expected)

@@ -10,6 +10,7 @@ this package warns and falls back to the references.
 from detectron_lib.ops._backend import KERNELS_ERROR, get_backend, set_backend
 from detectron_lib.ops.boxes import batched_nms, box_iou, box_voting, nms, soft_nms
 from detectron_lib.ops.masks import paste_masks
+from detectron_lib.ops.pooling import max_pool2d
 from detectron_lib.ops.roi_ops import (
     boxes_to_rois,
     multilevel_roi_align,
@@ -29,6 +30,7 @@ __all__ = [
     "box_voting",
     "boxes_to_rois",
     "get_backend",
+    "max_pool2d",
     "multilevel_roi_align",
     "nms",
     "paste_masks",

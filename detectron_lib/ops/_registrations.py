@@ -111,6 +111,40 @@ def _roi_pool_grad(ctx, grad, grad_argmax):
 
 torch.library.register_autograd("detectron::roi_pool", _roi_pool_grad, setup_context=_roi_pool_setup)
 
+# ---- Max-pool -----------------------------------------------------------------------------
+
+
+def _pooled_size(size, kernel, stride, padding):
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+@_fake("max_pool2d")
+def _max_pool2d_fake(input, kernel_size, stride, padding):
+    shape = (input.size(0), input.size(1),
+             *(_pooled_size(input.size(d + 2), kernel_size[d], stride[d], padding[d]) for d in range(2)))
+    return input.new_empty(shape), input.new_empty(shape, dtype=torch.int32)
+
+
+@_fake("_max_pool2d_backward")
+def _max_pool2d_backward_fake(grad, argmax, height, width):
+    return grad.new_empty((grad.size(0), grad.size(1), height, width))
+
+
+def _max_pool2d_setup(ctx, inputs, output):
+    ctx.save_for_backward(output[1])
+    ctx.mark_non_differentiable(output[1])
+    ctx.input_size = inputs[0].shape[2:]
+
+
+def _max_pool2d_grad(ctx, grad, grad_argmax):
+    (argmax,) = ctx.saved_tensors
+    return torch.ops.detectron._max_pool2d_backward(grad, argmax, *ctx.input_size), None, None, None
+
+
+torch.library.register_autograd(
+    "detectron::max_pool2d", _max_pool2d_grad, setup_context=_max_pool2d_setup
+)
+
 # ---- Position-sensitive RoIAlign / RoIPool ------------------------------------------------
 
 

@@ -11,6 +11,7 @@ from collections import OrderedDict
 from torch import nn
 from torch.nn import functional as F
 
+from detectron_lib import ops
 from detectron_lib.modeling.backbone.layers import FC, Conv2dNorm, freeze_
 from detectron_lib.modeling.backbone.precision import run_in_precision
 
@@ -53,7 +54,7 @@ class VGG16Body(nn.Module):
             for conv in convs:
                 x = F.relu(conv(x))
             if index < len(self.blocks) - 1:
-                x = F.max_pool2d(x, kernel_size=2, stride=2)
+                x = ops.max_pool2d(x, kernel_size=2, stride=2)
         return OrderedDict(conv5_3=x)
 
 
