@@ -299,12 +299,14 @@ at::Tensor max_pool2d_backward(const at::Tensor& grad, const at::Tensor& argmax,
   const int64_t planes = grad.size(0) * grad.size(1);
   const int64_t in_plane = height * width;
   const int64_t out_plane = grad.size(2) * grad.size(3);
+  // Batches of about 32K input pixels per task.
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(in_plane, 1));
   dispatch_pool_type(grad.scalar_type(), [&](auto tag) {
     using scalar_t = decltype(tag);
     const scalar_t* g = grad_c.data_ptr<scalar_t>();
     const int32_t* arg = argmax_c.data_ptr<int32_t>();
     scalar_t* gi = grad_input.data_ptr<scalar_t>();
-    at::parallel_for(0, planes, std::max<int64_t>(1, 32768 / std::max<int64_t>(in_plane, 1)), [&](int64_t first, int64_t last) {
+    at::parallel_for(0, planes, grain, [&](int64_t first, int64_t last) {
       for (int64_t p = first; p < last; ++p) {
         scalar_t* plane = gi + p * in_plane;
         std::fill(plane, plane + in_plane, scalar_t(0));

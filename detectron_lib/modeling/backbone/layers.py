@@ -116,10 +116,7 @@ def max_pool_3x3_s2(x):
 
     Same outputs and gradients bit for bit. On the CPU it is a compiled kernel, with or
     without autograd: 10x faster than PyTorch's NCHW max-pool forward (5.2 vs 51 ms for a
-    4x64x128x192 bfloat16 map on one thread; forward + backward 8.7 vs 55 ms). Without
-    autograd it also beats the separable maxima of strided slices used here before on
-    detection-size maps (0.9 vs 1.4 ms for 64x128x192); on 64x64x24x24 crops it is a little
-    slower (3.1 vs 2.7 ms), but the kernel also returns the argmax.
+    4x64x128x192 bfloat16 map on one thread; forward + backward 8.7 vs 55 ms).
     """
     return ops.max_pool2d(x, 3, stride=2, padding=1)
 
