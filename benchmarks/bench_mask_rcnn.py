@@ -182,7 +182,7 @@ def inference_sides(images, weights, precision):
     def theirs():
         model = torchvision_mask_rcnn(height, max_side, box_score_thresh=0.0,
                                       box_detections_per_img=100)
-        model.load_state_dict(torch.load(weights), strict=False)
+        model.load_state_dict(torch.load(weights, weights_only=True), strict=False)
         model.eval()
 
         def run(rgb):
@@ -231,7 +231,7 @@ def training_sides(num_images, weights, precision, shapes=False):
         else:
             model = torchvision_mask_rcnn(*TRAIN_SIZE[:1], 1333)
             if weights:
-                model.load_state_dict(torch.load(weights), strict=False)
+                model.load_state_dict(torch.load(weights, weights_only=True), strict=False)
         model.train()
         optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad],
                                     lr=1e-4, momentum=0.9, weight_decay=1e-4)

@@ -4,13 +4,18 @@ The file holds a dict of parallel lists, one item per image:
     boxes:  (P_i, 4) float32, x1y1x2y2 in original image pixels
     scores: (P_i,) float32
     ids:    image ids (Detectron's older files call this list 'indexes')
-Files written by Detectron under Python 2 unpickle with encoding='latin1'.
+Files are data, never code: they are read with the restricted unpickler of utils.safe_pickle,
+which builds only numpy arrays of plain dtypes, numbers, strings and containers and refuses
+anything else (naming the file and the object) before it runs. Files written by Detectron
+under Python 2 read with encoding='latin1'; ``save_proposals`` writes this same layout (lists
+of float32 arrays, ids as ints or strings, pickle protocol 4), which that unpickler reads.
 """
 import pickle
 
 import numpy as np
 
 from detectron_lib.errors import DatasetError
+from detectron_lib.utils import safe_pickle
 from detectron_lib.utils.io import atomic_write
 
 
@@ -18,11 +23,14 @@ def load_proposals(path):
     """Read a proposal file. Returns {image_id: (boxes (P, 4) float32, scores (P,) float32)}."""
     try:
         with open(path, "rb") as f:
-            data = pickle.load(f, encoding="latin1")
+            data = safe_pickle.load(f, encoding="latin1")
+    except safe_pickle.RefusedObject as e:
+        raise DatasetError(safe_pickle.refusal_message(path, e.what, "proposal file")) from None
     except FileNotFoundError:
         raise DatasetError(f"proposal file {path} not found; produce it with `detectron "
                            f"proposals` or fix TRAIN.PROPOSAL_FILES / TEST.PROPOSAL_FILES") from None
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError) as e:
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError,
+            TypeError, IndexError, KeyError) as e:
         raise DatasetError(f"proposal file {path} is not a readable pickle: {e}") from None
     if not isinstance(data, dict):
         raise DatasetError(f"proposal file {path} must hold a dict with boxes, scores and ids")
@@ -70,9 +78,11 @@ def attach_proposals(records, proposals, top_k, source="proposals", legacy_plus_
 
 
 def save_proposals(path, boxes, scores, ids):
-    """Write proposals in Detectron's layout, atomically.
+    """Write proposals in Detectron's layout, atomically: a pickle (protocol 4) of only a
+    dict of lists of float32 arrays and ids, which ``load_proposals`` reads as data.
 
-    boxes: list of (P_i, 4) arrays; scores: list of (P_i,) arrays; ids: list of image ids.
+    boxes: list of (P_i, 4) arrays; scores: list of (P_i,) arrays; ids: list of image ids
+    (ints or strings).
     """
     if not len(boxes) == len(scores) == len(ids):
         raise ValueError("boxes, scores and ids must have one entry per image")
@@ -82,7 +92,7 @@ def save_proposals(path, boxes, scores, ids):
         "ids": [_plain_id(i) for i in ids],
     }
     with atomic_write(path, "wb") as f:
-        pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.dump(data, f, protocol=4)
 
 
 def _plain_id(image_id):

@@ -30,10 +30,13 @@ heads), class-dependent predictors of another shape are skipped for fine-tuning,
 mis-shaped tensors are an error. File tensors nothing takes are listed in a warning (or, for
 our own checkpoints in inference, an error).
 
-Only load files you trust: Detectron's and detectron2's .pkl files are Python pickles.
+Files are data, never code: .pkl files go through a restricted unpickler
+(utils.safe_pickle: numpy arrays of plain dtypes, numbers, strings, lists, tuples, dicts) and
+torch files through ``torch.load(weights_only=True)``; a file holding anything else (a
+function, a class, an array of Python objects) is refused with a CheckpointRefusedError naming
+the file and the object, and nothing of it runs.
 """
 import logging
-import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,9 +45,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from detectron_lib.engine.checkpoint import CheckpointError
+from detectron_lib.engine.checkpoint import CheckpointError, CheckpointRefusedError, load_torch_file
 from detectron_lib.modeling.backbone.layers import Conv2dNorm
 from detectron_lib.modeling.backbone.norms import FrozenBatchNorm2d
+from detectron_lib.utils import safe_pickle
 from detectron_lib.utils.download import DownloadError, cached_path
 
 logger = logging.getLogger(__name__)
@@ -119,16 +123,24 @@ def read_weights_file(path):
 
 
 def _load_object(path):
-    """The object stored in ``path``: a torch.save zip or legacy file, or a (Python 2) pickle."""
+    """The data stored in ``path``: a torch.save zip or legacy file (torch.load with
+    weights_only=True), or a (Python 2) pickle (the restricted unpickler of utils.safe_pickle).
+    Anything but data in it: a CheckpointRefusedError naming the file and the object."""
     with open(path, "rb") as f:
         is_zip = f.read(4) == b"PK\x03\x04"
     try:
         if not is_zip:
             with open(path, "rb") as f:
-                obj = pickle.load(f, encoding="latin1")
+                obj = safe_pickle.load(f, encoding="latin1")
             if not isinstance(obj, int):  # torch.save's legacy format starts with a magic int
                 return obj
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return load_torch_file(path, "weights file")
+    except safe_pickle.RefusedObject as e:
+        raise CheckpointRefusedError(safe_pickle.refusal_message(path, e.what, "weights file")) from None
+    except CheckpointRefusedError:
+        raise
+    except CheckpointError as e:  # load_torch_file's, which names the file already
+        raise CheckpointError(f"{e}; expected a .pkl or .pth checkpoint") from e
     except Exception as e:  # truncated, or not a weights file at all: say which file
         raise CheckpointError(f"weights file '{path}' cannot be read ({type(e).__name__}: {e}); "
                               "expected a .pkl or .pth checkpoint") from e

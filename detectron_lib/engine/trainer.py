@@ -18,8 +18,9 @@ from detectron_lib.data.loader import build_train_loader
 from detectron_lib.engine.checkpoint import (
     FINAL_NAME,
     CheckpointError,
+    CheckpointRefusedError,
     load_checkpoint,
-    latest_checkpoint,
+    load_latest_checkpoint,
     save_checkpoint,
     set_rng_state,
     snapshot_name,
@@ -54,7 +55,7 @@ def train(cfg, output_dir=None, log_period=20):
     device = resolve_device(cfg.DEVICE)
     dist_info = init_distributed(device.type)
     final_path = output_dir / FINAL_NAME
-    if cfg.TRAIN.AUTO_RESUME and final_path.is_file():
+    if cfg.TRAIN.AUTO_RESUME and _readable(final_path):
         logger.info("%s exists: training already finished", final_path)
         return final_path
 
@@ -136,14 +137,30 @@ def _open_train_log(path, start_iter):
     return open(path, "a")
 
 
+def _readable(checkpoint_path):
+    """Whether a checkpoint exists and loads; one that does not is resumed past (_resume)."""
+    if not checkpoint_path.is_file():
+        return False
+    try:
+        load_checkpoint(checkpoint_path)
+    except CheckpointRefusedError:
+        raise
+    except CheckpointError:
+        return False
+    return True
+
+
 def _resume(cfg, output_dir, model, optimizer):
-    """Restore the latest snapshot when TRAIN.AUTO_RESUME; returns the iteration to start at."""
+    """Restore the latest snapshot when TRAIN.AUTO_RESUME; returns the iteration to start at.
+
+    A newest snapshot (or model_final.pth) that cannot be read is passed over for the newest
+    readable one, with a warning naming both; a file refused as not data stops the run.
+    """
     if not cfg.TRAIN.AUTO_RESUME:
         return 0
-    path = latest_checkpoint(output_dir)
+    path, state = load_latest_checkpoint(output_dir)
     if path is None:
         return 0
-    state = load_checkpoint(path)
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
