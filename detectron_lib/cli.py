@@ -33,10 +33,19 @@ def cmd_config(args):
 
 
 def cmd_data(args):
-    """Materialize a catalog dataset and print its annotation file's path."""
+    """Materialize a catalog dataset and print its annotation file's path; with --verify,
+    check that every image decodes and has its annotated size, and print a summary."""
     from detectron_lib.data.catalog import materialize_dataset
 
-    print(materialize_dataset(args.name, data_root=args.data_root))
+    print(materialize_dataset(args.name, data_root=args.data_root), flush=True)
+    if args.verify:
+        from detectron_lib.data.verify import verify_dataset_images
+
+        checked, decoded = verify_dataset_images(args.name, data_root=args.data_root,
+                                                 recheck=args.recheck)
+        print(f"{args.name}: OK, {checked} images checked: all decode and have their "
+              f"annotated size ({decoded} decoded, {checked - decoded} unchanged since a "
+              f"previous check)")
 
 
 def cmd_train(args):
@@ -116,6 +125,12 @@ def build_parser():
     p.add_argument("name", help="catalog name, e.g. shapes_train, coco_2017_val")
     p.add_argument("--data-root", default=None,
                    help="data root (default: $DETECTRON_DATA_ROOT, else results/data)")
+    p.add_argument("--verify", action="store_true",
+                   help="also decode every image, check its size against the annotation and "
+                        "list all bad files at once (exit status 2 if any); good results are "
+                        "cached beside the annotation file by each image's size and mtime")
+    p.add_argument("--recheck", action="store_true",
+                   help="with --verify: decode every image even if unchanged since a check")
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("train", help="train a model (one process, or one per rank under torchrun)")

@@ -127,13 +127,16 @@ def _load_cfg(cfg_file, overrides):
 
 # -- steps -------------------------------------------------------------------------------------
 def prepare_dataset(name, output, data_root=None, catalog_file=None):
-    """Materialize dataset ``name`` (generate a synthetic one; check a downloaded one) and
-    write ``output``: {"dataset", "annotation_file"}."""
+    """Materialize dataset ``name`` (generate a synthetic one; check a downloaded one), check
+    that every image decodes (data.verify, cached for the training jobs) and write ``output``:
+    {"dataset", "annotation_file"}."""
     from detectron_lib.data.catalog import materialize_dataset, register_datasets_from_yaml
+    from detectron_lib.data.verify import verify_dataset_images
 
     if catalog_file:
         register_datasets_from_yaml(catalog_file)
     annotation_file = materialize_dataset(name, data_root or None)
+    verify_dataset_images(name, data_root or None)
     document = {"dataset": name, "annotation_file": str(annotation_file)}
     write_json_atomic(output, document, indent=1, sort_keys=True)
     return document

@@ -21,6 +21,7 @@ from detectron_lib.data.catalog import get_dataset, register_datasets_from_cfg
 from detectron_lib.data.coco import filter_for_training, load_dataset
 from detectron_lib.data.proposals import attach_proposals, load_proposals
 from detectron_lib.data.transforms import augmentation_for_position, collate_batch, prepare_sample
+from detectron_lib.data.verify import verify_dataset_images
 from detectron_lib.errors import ConfigError, DatasetError
 from detectron_lib.structures.keypoints import flip_permutation
 
@@ -275,18 +276,28 @@ def relabel_with_category_ids(records, categories, num_classes):
     return [dict(record, classes=json_ids[record["classes"]]) for record in records]
 
 
-def build_train_loader(cfg, rank=0, world_size=1, start_iter=0, data_root=None):
+def build_train_loader(cfg, rank=0, world_size=1, start_iter=0, data_root=None,
+                       verify_images=True):
     """The TrainLoader of TRAIN.DATASETS from Detectron's keys (TRAIN.*, DATA_LOADER.NUM_THREADS,
     FPN.*, PIXEL_MEANS, RNG_SEED, DATA_ROOT). Precomputed TRAIN.PROPOSAL_FILES are attached
-    whole, as Detectron did for training (TEST.PROPOSAL_LIMIT applies at test time only)."""
+    whole, as Detectron did for training (TEST.PROPOSAL_LIMIT applies at test time only).
+
+    With ``verify_images`` every training image is decoded once up front (cached per dataset,
+    see data.verify), so that a missing or corrupt image fails here, naming all bad files,
+    and not when training reaches it. Under an initialized process group the ranks share
+    the decoding (``rank``, ``world_size``) and all raise the same error."""
     register_datasets_from_cfg(cfg)
+    data_root = data_root or cfg.DATA_ROOT or None
     records, categories, flip_perm = load_datasets(
-        tuple(cfg.TRAIN.DATASETS), data_root or cfg.DATA_ROOT or None,
+        tuple(cfg.TRAIN.DATASETS), data_root,
         min_area=cfg.TRAIN.GT_MIN_AREA, proposal_files=tuple(cfg.TRAIN.PROPOSAL_FILES),
         proposal_limit=-1, legacy_plus_one=cfg.MODEL.BBOX_LEGACY_PLUS_ONE)
     if cfg.MODEL.LABELS_ARE_CATEGORY_IDS:
         records = relabel_with_category_ids(records, categories, cfg.MODEL.NUM_CLASSES)
-    dataset = TrainingDataset(filter_for_training(records, cfg.MODEL.KEYPOINTS_ON),
+    records = filter_for_training(records, cfg.MODEL.KEYPOINTS_ON)
+    if verify_images:
+        verify_dataset_images(records, data_root, rank=rank, world_size=world_size)
+    dataset = TrainingDataset(records,
                               cfg.TRAIN.SCALES, cfg.TRAIN.MAX_SIZE, cfg.PIXEL_MEANS,
                               cfg.TRAIN.USE_FLIPPED, cfg.RNG_SEED, flip_perm,
                               pixel_stds=cfg.PIXEL_STDS, channel_order=cfg.PIXEL_ORDER,

@@ -19,16 +19,86 @@ from detectron_lib.structures.keypoints import flip_keypoints, scale_keypoints
 from detectron_lib.structures.masks import flip_segm, scale_segm
 
 
+class ImageReadError(DatasetError):
+    """An image file is missing, cannot be decoded, or has pixel values with no known range.
+
+    ``path`` is the file and ``problem`` the short reason ("not found", "cannot be decoded
+    (...)", ...), so that a check of many images can list them all.
+    """
+
+    def __init__(self, path, problem, hint):
+        self.path, self.problem = str(path), problem
+        super().__init__(f"image {path} {problem}; {hint}")
+
+
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+
+
+def image_to_rgb(image):
+    """(H, W, 3) uint8 RGB array of a PIL image, keeping the real range of its pixel values.
+
+    PIL's ``convert("RGB")`` is right for every 8-bit mode (1, L, LA, P, PA, RGBA, RGBa,
+    CMYK, YCbCr, LAB, HSV; alpha is dropped, not composited, as OpenCV's imread does) but
+    clips wider ones at 255. So:
+
+    * 16-bit integer modes (I;16, I;16L, I;16B, I;16N: 16-bit grayscale PNG, TIFF, PGM) and
+      mode I (32-bit integer, which older Pillow gives 16-bit PNGs) are scaled from 0..65535
+      to 0..255: round(v * 255 / 65535). Mode I values outside 0..65535 raise ValueError.
+    * 32-bit float mode F: values in [0, 1] are scaled by 255, else values in [0, 255] are
+      taken as they are (both rounded); any other range (negative, above 255, NaN or
+      infinite values) raises ValueError, as no scaling is safe to guess.
+
+    16-bit RGB(A) and gray+alpha PNGs come from Pillow as 8-bit already (the high byte of
+    each value, within 1 of the scaling above). A mode PIL cannot convert raises ValueError.
+    """
+    mode = image.mode
+    if mode in _SIXTEEN_BIT_MODES or mode == "I":
+        values = np.asarray(image)
+        if mode == "I" and values.size and (values.min() < 0 or values.max() > 65535):
+            raise ValueError(f"has PIL mode I with values in [{values.min()}, {values.max()}], "
+                             f"outside the 16-bit range 0..65535 it is read as")
+        gray = ((values.astype(np.uint32) + 128) // 257).astype(np.uint8)  # round(v / 257)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if mode == "F":
+        values = np.asarray(image, dtype=np.float32)
+        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        if not (np.isfinite(values).all() and low >= 0 and high <= 255):
+            raise ValueError(f"has PIL mode F (32-bit float) with values in [{low}, {high}]; "
+                             f"float images must lie in [0, 1] or [0, 255]")
+        gray = np.rint(values * np.float32(255.0 if high <= 1 else 1.0)).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if mode == "P" and "transparency" in image.info:
+        # Pillow warns when such a palette image goes straight to RGB; the colours are the same.
+        return np.asarray(image.convert("RGBA"))[:, :, :3]
+    try:
+        return np.asarray(image.convert("RGB"))
+    except ValueError as e:
+        raise ValueError(f"has PIL mode {mode}, which cannot be converted to RGB ({e})") from None
+
+
 def read_image_bgr(path):
-    """Read an image file as (H, W, 3) uint8 BGR; an unreadable file raises DatasetError."""
+    """Read an image file as (H, W, 3) uint8 BGR (see ``image_to_rgb`` for modes other than
+    8-bit ones); an unreadable file raises ImageReadError (a DatasetError).
+
+    The image is decoded in full, so a truncated file fails here. The pixels are taken in
+    their stored orientation: an EXIF Orientation tag is ignored, as Detectron's cv2.imread
+    did and as COCO's annotations (made in stored pixel coordinates) require.
+    """
     try:
         with Image.open(path) as image:
-            rgb = np.asarray(image.convert("RGB"))
+            image.load()
+            try:
+                rgb = image_to_rgb(image)
+            except ValueError as e:
+                raise ImageReadError(path, str(e), "convert the file to 8-bit RGB") from None
+    except ImageReadError:
+        raise
     except FileNotFoundError:
-        raise DatasetError(f"image {path} not found; check the dataset's image directory") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise DatasetError(f"image {path} cannot be decoded ({e}); replace the file or remove "
-                           f"it from the annotations") from None
+        raise ImageReadError(path, "not found", "check the dataset's image directory") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError,
+            Image.DecompressionBombError) as e:
+        raise ImageReadError(path, f"cannot be decoded ({e})",
+                             "replace the file or remove it from the annotations") from None
     return np.ascontiguousarray(rgb[:, :, ::-1])
 
 
