@@ -92,7 +92,8 @@ def cmd_proposals(args):
 
 
 def cmd_infer(args):
-    """Detect objects in images and write them drawn as PNG files."""
+    """Detect objects in images and write them drawn as PNG files; prints each file written.
+    Images that cannot be decoded are skipped, then named in one error (exit status 2)."""
     from detectron_lib.config import load_config
     from detectron_lib.inference.predictor import infer_images
 

@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from detectron_lib.engine.train_log import read_train_log
 from detectron_lib.errors import DetectronError
 from detectron_lib.utils.io import write_json_atomic
 from detectron_lib.utils.malloc import keep_freed_memory
@@ -82,20 +83,6 @@ def peak_memory_gb(device_type):
 
         return torch.cuda.max_memory_allocated() / 1e9
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9   # KB on Linux
-
-
-def read_train_log(path):
-    """Records of a train_log.jsonl, one per logged iteration; a resumed run's repeated
-    iterations keep their latest record."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    by_iter = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            record = json.loads(line)
-            by_iter[int(record["iter"])] = record
-    return [by_iter[i] for i in sorted(by_iter)]
 
 
 def clear_stale_training(output_dir, cfg):

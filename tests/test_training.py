@@ -2,7 +2,9 @@
 resume after SIGKILL equals an uninterrupted run, 2-process gloo equals 1 process on the same
 global batch, and a diverging loss stops with the iteration named."""
 import json
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,9 +16,15 @@ import torch
 from detectron_lib.cli import main as cli_main
 from detectron_lib.config import load_config
 from detectron_lib.engine import trainer
+from detectron_lib.engine.train_log import TrainLogError
 from detectron_lib.engine.trainer import TrainingError, train
 from detectron_lib.errors import ConfigError
-from detectron_lib.inference.engine import dump_proposals, evaluate_from_proposal_dumps
+from detectron_lib.inference.engine import (
+    dump_proposals,
+    evaluate_from_proposal_dumps,
+    training_timings,
+)
+from detectron_lib.workflow_steps import read_train_log
 
 pytestmark = pytest.mark.slow
 
@@ -147,6 +155,53 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_dataset, tmp_path):
     proc = detectron(*args)
     assert proc.wait(timeout=300) == 0
     assert (killed / "model_final.pth").stat().st_mtime == mtime
+
+
+def test_resume_drops_a_torn_last_log_line_cleans_orphans_and_names_a_corrupt_line(
+        tiny_dataset, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="detectron_lib.utils.io")
+    out = tmp_path / "run"
+    cfg = load_config(BASE_CONFIG, tiny_overrides(tiny_dataset, out, **{
+        "SOLVER.MAX_ITER": "4", "SOLVER.STEPS": "[0, 3]"}))
+    train(cfg, log_period=1)
+    log = out / "train_log.jsonl"
+    lines = log.read_text().splitlines()
+    assert [json.loads(line)["iter"] for line in lines] == [0, 1, 2, 3]
+    # Killed after snapshot model_iter1.pth, while writing iteration 3's log line and a save.
+    (out / "model_final.pth").unlink()
+    log.write_text("\n".join(lines[:3]) + "\n" + lines[3][:len(lines[3]) // 2])
+    orphan = out / ".model_final.pth.0123456789ab.tmp"
+    orphan.write_bytes(b"half a checkpoint")
+    (out / ".keep").write_text("not ours")
+
+    train(cfg, log_period=1)  # resumes at iteration 2
+    assert not orphan.exists() and (out / ".keep").read_text() == "not ours"
+    assert any(orphan.name in r.getMessage() for r in caplog.records if r.levelname == "INFO")
+    assert any(str(log) in r.getMessage() and "last line 4" in r.getMessage()
+               for r in caplog.records if r.levelname == "WARNING")
+    rewritten = log.read_text().splitlines()
+    assert rewritten[:2] == lines[:2]
+    assert [json.loads(line)["iter"] for line in rewritten] == [0, 1, 2, 3]
+
+    # Damage that is not a torn last line is an error naming the file and line.
+    (out / "model_final.pth").unlink()
+    log.write_text("\n".join([rewritten[0], "{garbage", *rewritten[1:]]) + "\n")
+    damaged = log.read_text()
+    with pytest.raises(TrainLogError, match=rf"{re.escape(str(log))}, line 2: "):
+        train(cfg, log_period=1)
+    assert log.read_text() == damaged
+
+
+def test_every_reader_of_the_train_log_drops_a_torn_last_line_only(tmp_path):
+    log = tmp_path / "train_log.jsonl"
+    log.write_text('{"iter": 0, "time": 1.0}\n{"iter": 1, "time": 3.0}\n'
+                   '{"iter": 1, "time": 2.0}\n{"iter": 2, "ti')
+    assert [r["time"] for r in read_train_log(log)] == [1.0, 2.0]  # a redone iteration: latest
+    assert training_timings(tmp_path) == {"train_time_s_per_iter": 1.5}
+    log.write_text('{"iter": 0, "time": 1.0}\n[1, 2]\n{"iter": 2, "time": 1.0}\n')
+    for read in (read_train_log, lambda path: training_timings(path.parent)):
+        with pytest.raises(TrainLogError, match=rf"{re.escape(str(log))}, line 2: "):
+            read(log)
 
 
 def test_two_gloo_processes_match_one_process_on_the_same_global_batch(tiny_dataset, tmp_path):

@@ -1,12 +1,15 @@
 """Where imported weights enter: TRAIN.WEIGHTS initializes training (with fine-tuning to another
 class count), TEST.WEIGHTS stands in for --weights, and `detectron infer --json` writes what
-the Predictor detects."""
+the Predictor detects, and skips an undecodable input image, naming it in an error at the end."""
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 from pycocotools import mask as mask_utils
 
 from detectron_lib.cli import main as cli_main
@@ -95,3 +98,37 @@ def test_test_and_infer_take_test_weights_and_infer_writes_json(tiny, tmp_path, 
     assert [d["category"] for d in named] == [names[k] for k in expected.classes.tolist()]
     for detection, mask in zip(detections, expected.masks.numpy()):
         assert np.array_equal(mask_utils.decode(detection["mask"]).astype(bool), mask)
+
+
+def test_infer_skips_an_undecodable_image_writes_the_others_and_exits_nonzero(tiny, tmp_path, capsys):
+    cfg_file, opts, annotations = tiny
+    cfg = load_config(cfg_file, opts)
+    weights = tmp_path / "model_final.pth"
+    save_checkpoint(weights, _randomized_model(cfg, seed=4))
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    good = sorted((annotations.parent / "images").iterdir())[:2]
+    for name, source in zip(("a", "c"), good):
+        shutil.copy(source, inputs / f"{name}{source.suffix}")
+    (inputs / "b.jpg").write_bytes(good[0].read_bytes()[:200])  # a truncated download
+    out = tmp_path / "vis"
+    args = ["infer", "--cfg", cfg_file, "--weights", str(weights), "--output", str(out), "--json", *opts]
+
+    assert cli_main([*args[:1], "--input", str(inputs), *args[1:]]) == 2
+    captured = capsys.readouterr()
+    expected = ["a.json", "a.png", "c.json", "c.png"]
+    assert sorted(p.name for p in out.iterdir()) == expected  # nothing for b, no .tmp left
+    assert sorted(Path(line).name for line in captured.out.split()) == expected
+    for stem, source in zip(("a", "c"), good):
+        with Image.open(out / f"{stem}.png") as drawn, Image.open(source) as original:
+            assert drawn.format == "PNG" and drawn.size == original.size
+    (error,) = [line for line in captured.err.splitlines() if line.startswith("detectron infer")]
+    assert "1 of 3 input images were skipped" in error
+    assert f"{inputs / 'b.jpg'} cannot be decoded" in error
+    assert "annotations" not in error and str(inputs / "a") not in error
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no images here")
+    assert cli_main([*args[:1], "--input", str(empty), *args[1:]]) == 2
+    assert "no images" in capsys.readouterr().err

@@ -28,10 +28,11 @@ from detectron_lib.engine.checkpoint import (
 from detectron_lib.engine.checkpoint_formats import load_weights
 from detectron_lib.engine.distributed import all_reduce_mean, barrier, init_distributed
 from detectron_lib.engine.optim import build_optimizer, lr_schedule_from_cfg, set_lr
+from detectron_lib.engine.train_log import read_train_log_lines
 from detectron_lib.errors import DetectronError
 from detectron_lib.modeling.backbone.precision import body_autocast_dtype
 from detectron_lib.modeling.meta_arch import build_model
-from detectron_lib.utils.io import atomic_write
+from detectron_lib.utils.io import atomic_write, remove_orphan_temporaries
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,8 @@ def train(cfg, output_dir=None, log_period=20):
     output_dir = Path(output_dir or cfg.OUTPUT_DIR)
     device = resolve_device(cfg.DEVICE)
     dist_info = init_distributed(device.type)
+    if dist_info.is_main:  # temporaries of atomic saves that a killed run left behind
+        remove_orphan_temporaries(output_dir)
     final_path = output_dir / FINAL_NAME
     if cfg.TRAIN.AUTO_RESUME and _readable(final_path):
         logger.info("%s exists: training already finished", final_path)
@@ -129,11 +132,10 @@ def _open_train_log(path, start_iter):
     """The training log opened for appending, without records of iterations >= start_iter
     (those a killed run logged after its last snapshot are redone)."""
     kept = []
-    if path.is_file() and start_iter > 0:
-        kept = [line for line in path.read_text().splitlines()
-                if line.strip() and json.loads(line)["iter"] < start_iter]
+    if start_iter > 0:  # a torn last line is dropped (read_train_log_lines), so never kept
+        kept = [record for record in read_train_log_lines(path) if record["iter"] < start_iter]
     with atomic_write(path) as f:
-        f.writelines(line + "\n" for line in kept)
+        f.writelines(json.dumps(record) + "\n" for record in kept)
     return open(path, "a")
 
 

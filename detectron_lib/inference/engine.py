@@ -4,7 +4,6 @@ Every rank runs the model over its shard of TEST.DATASETS; rank 0 gathers the de
 writes them in COCO result format (``<dataset>_bbox_results.json``, like Detectron's
 detections files) and evaluates them with pycocotools into ``metrics.json``.
 """
-import json
 import logging
 import statistics
 import time
@@ -17,6 +16,7 @@ from detectron_lib.data.loader import build_test_loader
 from detectron_lib.data.proposals import save_proposals
 from detectron_lib.engine.checkpoint_formats import DETECTRON, DETECTRON2, TORCHVISION, load_weights
 from detectron_lib.engine.distributed import all_gather_objects, init_distributed
+from detectron_lib.engine.train_log import read_train_log
 from detectron_lib.engine.trainer import TRAIN_LOG, resolve_device
 from detectron_lib.evaluation.coco import (
     detections_to_coco_results,
@@ -113,10 +113,7 @@ def coco_results(results, label_to_json_id, legacy_plus_one, keypoint_confidence
 
 def training_timings(output_dir):
     """train_time_s_per_iter (median) and train_time_total_s from a run's train_log.jsonl."""
-    path = Path(output_dir) / TRAIN_LOG
-    if not path.is_file():
-        return {}
-    times = [json.loads(line)["time"] for line in path.read_text().splitlines() if line.strip()]
+    times = [record["time"] for record in read_train_log(Path(output_dir) / TRAIN_LOG)]
     if not times:
         return {}
     per_iter = statistics.median(times)

@@ -3,6 +3,7 @@
 Images are read as BGR, resized to TEST.SCALE / TEST.MAX_SIZE, normalized like training, run
 through the model, and written as PNG files with the detections drawn on them.
 """
+import logging
 from pathlib import Path
 
 import torch
@@ -10,6 +11,7 @@ import torch
 from detectron_lib.data.catalog import get_dataset
 from detectron_lib.data.loader import size_divisibility_from_cfg
 from detectron_lib.data.transforms import (
+    ImageReadError,
     compute_resize_scale,
     normalize_image,
     pad_to_batch,
@@ -17,17 +19,30 @@ from detectron_lib.data.transforms import (
     resize_image,
 )
 from detectron_lib.engine.trainer import resolve_device
-from detectron_lib.errors import DatasetError
+from detectron_lib.errors import DatasetError, DetectronError
 from detectron_lib.evaluation.coco import encode_masks_rle
 from detectron_lib.inference.engine import load_model_for_inference
 from detectron_lib.inference.tta import augmentation_enabled, detect_with_augmentation
 from detectron_lib.inference.vis import draw_detections
 from detectron_lib.modeling.roi_heads.mask_head import paste_mask_probs
-from detectron_lib.utils.io import write_json_atomic
+from detectron_lib.utils.io import atomic_write, write_json_atomic
+
+logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # Detectron's infer_simple draws keypoints whose heatmap logit is at least this
 KEYPOINT_DRAW_THRESH = 2.0
+
+
+class UndecodableImagesError(DetectronError):
+    """Input images of ``detectron infer`` that cannot be decoded; the others were done."""
+
+    def __init__(self, skipped, total, output_dir):
+        self.skipped = list(skipped)  # [(path, problem)], problem e.g. "cannot be decoded (...)"
+        listing = "; ".join(f"{path} {problem}" for path, problem in self.skipped)
+        super().__init__(
+            f"{len(self.skipped)} of {total} input images were skipped (the others are written "
+            f"to {output_dir}): {listing}. Replace or remove them")
 
 
 def list_images(path):
@@ -128,15 +143,24 @@ def detections_to_json(detections, class_names=None):
 def infer_images(cfg, weights, input_path, output_dir, score_thresh=0.7, write_json=False):
     """Write ``<output_dir>/<image stem>.png`` with the detections scoring >= ``score_thresh``
     drawn, and with ``write_json`` ``<image stem>.json`` with all of them (detections_to_json);
-    yields each path written."""
+    yields each path written (each written atomically).
+
+    An input image that cannot be decoded is skipped with a warning and nothing is written
+    for it; once the others are done, UndecodableImagesError lists the skipped ones."""
     files = list_images(input_path)
     predictor = Predictor(cfg, weights)
     names = class_names_for(cfg)
     skeleton = keypoint_skeleton_for(cfg)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    skipped = []
     for path in files:
-        bgr = read_image_bgr(path)
+        try:
+            bgr = read_image_bgr(path)
+        except ImageReadError as err:  # its message speaks of annotations: the problem alone
+            logger.warning("skipping %s: it %s", path, err.problem)
+            skipped.append((path, err.problem))
+            continue
         detections = predictor(bgr)
         drawn = draw_detections(bgr[:, :, ::-1], detections.boxes.numpy(), detections.classes.numpy(),
                                 detections.scores.numpy(), names,
@@ -146,7 +170,8 @@ def infer_images(cfg, weights, input_path, output_dir, score_thresh=0.7, write_j
                                 skeleton=skeleton, score_thresh=score_thresh,
                                 keypoint_thresh=KEYPOINT_DRAW_THRESH)
         out_path = output_dir / f"{path.stem}.png"
-        drawn.save(out_path)
+        with atomic_write(out_path, "wb") as f:
+            drawn.save(f, format="PNG")
         yield out_path
         if write_json:
             json_path = output_dir / f"{path.stem}.json"
@@ -154,3 +179,5 @@ def infer_images(cfg, weights, input_path, output_dir, score_thresh=0.7, write_j
                 "image": str(path), "height": int(bgr.shape[0]), "width": int(bgr.shape[1]),
                 "detections": detections_to_json(detections, names)})
             yield json_path
+    if skipped:
+        raise UndecodableImagesError(skipped, len(files), output_dir)

@@ -1,9 +1,17 @@
 """File writing that never leaves a half-written output behind."""
 import contextlib
 import json
+import logging
 import os
+import re
 import secrets
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+_TMP_HEX_BYTES = 6
+# The temporary names _new_file_beside gives: ".<target name>.<12 hex digits>.tmp"
+_ORPHAN_TMP = re.compile(rf"\..+\.[0-9a-f]{{{2 * _TMP_HEX_BYTES}}}\.tmp", re.DOTALL)
 
 
 def _new_file_beside(path):
@@ -14,7 +22,7 @@ def _new_file_beside(path):
     tempfile.mkstemp would make every output private (0o600).
     """
     while True:
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(_TMP_HEX_BYTES)}.tmp"
         try:
             return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
         except FileExistsError:
@@ -47,3 +55,25 @@ def write_json_atomic(path, obj, **dump_kwargs):
     """Write ``obj`` as JSON to ``path`` atomically."""
     with atomic_write(path, "w") as f:
         json.dump(obj, f, **dump_kwargs)
+
+
+def remove_orphan_temporaries(directory):
+    """Delete the temporaries that atomic_write calls killed mid-write left in ``directory``
+    (regular files named ``.<name>.<12 hex digits>.tmp``; nothing else, no subdirectories);
+    returns the removed paths. Call it only where no other process is writing into
+    ``directory`` at the same time: an atomic write in progress would lose its file."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = []
+    with os.scandir(directory) as entries:
+        orphans = [Path(e.path) for e in entries
+                   if _ORPHAN_TMP.fullmatch(e.name) and e.is_file(follow_symlinks=False)]
+    for path in orphans:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path)
+    if removed:
+        logger.info("removed %d temporary file(s) an interrupted write left in %s: %s",
+                    len(removed), directory, ", ".join(sorted(p.name for p in removed)))
+    return removed
