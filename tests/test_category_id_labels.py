@@ -61,10 +61,10 @@ def test_training_targets_are_category_ids(sparse):
     labels = torch.cat([t.classes for t in batch.targets])
     assert len(labels) and set(labels.tolist()) <= set(SPARSE_IDS)
     contiguous = next(iter(build_train_loader(load_config(
-        cfg_file, opts + ["MODEL.LABELS_ARE_CATEGORY_IDS", "False"]))))
+        cfg_file, opts + ["MODEL.LABELS_ARE_CATEGORY_IDS", "False", "MODEL.NUM_CLASSES", "7"]))))
     expected = [SPARSE_IDS[k - 1] for k in torch.cat([t.classes for t in contiguous.targets])]
     assert labels.tolist() == expected  # the same samples, relabelled
-    with pytest.raises(ConfigError, match="category id 13 needs MODEL.NUM_CLASSES > 13, got 13"):
+    with pytest.raises(ConfigError, match="category id 13 of sparse_id_shapes needs MODEL.NUM_CLASSES > 13, got 13"):
         build_train_loader(load_config(cfg_file, opts + ["MODEL.NUM_CLASSES", "13"]))
 
 

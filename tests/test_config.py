@@ -400,3 +400,50 @@ def test_cli_config_reports_bad_key(capsys, reference_dir):
 def test_retinanet_type_and_switch_go_together(overrides):
     with pytest.raises(ConfigError, match="MODEL.TYPE .* RETINANET.RETINANET_ON"):
         load_config(None, overrides)
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("SOLVER.MAX_ITER", "-5", "SOLVER.MAX_ITER must be positive, got -5"),
+    ("TRAIN.SNAPSHOT_ITERS", "0", "TRAIN.SNAPSHOT_ITERS must be positive, got 0"),
+    ("SOLVER.BASE_LR", "-0.01", "SOLVER.BASE_LR must be positive, got -0.01"),
+    ("TRAIN.SCALES", "(800, 0)", r"each entry of TRAIN.SCALES must be positive, got \(800, 0\)"),
+    ("TRAIN.SCALES", "()", r"TRAIN.SCALES needs at least one value, got \(\)"),
+    ("TRAIN.IMS_PER_BATCH", "0", "TRAIN.IMS_PER_BATCH must be positive"),
+    ("TEST.NMS", "1.5", "TEST.NMS must be between 0 and 1, got 1.5"),
+    ("TRAIN.FG_FRACTION", "-0.25", "TRAIN.FG_FRACTION must be between 0 and 1"),
+    ("RETINANET.PRIOR_PROB", "1.0", "RETINANET.PRIOR_PROB must be strictly between 0 and 1"),
+    ("TRAIN.GT_MIN_AREA", "-2", r"TRAIN.GT_MIN_AREA must be -1 \(off\) or at least 0, got -2"),
+    ("TRAIN.BG_THRESH_LO", "0.6", r"TRAIN.BG_THRESH_LO \(0.6\) must not exceed TRAIN.BG_THRESH_HI"),
+    ("SOLVER.STEPS", "[0, 500, 300]", "SOLVER.STEPS must be strictly increasing"),
+    ("SOLVER.LR_POLICY", "stepz", "SOLVER.LR_POLICY: unknown value 'stepz'"),
+])
+def test_out_of_range_values_are_refused_when_the_config_is_finalized(key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [key, value])
+
+
+def test_non_finite_numbers_from_yaml_are_refused(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("SOLVER:\n  BASE_LR: .inf\n  WEIGHT_DECAY: .nan\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(config)
+    assert "SOLVER.BASE_LR must be a finite number, got inf" in str(info.value)
+    assert "SOLVER.WEIGHT_DECAY must be at least 0, got nan" in str(info.value)
+
+
+def test_every_out_of_range_value_is_listed_in_one_error():
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["SOLVER.MAX_ITER", "0", "TEST.SCALE", "-1", "TRAIN.RPN_FG_FRACTION",
+                           "2.0"])
+    assert all(key in str(info.value)
+               for key in ("SOLVER.MAX_ITER", "TEST.SCALE", "TRAIN.RPN_FG_FRACTION"))
+
+
+def test_cli_train_with_an_out_of_range_value_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = cli.main(["train", "--cfg", str(Path(__file__).resolve().parents[1] /
+                                          "configs/shapes/e2e_faster_rcnn_R-18-FPN_1x.yaml"),
+                     "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "-5"])
+    assert code == 2
+    assert "SOLVER.MAX_ITER must be positive, got -5" in capsys.readouterr().err
+    assert not out.exists()

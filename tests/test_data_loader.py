@@ -17,6 +17,7 @@ from detectron_lib.data.loader import (
     make_train_loader,
 )
 from detectron_lib.data.shapes import generate_shapes_dataset
+from detectron_lib.errors import ConfigError
 
 # pycocotools' decode trips a numpy-2 deprecation warning (harmless, not ours).
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -136,3 +137,21 @@ def test_builders_from_config(small_shapes, monkeypatch):
     ids = [b.image_ids[0] for b in test_loader]
     assert ids == list(range(9, 17)) and len(test_loader) == 8
     assert aspect_group_ids([{"width": 5, "height": 9}, {"width": 9, "height": 5}]).tolist() == [1, 0]
+
+
+@pytest.mark.parametrize("num_classes", [5, 9])
+def test_num_classes_that_do_not_fit_the_training_set_fail_before_the_first_batch(
+        small_shapes, monkeypatch, num_classes):
+    monkeypatch.setattr(catalog, "_CATALOG", dict(catalog._CATALOG))
+    catalog.register_coco_dataset("tiny_shapes", "shapes/shapes_val/annotations.json",
+                                  "shapes/shapes_val/images")
+    cfg = get_default_cfg()
+    cfg.DATA_ROOT = str(small_shapes)
+    cfg.TRAIN.DATASETS = ("tiny_shapes",)
+    cfg.MODEL.NUM_CLASSES = num_classes
+    cfg.DATA_LOADER.NUM_THREADS = 0
+    with pytest.raises(ConfigError, match=f"MODEL.NUM_CLASSES is {num_classes}, but tiny_shapes "
+                                          "has 6 categories.*set MODEL.NUM_CLASSES 7"):
+        build_train_loader(cfg, verify_images=False)
+    cfg.MODEL.RPN_ONLY = True  # no classifier: any value
+    build_train_loader(cfg, verify_images=False)

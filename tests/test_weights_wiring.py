@@ -38,7 +38,8 @@ def tiny(tmp_path_factory, repo_root):
         "MRCNN.DIM_REDUCED": "32", "TRAIN.BATCH_SIZE_PER_IM": "16", "TRAIN.RPN_BATCH_SIZE_PER_IM": "32",
         "TRAIN.RPN_PRE_NMS_TOP_N": "100", "TRAIN.RPN_POST_NMS_TOP_N": "50",
         "TEST.RPN_PRE_NMS_TOP_N": "100", "TEST.RPN_POST_NMS_TOP_N": "50", "SOLVER.MAX_ITER": "1",
-        "SOLVER.STEPS": "[0]", "SOLVER.BASE_LR": "0.0", "TRAIN.IMS_PER_BATCH": "2",
+        "SOLVER.STEPS": "[0]", "SOLVER.LR_POLICY": "steps_with_lrs", "SOLVER.LRS": "[0.0]",
+        "TRAIN.IMS_PER_BATCH": "2",
         "TRAIN.ASPECT_GROUPING": "False", "DATA_LOADER.NUM_THREADS": "0", "DEVICE": "cpu",
         "TEST.SCORE_THRESH": "0.0", "MODEL.BODY_PRECISION": "float32", "TRAIN.WEIGHTS": "",
     }
@@ -63,7 +64,7 @@ def test_train_weights_initialize_training_and_fine_tune_to_another_class_count(
     weights = tmp_path / "pretrained.pth"
     save_checkpoint(weights, source)
     cfg = load_config(cfg_file, opts + ["TRAIN.WEIGHTS", str(weights), "OUTPUT_DIR", str(tmp_path / "run")])
-    final = torch.load(train(cfg), weights_only=False)["model"]  # BASE_LR 0: weights stay put
+    final = torch.load(train(cfg), weights_only=False)["model"]  # learning rate 0: weights stay put
     for key, value in source.state_dict().items():
         if key.startswith(("roi_heads.predictor.", "mask_heads.predictor.")):
             assert final[key].shape[0] != value.shape[0], key  # re-initialized for 7 classes

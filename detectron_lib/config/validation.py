@@ -4,6 +4,8 @@ This is Detectron's ``assert_and_infer_cfg`` plus, moved to load time, the consi
 Detectron only made (as bare asserts or KeyErrors) once training or testing was under way:
 a mistake fails before any data is read, with a message naming the key.
 """
+import math
+
 from detectron_lib.config.names import FUNCTION_NAME_KEYS
 from detectron_lib.errors import ConfigError
 
@@ -25,7 +27,74 @@ CHOICE_KEYS = {
     ),
     "MODEL.BODY_PRECISION": ("auto", "float32", "float16", "bfloat16"),
     "MODEL.HEAD_PRECISION": ("auto", "float32", "float16", "bfloat16"),
+    "SOLVER.LR_POLICY": ("step", "steps_with_decay", "steps_with_lrs", "steps_with_relative_lrs",
+                         "cosine_decay", "exp_decay"),
 }
+
+# Numeric keys and the values they may take: (test, what the value must be). A tuple key's
+# test applies to each of its entries.
+_POSITIVE = (lambda v: v > 0, "positive")
+_NON_NEGATIVE = (lambda v: v >= 0, "at least 0")
+_FRACTION = (lambda v: 0 <= v <= 1, "between 0 and 1")
+_OFF_OR_NON_NEGATIVE = (lambda v: v == -1 or v >= 0, "-1 (off) or at least 0")
+_UNSET_OR_POSITIVE = (lambda v: v == -1 or v > 0, "-1 (unset) or positive")
+RANGE_KEYS = {
+    **dict.fromkeys((
+        "TRAIN.SCALES", "TRAIN.MAX_SIZE", "TRAIN.IMS_PER_BATCH", "TRAIN.BATCH_SIZE_PER_IM",
+        "TRAIN.SNAPSHOT_ITERS", "TRAIN.RPN_BATCH_SIZE_PER_IM", "TRAIN.RPN_PRE_NMS_TOP_N",
+        "TRAIN.RPN_POST_NMS_TOP_N", "TEST.SCALE", "TEST.MAX_SIZE", "TEST.RPN_PRE_NMS_TOP_N",
+        "TEST.RPN_POST_NMS_TOP_N", "TEST.DETECTIONS_PER_IM", "TEST.SOFT_NMS.SIGMA",
+        "MODEL.BBOX_REG_WEIGHTS", "RETINANET.ASPECT_RATIOS", "RETINANET.SCALES_PER_OCTAVE",
+        "RETINANET.ANCHOR_SCALE", "RETINANET.PRE_NMS_TOP_N", "SOLVER.BASE_LR", "SOLVER.GAMMA",
+        "SOLVER.STEP_SIZE", "SOLVER.MAX_ITER", "SOLVER.WARM_UP_FACTOR",
+        "FAST_RCNN.MLP_HEAD_DIM", "FAST_RCNN.CONV_HEAD_DIM", "FAST_RCNN.ROI_XFORM_RESOLUTION",
+        "RPN.SIZES", "RPN.STRIDE", "RPN.ASPECT_RATIOS", "FPN.DIM", "FPN.COARSEST_STRIDE",
+        "FPN.ROI_CANONICAL_SCALE", "FPN.ROI_CANONICAL_LEVEL", "FPN.ROI_MAX_LEVEL",
+        "FPN.ROI_MIN_LEVEL", "FPN.RPN_MAX_LEVEL", "FPN.RPN_MIN_LEVEL", "FPN.RPN_ASPECT_RATIOS",
+        "FPN.RPN_ANCHOR_START_SIZE", "MRCNN.RESOLUTION", "MRCNN.ROI_XFORM_RESOLUTION",
+        "MRCNN.DIM_REDUCED", "MRCNN.DILATION", "MRCNN.UPSAMPLE_RATIO", "KRCNN.DECONV_DIM",
+        "KRCNN.DILATION", "KRCNN.DECONV_KERNEL", "KRCNN.CONV_HEAD_DIM", "KRCNN.CONV_HEAD_KERNEL",
+        "KRCNN.ROI_XFORM_RESOLUTION", "RFCN.PS_GRID_SIZE", "RESNETS.NUM_GROUPS",
+        "RESNETS.WIDTH_PER_GROUP", "RESNETS.RES5_DILATION", "GROUP_NORM.EPSILON", "NUM_GPUS",
+        "BBOX_XFORM_CLIP", "EPS", "PRETRAIN.MAX_ITER", "PRETRAIN.CROP_SIZE",
+        "PRETRAIN.IMAGES_PER_BATCH", "PRETRAIN.CROPS_PER_IMAGE", "PRETRAIN.BASE_LR",
+    ), _POSITIVE),
+    **dict.fromkeys((
+        "TRAIN.RPN_MIN_SIZE", "DATA_LOADER.NUM_THREADS", "TEST.RPN_MIN_SIZE",
+        "RETINANET.NUM_CONVS", "RETINANET.BBOX_REG_WEIGHT", "RETINANET.BBOX_REG_BETA",
+        "RETINANET.LOSS_GAMMA", "SOLVER.STEPS", "SOLVER.LRS", "SOLVER.WEIGHT_DECAY",
+        "SOLVER.WEIGHT_DECAY_GN", "SOLVER.WARM_UP_ITERS", "FAST_RCNN.NUM_STACKED_CONVS",
+        "FAST_RCNN.ROI_XFORM_SAMPLING_RATIO", "MRCNN.ROI_XFORM_SAMPLING_RATIO",
+        "MRCNN.WEIGHT_LOSS_MASK", "MRCNN.MAX_FG_ROIS_PER_IM", "KRCNN.NUM_STACKED_CONVS",
+        "KRCNN.ROI_XFORM_SAMPLING_RATIO", "KRCNN.MIN_KEYPOINT_COUNT_FOR_VALID_MINIBATCH",
+        "KRCNN.INFERENCE_MIN_SIZE", "KRCNN.LOSS_WEIGHT", "DEDUP_BOXES", "PRETRAIN.VAL_BATCHES",
+        "PRETRAIN.WARM_UP_ITERS", "PRETRAIN.WEIGHT_DECAY",
+    ), _NON_NEGATIVE),
+    **dict.fromkeys((
+        "TRAIN.FG_FRACTION", "TRAIN.FG_THRESH", "TRAIN.BG_THRESH_HI", "TRAIN.BG_THRESH_LO",
+        "TRAIN.BBOX_THRESH", "TRAIN.RPN_POSITIVE_OVERLAP", "TRAIN.RPN_NEGATIVE_OVERLAP",
+        "TRAIN.RPN_FG_FRACTION", "TRAIN.RPN_NMS_THRESH", "TRAIN.CROWD_FILTER_THRESH",
+        "TEST.NMS", "TEST.RPN_NMS_THRESH", "TEST.SCORE_THRESH", "TEST.BBOX_VOTE.VOTE_TH",
+        "RETINANET.POSITIVE_OVERLAP", "RETINANET.NEGATIVE_OVERLAP", "RETINANET.LOSS_ALPHA",
+        "RETINANET.INFERENCE_TH", "SOLVER.MOMENTUM", "MRCNN.THRESH_BINARIZE",
+        "PRETRAIN.BACKGROUND_FRACTION",
+    ), _FRACTION),
+    **dict.fromkeys(("TRAIN.RPN_STRADDLE_THRESH", "TRAIN.GT_MIN_AREA"), _OFF_OR_NON_NEGATIVE),
+    **dict.fromkeys(("KRCNN.HEATMAP_SIZE", "KRCNN.UP_SCALE", "KRCNN.NUM_KEYPOINTS",
+                     "GROUP_NORM.DIM_PER_GP", "GROUP_NORM.NUM_GROUPS"), _UNSET_OR_POSITIVE),
+    "RETINANET.PRIOR_PROB": (lambda v: 0 < v < 1, "strictly between 0 and 1"),
+}
+# (lower key, upper key): the first may not exceed the second
+ORDERED_KEYS = (
+    ("TRAIN.BG_THRESH_LO", "TRAIN.BG_THRESH_HI"),
+    ("TRAIN.RPN_NEGATIVE_OVERLAP", "TRAIN.RPN_POSITIVE_OVERLAP"),
+    ("RETINANET.NEGATIVE_OVERLAP", "RETINANET.POSITIVE_OVERLAP"),
+    ("FPN.ROI_MIN_LEVEL", "FPN.ROI_MAX_LEVEL"),
+    ("FPN.RPN_MIN_LEVEL", "FPN.RPN_MAX_LEVEL"),
+)
+# Keys that need at least one entry
+NON_EMPTY_KEYS = ("TRAIN.SCALES", "MODEL.BBOX_REG_WEIGHTS", "RPN.SIZES", "RPN.ASPECT_RATIOS",
+                  "FPN.RPN_ASPECT_RATIOS", "RETINANET.ASPECT_RATIOS")
 
 # Stages after which ResNet backbones can stop gradients (0: train everything).
 _RESNET_FREEZE_AT_STAGES = (0, 2, 3, 4, 5)
@@ -57,6 +126,7 @@ def finalize(cfg):
             raise ConfigError(
                 f"{key}: unknown value '{flat[key]}'; valid values: {', '.join(choices)}"
             )
+    _check_ranges(flat)
     _check_retinanet_switch(cfg)
     _check_fpn_levels(cfg)
     _check_backbone_freezing(cfg)
@@ -79,6 +149,34 @@ def _flat_pixel_means(means, key="PIXEL_MEANS"):
         raise ConfigError(f"{key} must be three numbers, one per channel in PIXEL_ORDER, "
                           f"got {means!r}")
     return tuple(float(m) for m in means)
+
+
+def _check_ranges(flat):
+    """Every value of RANGE_KEYS, NON_EMPTY_KEYS and ORDERED_KEYS in range; one ConfigError
+    lists all that are not."""
+    problems = []
+    for key, (in_range, requirement) in RANGE_KEYS.items():
+        value = flat[key]
+        values = value if isinstance(value, (tuple, list)) else (value,)
+        if not all(in_range(v) for v in values):
+            each = "each entry of " if isinstance(value, (tuple, list)) else ""
+            problems.append(f"{each}{key} must be {requirement}, got {value!r}")
+    problems += [f"{key} needs at least one value, got {flat[key]!r}"
+                 for key in NON_EMPTY_KEYS if not flat[key]]
+    problems += [f"{low} ({flat[low]}) must not exceed {high} ({flat[high]})"
+                 for low, high in ORDERED_KEYS if flat[low] > flat[high]]
+    problems += [f"{key} must be a finite number, got {value!r}" for key, value in flat.items()
+                 if not all(_finite(v) for v in (value if isinstance(value, (tuple, list))
+                                                 else (value,)))]
+    steps = list(flat["SOLVER.STEPS"])
+    if steps != sorted(set(steps)):
+        problems.append(f"SOLVER.STEPS must be strictly increasing iterations, got {steps!r}")
+    if problems:
+        raise ConfigError("config value(s) out of range: " + "; ".join(problems))
+
+
+def _finite(value):
+    return not isinstance(value, float) or math.isfinite(value)
 
 
 def _check_retinanet_switch(cfg):

@@ -265,13 +265,30 @@ def load_datasets(names, data_root=None, min_area=0.0, proposal_files=(), propos
     return records, categories, flip_perm
 
 
-def relabel_with_category_ids(records, categories, num_classes):
+def check_num_classes(cfg, categories, dataset_names):
+    """MODEL.NUM_CLASSES fits the categories of ``dataset_names``: their count plus background
+    or, with MODEL.LABELS_ARE_CATEGORY_IDS, more than the largest category id. RPN-only
+    models have no classifier and are not checked, nor is an unset (-1) NUM_CLASSES, which
+    building a model with a classifier reports."""
+    num_classes = cfg.MODEL.NUM_CLASSES
+    if cfg.MODEL.RPN_ONLY or num_classes == -1:
+        return
+    names = ", ".join(dataset_names)
+    if cfg.MODEL.LABELS_ARE_CATEGORY_IDS:
+        largest = max(categories.json_ids)
+        if num_classes <= largest:
+            raise ConfigError(f"MODEL.LABELS_ARE_CATEGORY_IDS: category id {largest} of {names} "
+                              f"needs MODEL.NUM_CLASSES > {largest}, got {num_classes}")
+    elif num_classes != categories.num_classes:
+        raise ConfigError(
+            f"MODEL.NUM_CLASSES is {num_classes}, but {names} has {len(categories.json_ids)} "
+            f"categories, so the model needs {categories.num_classes} classes (background "
+            f"included); set MODEL.NUM_CLASSES {categories.num_classes}")
+
+
+def relabel_with_category_ids(records, categories):
     """Records whose classes are JSON category ids instead of 1..K, for a model labelled by
-    category id (MODEL.LABELS_ARE_CATEGORY_IDS); every id must be below ``num_classes``."""
-    largest = max(categories.json_ids)
-    if largest >= num_classes:
-        raise ConfigError(f"MODEL.LABELS_ARE_CATEGORY_IDS: category id {largest} needs "
-                          f"MODEL.NUM_CLASSES > {largest}, got {num_classes}")
+    category id (MODEL.LABELS_ARE_CATEGORY_IDS; check_num_classes checks MODEL.NUM_CLASSES)."""
     json_ids = np.array((0,) + tuple(categories.json_ids), dtype=np.int64)
     return [dict(record, classes=json_ids[record["classes"]]) for record in records]
 
@@ -292,8 +309,9 @@ def build_train_loader(cfg, rank=0, world_size=1, start_iter=0, data_root=None,
         tuple(cfg.TRAIN.DATASETS), data_root,
         min_area=cfg.TRAIN.GT_MIN_AREA, proposal_files=tuple(cfg.TRAIN.PROPOSAL_FILES),
         proposal_limit=-1, legacy_plus_one=cfg.MODEL.BBOX_LEGACY_PLUS_ONE)
+    check_num_classes(cfg, categories, cfg.TRAIN.DATASETS)
     if cfg.MODEL.LABELS_ARE_CATEGORY_IDS:
-        records = relabel_with_category_ids(records, categories, cfg.MODEL.NUM_CLASSES)
+        records = relabel_with_category_ids(records, categories)
     records = filter_for_training(records, cfg.MODEL.KEYPOINTS_ON)
     if verify_images:
         verify_dataset_images(records, data_root, rank=rank, world_size=world_size)
@@ -319,6 +337,7 @@ def build_test_loader(cfg, dataset_name, rank=0, world_size=1, data_root=None,
         (dataset_name,), data_root or cfg.DATA_ROOT or None,
         proposal_files=(proposal_file,) if proposal_file else (),
         proposal_limit=cfg.TEST.PROPOSAL_LIMIT, legacy_plus_one=cfg.MODEL.BBOX_LEGACY_PLUS_ONE)
+    check_num_classes(cfg, categories, (dataset_name,))
     dataset = InferenceDataset(records, cfg.TEST.SCALE, cfg.TEST.MAX_SIZE, cfg.PIXEL_MEANS,
                                cfg.PIXEL_STDS, cfg.PIXEL_ORDER)
     return InferenceLoader(dataset, num_workers=cfg.DATA_LOADER.NUM_THREADS,
