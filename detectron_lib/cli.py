@@ -54,7 +54,7 @@ def cmd_train(args):
     from detectron_lib.engine.trainer import train
 
     cfg = load_config(args.cfg_file, args.opts)
-    print(train(cfg))
+    print(train(cfg, overwrite=args.overwrite))
 
 
 def cmd_pretrain(args):
@@ -135,6 +135,9 @@ def build_parser():
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("train", help="train a model (one process, or one per rank under torchrun)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the results OUTPUT_DIR holds of another training config and "
+                        "train from the start (without it such a directory is an error)")
     _add_cfg_args(p)
     p.set_defaults(func=cmd_train)
 

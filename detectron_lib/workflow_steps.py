@@ -30,9 +30,6 @@ from detectron_lib.utils.malloc import keep_freed_memory
 
 logger = logging.getLogger("detectron_lib.workflow_steps")
 
-STALE_TRAINING_FILES = ("model_final.pth", "train_log.jsonl")
-
-
 # -- helpers -----------------------------------------------------------------------------------
 def set_worker_threads(threads):
     """Split a job's ``threads`` among its torchrun workers (LOCAL_WORLD_SIZE) and set
@@ -83,24 +80,6 @@ def peak_memory_gb(device_type):
 
         return torch.cuda.max_memory_allocated() / 1e9
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9   # KB on Linux
-
-
-def clear_stale_training(output_dir, cfg):
-    """Remove snapshots and logs that an earlier run with a *different* config left in
-    ``output_dir``, so TRAIN.AUTO_RESUME resumes only the same experiment. Returns the
-    removed paths."""
-    output_dir = Path(output_dir)
-    saved = output_dir / "config.yaml"
-    if not saved.is_file() or saved.read_text() == cfg.dump():
-        return []
-    stale = [p for p in output_dir.glob("model_iter*.pth")]
-    stale += [output_dir / name for name in STALE_TRAINING_FILES if (output_dir / name).exists()]
-    for path in stale:
-        path.unlink(missing_ok=True)
-    if stale:
-        logger.info("config changed since the last run in %s: removed %d stale files",
-                    output_dir, len(stale))
-    return stale
 
 
 def _load_cfg(cfg_file, overrides):
@@ -185,9 +164,9 @@ def train_baseline(cfg_file, overrides, zoo, baseline, experiment_file, run_file
 
     cfg = _load_cfg(cfg_file, overrides)
     output_dir = Path(cfg.OUTPUT_DIR)
-    clear_stale_training(output_dir, cfg)
+    # Snakemake reruns this job when its config changed: results of the old config go.
     if int(os.environ.get("RANK", "0")) != 0:
-        train(cfg)
+        train(cfg, overwrite=True)
         return None
 
     tracker = make_tracker(tracking)
@@ -199,7 +178,7 @@ def train_baseline(cfg_file, overrides, zoo, baseline, experiment_file, run_file
         with stage_run(tracker, run_file, "train", "train", dataset) as (_, child_id):
             tracker.log_params(child_id, params)
             start = time.perf_counter()
-            weights = train(cfg)
+            weights = train(cfg, overwrite=True)
             total_s = time.perf_counter() - start
             records = read_train_log(output_dir / TRAIN_LOG)
             stats = {

@@ -2,8 +2,9 @@
 calls for logging and checkpointing.
 
 A run writes into OUTPUT_DIR: ``model_iter{N}.pth`` every TRAIN.SNAPSHOT_ITERS,
-``model_final.pth`` at the end, ``train_log.jsonl`` (one JSON object per logged iteration)
-and ``config.yaml``. With TRAIN.AUTO_RESUME a restarted run continues from its latest
+``model_final.pth`` at the end, ``train_log.jsonl`` (one JSON object per logged iteration),
+``config.yaml`` and ``provenance.json`` (the training config its results belong to, see
+engine.provenance). With TRAIN.AUTO_RESUME a restarted run continues from its latest
 snapshot (model, optimizer, iteration, RNG and data position), and a finished run is not
 retrained.
 """
@@ -28,6 +29,7 @@ from detectron_lib.engine.checkpoint import (
 from detectron_lib.engine.checkpoint_formats import load_weights
 from detectron_lib.engine.distributed import all_reduce_mean, barrier, init_distributed
 from detectron_lib.engine.optim import build_optimizer, lr_schedule_from_cfg, set_lr
+from detectron_lib.engine.provenance import claim_output_dir
 from detectron_lib.engine.train_log import read_train_log_lines
 from detectron_lib.errors import DetectronError
 from detectron_lib.modeling.backbone.precision import body_autocast_dtype
@@ -50,13 +52,20 @@ def resolve_device(name):
     return torch.device(name)
 
 
-def train(cfg, output_dir=None, log_period=20):
-    """Train the model the (finalized) config describes; returns the path of model_final.pth."""
+def train(cfg, output_dir=None, log_period=20, overwrite=False):
+    """Train the model the (finalized) config describes; returns the path of model_final.pth.
+
+    Results that OUTPUT_DIR holds of another training config are an error, or with
+    ``overwrite`` deleted first (engine.provenance); those of this config are resumed or, when
+    finished, returned.
+    """
     output_dir = Path(output_dir or cfg.OUTPUT_DIR)
     device = resolve_device(cfg.DEVICE)
     dist_info = init_distributed(device.type)
-    if dist_info.is_main:  # temporaries of atomic saves that a killed run left behind
-        remove_orphan_temporaries(output_dir)
+    if dist_info.is_main:
+        remove_orphan_temporaries(output_dir)  # of atomic saves that a killed run left behind
+        claim_output_dir(cfg, output_dir, overwrite)
+    barrier()
     final_path = output_dir / FINAL_NAME
     if cfg.TRAIN.AUTO_RESUME and _readable(final_path):
         logger.info("%s exists: training already finished", final_path)

@@ -73,12 +73,18 @@ def check_hash_in_name(path):
     match = _HASH_IN_NAME.search(Path(path).name)
     if not match:
         return
+    digest = file_sha256(path)
+    if not digest.startswith(match.group(1)):
+        Path(path).unlink()
+        raise DownloadError(f"'{path}' does not match the SHA-256 prefix {match.group(1)} in its "
+                            f"name (got {digest[:len(match.group(1))]}); the download "
+                            "was corrupted and has been deleted, run again to retry")
+
+
+def file_sha256(path):
+    """The hex SHA-256 digest of a file's content."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(_CHUNK), b""):
             digest.update(chunk)
-    if not digest.hexdigest().startswith(match.group(1)):
-        Path(path).unlink()
-        raise DownloadError(f"'{path}' does not match the SHA-256 prefix {match.group(1)} in its "
-                            f"name (got {digest.hexdigest()[:len(match.group(1))]}); the download "
-                            "was corrupted and has been deleted, run again to retry")
+    return digest.hexdigest()
