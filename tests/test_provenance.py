@@ -88,6 +88,15 @@ def test_replaced_initial_weights_are_another_training_config(tmp_path):
         claim_output_dir(cfg, out)
 
 
+def test_an_output_dir_that_is_a_file_is_a_clear_error(tmp_path):
+    out = tmp_path / "run"
+    out.write_text("not a directory")
+    with pytest.raises(ConfigError, match="OUTPUT_DIR '.*run' is a file"):
+        claim_output_dir(tiny_cfg("catalog.yaml", out), out)
+    with pytest.raises(ConfigError, match="cannot write into OUTPUT_DIR '.*run/sub'"):
+        claim_output_dir(tiny_cfg("catalog.yaml", out / "sub"), out / "sub")
+
+
 @pytest.mark.slow
 def test_cli_train_refuses_a_changed_config_and_overwrites_on_request(tiny_dataset, tmp_path,
                                                                       capsys):

@@ -70,6 +70,9 @@ def claim_output_dir(cfg, output_dir, overwrite=False):
     ``overwrite`` are removed. Then provenance.json records ``cfg``. Call on rank 0 only.
     """
     output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConfigError(f"OUTPUT_DIR '{output_dir}' is a file, not a directory; set OUTPUT_DIR "
+                          "to a directory for the run's results")
     current = training_config(cfg)
     results = existing_results(output_dir)
     if results:
@@ -84,9 +87,13 @@ def claim_output_dir(cfg, output_dir, overwrite=False):
                 path.unlink(missing_ok=True)
             logger.warning("%s held the results of another training config: removed %d files "
                            "(--overwrite)", output_dir, len(results))
-    write_json_atomic(output_dir / PROVENANCE_FILE,
-                      {"config_sha256": config_digest(current), "config": current},
-                      indent=1, sort_keys=True)
+    try:
+        write_json_atomic(output_dir / PROVENANCE_FILE,
+                          {"config_sha256": config_digest(current), "config": current},
+                          indent=1, sort_keys=True)
+    except OSError as e:
+        raise ConfigError(f"cannot write into OUTPUT_DIR '{output_dir}' ({e.strerror or e}); "
+                          "set OUTPUT_DIR to a directory you can write to") from None
 
 
 def existing_results(output_dir):
