@@ -26,6 +26,7 @@ from pathlib import Path
 from detectron_lib.engine.train_log import read_train_log
 from detectron_lib.errors import DetectronError
 from detectron_lib.utils.io import write_json_atomic
+from detectron_lib.utils.ranks import is_main_process
 from detectron_lib.utils.malloc import keep_freed_memory
 
 logger = logging.getLogger("detectron_lib.workflow_steps")
@@ -165,7 +166,7 @@ def train_baseline(cfg_file, overrides, zoo, baseline, experiment_file, run_file
     cfg = _load_cfg(cfg_file, overrides)
     output_dir = Path(cfg.OUTPUT_DIR)
     # Snakemake reruns this job when its config changed: results of the old config go.
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not is_main_process():
         train(cfg, overwrite=True)
         return None
 
@@ -223,7 +224,7 @@ def dump_baseline_proposals(cfg_file, overrides, weights, dataset, output, metri
 
     cfg = _load_cfg(cfg_file, overrides)
     recall = dataset in cfg.TEST.DATASETS
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not is_main_process():
         dump_proposals(cfg, weights, dataset, output, recall)
         return None
     tracker = make_tracker(tracking)
@@ -252,7 +253,7 @@ def evaluate_baseline(cfg_file, overrides, weights, output_dir, run_file, log_fi
         evaluate = functools.partial(evaluate_from_proposal_dumps, cfg, proposal_metrics, output_dir)
     else:
         evaluate = functools.partial(test, cfg, weights, output_dir)
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not is_main_process():
         evaluate()
         return None
     tracker = make_tracker(tracking)

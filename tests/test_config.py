@@ -447,3 +447,10 @@ def test_cli_train_with_an_out_of_range_value_writes_nothing(tmp_path, capsys):
     assert code == 2
     assert "SOLVER.MAX_ITER must be positive, got -5" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_classifier_needs_a_class_besides_background():
+    with pytest.raises(ConfigError, match="MODEL.NUM_CLASSES is 1; set it to the number of object "
+                                          "classes plus one for background"):
+        load_config(None, ["MODEL.TYPE", "generalized_rcnn", "MODEL.NUM_CLASSES", "1"])
+    load_config(None, ["MODEL.TYPE", "generalized_rcnn", "MODEL.RPN_ONLY", "True"])

@@ -127,6 +127,7 @@ def finalize(cfg):
                 f"{key}: unknown value '{flat[key]}'; valid values: {', '.join(choices)}"
             )
     _check_ranges(flat)
+    _check_num_classes(cfg)
     _check_retinanet_switch(cfg)
     _check_fpn_levels(cfg)
     _check_backbone_freezing(cfg)
@@ -177,6 +178,14 @@ def _check_ranges(flat):
 
 def _finite(value):
     return not isinstance(value, float) or math.isfinite(value)
+
+
+def _check_num_classes(cfg):
+    # Every model but an RPN-only one classifies: at least one class besides background. (An
+    # empty MODEL.TYPE, a config of no model, is reported when a model is built.)
+    if cfg.MODEL.TYPE and not cfg.MODEL.RPN_ONLY and cfg.MODEL.NUM_CLASSES < 2:
+        raise ConfigError(f"MODEL.NUM_CLASSES is {cfg.MODEL.NUM_CLASSES}; set it to the number "
+                          "of object classes plus one for background")
 
 
 def _check_retinanet_switch(cfg):

@@ -15,7 +15,6 @@ iteration): a run is reproducible.
 import json
 import logging
 import pickle
-import re
 import time
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from detectron_lib.engine.optim import lr_at_iter, parameter_groups, set_lr, sgd
 from detectron_lib.engine.trainer import resolve_device
 from detectron_lib.errors import ConfigError
 from detectron_lib.modeling.backbone import body_features, detectron_blob_names
-from detectron_lib.modeling.backbone.build import resnet_body_from_config
+from detectron_lib.modeling.backbone.build import resnet_body_from_config, resnet_depth
 from detectron_lib.utils.io import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -63,17 +62,12 @@ class BodyClassifier(nn.Module):
         return self.pred(res5.mean(dim=(2, 3)))
 
 
-def resnet_depth(conv_body):
-    """Depth of the ResNet a MODEL.CONV_BODY name builds (``FPN.add_fpn_ResNet18_conv5_body``: 18)."""
-    match = re.search(r"ResNet(\d+)_conv", conv_body)
-    if not match:
-        raise ConfigError(f"MODEL.CONV_BODY '{conv_body}' is not a ResNet body; classification "
-                          "pretraining supports ResNet / ResNeXt bodies")
-    return int(match[1])
-
-
 def build_body_classifier(cfg, num_classes):
-    body = resnet_body_from_config(cfg, resnet_depth(cfg.MODEL.CONV_BODY), 4, freeze_at=0)
+    depth = resnet_depth(cfg.MODEL.CONV_BODY)
+    if depth is None:
+        raise ConfigError(f"MODEL.CONV_BODY '{cfg.MODEL.CONV_BODY}' is not a ResNet body; "
+                          "classification pretraining supports ResNet / ResNeXt bodies")
+    body = resnet_body_from_config(cfg, depth, 4, freeze_at=0)
     return BodyClassifier(body, num_classes, cfg.MODEL.BODY_PRECISION)
 
 

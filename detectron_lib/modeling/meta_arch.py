@@ -204,9 +204,6 @@ def build_box_roi_heads(cfg, backbone):
 
 def _box_roi_head_options(cfg):
     """BoxROIHeads' keyword arguments: RoI sampling (TRAIN.*), box coding, post-processing."""
-    if cfg.MODEL.NUM_CLASSES < 2:
-        raise ConfigError(f"MODEL.NUM_CLASSES is {cfg.MODEL.NUM_CLASSES}; set it to the number "
-                          "of object classes plus one for background")
     t, s = cfg.TRAIN, cfg.TEST
     return dict(
         matcher=build_fast_rcnn_matcher(t.FG_THRESH, t.BG_THRESH_HI, t.BG_THRESH_LO),

@@ -333,12 +333,6 @@ def build_retinanet(cfg):
     if not cfg.FPN.FPN_ON:
         raise ConfigError("MODEL.TYPE retinanet needs an FPN body: set FPN.FPN_ON: True and an "
                           "FPN MODEL.CONV_BODY")
-    if cfg.MODEL.NUM_CLASSES < 2:
-        raise ConfigError(f"MODEL.NUM_CLASSES is {cfg.MODEL.NUM_CLASSES}; set it to the number "
-                          "of object classes plus one for background")
-    if r.NEGATIVE_OVERLAP > r.POSITIVE_OVERLAP:
-        raise ConfigError(f"RETINANET.NEGATIVE_OVERLAP ({r.NEGATIVE_OVERLAP}) must not exceed "
-                          f"RETINANET.POSITIVE_OVERLAP ({r.POSITIVE_OVERLAP})")
     backbone = build_backbone(cfg)
     min_level, max_level = cfg.FPN.RPN_MIN_LEVEL, cfg.FPN.RPN_MAX_LEVEL
     in_features = [f"p{level}" for level in range(min_level, max_level + 1)]

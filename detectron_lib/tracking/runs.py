@@ -7,11 +7,11 @@ child run per stage (train, proposals, evaluate), linked through a small JSON ru
 import contextlib
 import json
 import logging
-import os
 
 from detectron_lib.errors import ConfigError
 from detectron_lib.tracking.tracker import GIT_COMMIT_TAG, Tracker, git_commit
 from detectron_lib.utils.io import write_json_atomic
+from detectron_lib.utils.ranks import is_main_process
 
 logger = logging.getLogger(__name__)
 
@@ -73,11 +73,6 @@ def stage_run(tracker, run_file, stage, rule, dataset=None, run_name=None):
         tracker.end_run(child_id, "FAILED")
         raise
     tracker.end_run(child_id, "FINISHED")
-
-
-def is_main_process():
-    """True outside torchrun and on its rank 0: the one process that talks to MLflow."""
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def make_tracker(enabled=True):

@@ -44,6 +44,8 @@ from detectron_lib.modeling.backbone.vgg import VGG16Body, VGG16RoIHead
 
 # Detectron's res5 RoI head stacks 3 blocks (R-50 / R-101); R-18's res5 has 2.
 DEFAULT_ROI_HEAD_BLOCKS = 3
+# The depth in a ResNet MODEL.CONV_BODY name: ResNet.add_ResNet50_conv4_body, FPN.add_fpn_ResNet18_conv5[_P2only]_body
+_RESNET_BODY_DEPTH = re.compile(r"ResNet(\d+)_conv[45]_")
 
 
 def group_norm_spec(cfg):
@@ -104,6 +106,20 @@ def gn_norm(cfg):
 @RESNET_SHORTCUT_FUNC.register("basic_trainable_bn_shortcut")
 def trainable_bn_norm(cfg):
     return NormSpec(BATCH_NORM)
+
+
+def resnet_depth(conv_body):
+    """Depth of the ResNet a MODEL.CONV_BODY name builds (``FPN.add_fpn_ResNet18_conv5_body``:
+    18), or None for a body of another kind."""
+    match = _RESNET_BODY_DEPTH.search(conv_body)
+    return int(match[1]) if match else None
+
+
+def roi_res5_blocks(cfg):
+    """(depth, block count) of the res5 stage a C4 RoI head (box or mask) adds to the conv4
+    body of MODEL.CONV_BODY; (None, DEFAULT_ROI_HEAD_BLOCKS) on any other body."""
+    depth = resnet_depth(cfg.MODEL.CONV_BODY) if "_conv4_" in cfg.MODEL.CONV_BODY else None
+    return depth, RESNET_BLOCK_COUNTS[depth][3] if depth else DEFAULT_ROI_HEAD_BLOCKS
 
 
 def resnet_block_options(cfg, depth):
@@ -210,9 +226,7 @@ def resnet_roi_head_from_config(cfg, in_channels):
             f"FAST_RCNN.ROI_XFORM_RESOLUTION={resolution}: the res5 RoI head needs >= 7 "
             "(its first block strides by resolution // 7 before 7x7 average pooling)"
         )
-    depth_match = re.search(r"ResNet(\d+)_conv4_body", cfg.MODEL.CONV_BODY)
-    depth = int(depth_match[1]) if depth_match else None
-    num_blocks = RESNET_BLOCK_COUNTS[depth][3] if depth else DEFAULT_ROI_HEAD_BLOCKS
+    depth, num_blocks = roi_res5_blocks(cfg)
     return ResNetRoIHead(
         in_channels=in_channels,
         num_blocks=num_blocks,

@@ -16,8 +16,6 @@ Heads, registered in ROI_MASK_HEAD under Detectron's names, builders ``(cfg, in_
 - mask_rcnn_fcn_head_v0upshare: the transposed conv on the res5 map of the box head, whose
   res5 weights it shares (the C4 baselines); ``in_channels`` is that map's channel count.
 """
-import re
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -27,12 +25,12 @@ from detectron_lib import ops
 from detectron_lib.config.names import ROI_MASK_HEAD
 from detectron_lib.errors import ConfigError, DatasetError
 from detectron_lib.modeling.backbone.build import (
-    DEFAULT_ROI_HEAD_BLOCKS,
-    resnet_block_options,
     group_norm_spec,
+    resnet_block_options,
+    roi_res5_blocks,
 )
 from detectron_lib.modeling.backbone.precision import run_in_precision
-from detectron_lib.modeling.backbone.resnet import RESNET_BLOCK_COUNTS, make_stage
+from detectron_lib.modeling.backbone.resnet import make_stage
 from detectron_lib.modeling.init import constant_fill_, fill_, gaussian_fill_
 from detectron_lib.modeling.poolers import roi_feature_names, roi_pooler_from_config
 from detectron_lib.ops.masks import paste_masks_legacy
@@ -421,9 +419,7 @@ def mask_res5_from_config(cfg, in_channels):
     if resolution < 7:
         raise ConfigError(f"MRCNN.ROI_XFORM_RESOLUTION={resolution}: the v0up mask head's res5 "
                           "needs >= 7 (its first block strides by resolution // 7)")
-    depth_match = re.search(r"ResNet(\d+)_conv4_body", cfg.MODEL.CONV_BODY)
-    depth = int(depth_match[1]) if depth_match else None
-    num_blocks = RESNET_BLOCK_COUNTS[depth][3] if depth else DEFAULT_ROI_HEAD_BLOCKS
+    depth, num_blocks = roi_res5_blocks(cfg)
     stride = resolution // 7 if dilation == 1 else 1
     res5, channels = make_stage(num_blocks=num_blocks, stage=5, in_channels=in_channels,
                                 first_stride=stride, dilation=dilation,
@@ -440,12 +436,6 @@ def build_mask_roi_heads(cfg, backbone_out_channels, backbone_strides, box_head=
     Raises ConfigError when MRCNN.RESOLUTION does not match what the head predicts.
     """
     m = cfg.MRCNN
-    if cfg.MODEL.NUM_CLASSES < 2:
-        raise ConfigError(f"MODEL.NUM_CLASSES is {cfg.MODEL.NUM_CLASSES}; set it to the number "
-                          "of object classes plus one for background")
-    if m.MAX_FG_ROIS_PER_IM < 0:
-        raise ConfigError(f"MRCNN.MAX_FG_ROIS_PER_IM is {m.MAX_FG_ROIS_PER_IM}; set it to the "
-                          "number of fg RoIs per image the mask head trains on, or 0 for all")
     in_features = roi_feature_names(cfg, backbone_out_channels)
     head_in_channels = backbone_out_channels[in_features[0]]
     feature_size = m.ROI_XFORM_RESOLUTION
