@@ -127,8 +127,8 @@ def finalize(cfg):
                 f"{key}: unknown value '{flat[key]}'; valid values: {', '.join(choices)}"
             )
     _check_ranges(flat)
-    _check_num_classes(cfg)
     _check_retinanet_switch(cfg)
+    _check_num_classes(cfg)
     _check_fpn_levels(cfg)
     _check_backbone_freezing(cfg)
     _check_lr_schedule(cfg)
