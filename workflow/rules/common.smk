@@ -54,15 +54,10 @@ def train_inputs(wildcards):
     }
 
 
-# Scheduling: pretraining first (most baselines wait for it), then the proposal chain (RPN
-# training -> proposal dumps -> training on them), the DAG's longest path, then the other
-# trainings; evaluations come last: they are the short jobs, and short jobs at the end keep
-# both cores busy to the finish. Within a stage, the baselines marked start_early in the
-# manifest (the longest evaluations) go first, so that no long job ends the run alone.
-# Simulated with the shapes zoo's measured job times, a priority-first schedule on 2 cores
-# ends after 42.2 min on average over random tie-breaks and 42.5 at most (without
-# start_early 42.3 and 42.9; 43.4 and 47.1 when evaluations tie with trainings); the total
-# work / 2 is 41.1 min.
+# Job priorities, by stage: pretraining, then the proposal chain (RPN training -> proposal
+# dumps -> training on them; the DAG's longest path), then the other trainings, then the
+# evaluations (short jobs, best at the end). Manifest entries with start_early go first within
+# their stage. Why, and the measured effect: workflow/README.md, "Job order".
 PRETRAIN_PRIORITY = 10
 PROPOSAL_CHAIN_PRIORITY = 5
 TRAIN_PRIORITY = 1
