@@ -1,8 +1,12 @@
 """Samplers and loaders: shard disjointness, resume-at-iteration equality, aspect grouping,
-worker-count independence, and the config builders on a generated shapes dataset."""
+worker-count independence, the config builders on a generated shapes dataset, and crowd
+filtering of precomputed proposals on a hand-written one."""
+import json
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from detectron_lib.config import get_default_cfg
 from detectron_lib.data import catalog
@@ -16,6 +20,7 @@ from detectron_lib.data.loader import (
     build_train_loader,
     make_train_loader,
 )
+from detectron_lib.data.proposals import save_proposals
 from detectron_lib.data.shapes import generate_shapes_dataset
 from detectron_lib.errors import ConfigError
 
@@ -109,18 +114,18 @@ def test_two_workers_match_zero_workers_and_resume(small_shapes):
 
 def test_builders_from_config(small_shapes, monkeypatch):
     monkeypatch.setattr(catalog, "_CATALOG", dict(catalog._CATALOG))
-    catalog.register_coco_dataset("tiny_shapes", "shapes/shapes_val/annotations.json",
+    catalog.register_coco_dataset("loader_shapes", "shapes/shapes_val/annotations.json",
                                   "shapes/shapes_val/images",
                                   category_names=catalog.get_dataset("shapes_val").category_names)
     cfg = get_default_cfg()
     cfg.DATA_ROOT = str(small_shapes)
-    cfg.TRAIN.DATASETS = ("tiny_shapes",)
+    cfg.TRAIN.DATASETS = ("loader_shapes",)
     cfg.TRAIN.SCALES = (80,)
     cfg.TRAIN.MAX_SIZE = 100
     cfg.TRAIN.IMS_PER_BATCH = 2
     cfg.DATA_LOADER.NUM_THREADS = 0
     cfg.FPN.FPN_ON = True
-    cfg.TEST.DATASETS = ("tiny_shapes",)
+    cfg.TEST.DATASETS = ("loader_shapes",)
     cfg.TEST.SCALE = 64
     cfg.TEST.MAX_SIZE = 100
 
@@ -133,7 +138,7 @@ def test_builders_from_config(small_shapes, monkeypatch):
     assert set(inputs) == {"images", "image_sizes", "scales", "targets", "seeds"}
     assert inputs["targets"][0].boxes.shape[1] == 4
 
-    test_loader = build_test_loader(cfg, "tiny_shapes", rank=1, world_size=2)
+    test_loader = build_test_loader(cfg, "loader_shapes", rank=1, world_size=2)
     ids = [b.image_ids[0] for b in test_loader]
     assert ids == list(range(9, 17)) and len(test_loader) == 8
     assert aspect_group_ids([{"width": 5, "height": 9}, {"width": 9, "height": 5}]).tolist() == [1, 0]
@@ -143,15 +148,42 @@ def test_builders_from_config(small_shapes, monkeypatch):
 def test_num_classes_that_do_not_fit_the_training_set_fail_before_the_first_batch(
         small_shapes, monkeypatch, num_classes):
     monkeypatch.setattr(catalog, "_CATALOG", dict(catalog._CATALOG))
-    catalog.register_coco_dataset("tiny_shapes", "shapes/shapes_val/annotations.json",
+    catalog.register_coco_dataset("loader_shapes", "shapes/shapes_val/annotations.json",
                                   "shapes/shapes_val/images")
     cfg = get_default_cfg()
     cfg.DATA_ROOT = str(small_shapes)
-    cfg.TRAIN.DATASETS = ("tiny_shapes",)
+    cfg.TRAIN.DATASETS = ("loader_shapes",)
     cfg.MODEL.NUM_CLASSES = num_classes
     cfg.DATA_LOADER.NUM_THREADS = 0
-    with pytest.raises(ConfigError, match=f"MODEL.NUM_CLASSES is {num_classes}, but tiny_shapes "
+    with pytest.raises(ConfigError, match=f"MODEL.NUM_CLASSES is {num_classes}, but loader_shapes "
                                           "has 6 categories.*set MODEL.NUM_CLASSES 7"):
         build_train_loader(cfg, verify_images=False)
     cfg.MODEL.RPN_ONLY = True  # no classifier: any value
     build_train_loader(cfg, verify_images=False)
+
+
+@pytest.mark.parametrize("thresh, kept", [(0.7, 2), (0.0, 3)])
+def test_training_on_proposals_drops_those_inside_crowd_regions(tmp_path, monkeypatch,
+                                                                 thresh, kept):
+    """TRAIN.CROWD_FILTER_THRESH reaches the training batches: of proposals (0, 0, 10, 10),
+    (5, 0, 15, 10) and (30, 20, 40, 30), the first lies inside the crowd box [0, 0, 10, 10]."""
+    (tmp_path / "images").mkdir()
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(tmp_path / "images" / "a.png")
+    boxes = ([0, 0, 10, 10, 1], [30, 20, 10, 10, 0])  # [x, y, w, h, iscrowd]
+    (tmp_path / "ann.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.png", "height": 40, "width": 60}],
+        "categories": [{"id": 1, "name": "thing"}],
+        "annotations": [{"id": i, "image_id": 1, "category_id": 1, "bbox": b[:4], "area": 100,
+                         "iscrowd": b[4]} for i, b in enumerate(boxes, start=1)]}))
+    proposals = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [30, 20, 40, 30]])
+    save_proposals(tmp_path / "p.pkl", [proposals], [np.array([0.9, 0.8, 0.7])], [1])
+    monkeypatch.setattr(catalog, "_CATALOG", dict(catalog._CATALOG))
+    catalog.register_coco_dataset("crowded", str(tmp_path / "ann.json"), str(tmp_path / "images"))
+    cfg = get_default_cfg()
+    cfg.TRAIN.DATASETS, cfg.TRAIN.PROPOSAL_FILES = ("crowded",), (str(tmp_path / "p.pkl"),)
+    cfg.TRAIN.SCALES, cfg.TRAIN.MAX_SIZE, cfg.TRAIN.IMS_PER_BATCH = (40,), 60, 1
+    cfg.MODEL.NUM_CLASSES, cfg.DATA_LOADER.NUM_THREADS = 2, 0
+    cfg.TRAIN.CROWD_FILTER_THRESH = thresh
+    batch = next(iter(build_train_loader(cfg, verify_images=False)))
+    assert len(batch.proposals[0]) == kept
+    assert len(batch.targets[0]) == 1 and len(batch.crowd_boxes[0]) == 1

@@ -22,6 +22,8 @@ from detectron_lib.modeling.meta_arch import build_model
 from detectron_lib.modeling.roi_heads.keypoint_head import (
     KEYPOINT_CONV_STD,
     KeypointPredictor,
+    KeypointROIHeads,
+    build_keypoint_roi_heads,
     heatmaps_to_keypoints,
     keypoint_rcnn_loss,
     keypoints_to_heatmap_labels,
@@ -174,6 +176,47 @@ def test_loss_without_valid_keypoints_is_zero_but_connected():
     assert loss.item() == 0.0
     loss.backward()
     assert logits.grad is not None
+
+
+class _UniformHeads(KeypointROIHeads):
+    """Keypoint heads predicting one learnable 4 x 4 heatmap of logits (zeros) for every
+    keypoint of every RoI."""
+
+    def __init__(self, min_keypoint_count):
+        super().__init__(None, None, None, [], 3, min_keypoint_count=min_keypoint_count)
+        self.logit = torch.nn.Parameter(torch.zeros(4, 4))
+
+    def heatmap_logits(self, features, boxes_per_image):
+        return self.logit.expand(sum(len(b) for b in boxes_per_image), 3, 4, 4)
+
+
+@pytest.mark.parametrize("min_count, valid", [(None, True), (0, True), (1, True), (2, False)])
+def test_minibatch_with_too_few_visible_keypoints_gets_no_keypoint_loss(min_count, valid):
+    """KRCNN.MIN_KEYPOINT_COUNT_FOR_VALID_MINIBATCH (Detectron's finalize_keypoint_minibatch:
+    valid when the visible keypoints of the keypoint RoIs number more than it). One RoI
+    (0, 0, 8, 8) with 2 visible keypoints and a hidden one; uniform logits over 4 x 4 cells
+    give log(16) per visible keypoint, divided by the 2 visible ones."""
+    rois = [Instances((20, 20), boxes=torch.tensor([[0.0, 0, 8, 8]]), classes=torch.tensor([1]),
+                      matched_gt=torch.tensor([0]))]
+    gt = [Instances((20, 20), keypoints=torch.tensor([[[1.0, 1, 2], [5, 5, 2], [3, 3, 0]]]))]
+    heads = _UniformHeads(min_count)
+    loss = heads.loss({}, rois, gt)
+    assert loss.item() == pytest.approx(math.log(16) if valid else 0.0)
+    loss.backward()  # an invalid minibatch still reaches every weight, with a zero gradient
+    assert heads.logit.grad is not None and bool(heads.logit.grad.any()) == valid
+
+
+def test_minibatch_check_applies_to_training_on_precomputed_proposals_only(reference_dir):
+    """Detectron checked the minibatch in its data loader, which built the RoIs only for
+    models on precomputed proposals (keypoint_rcnn_*); end-to-end (e2e_keypoint_rcnn_*)
+    training computed the check and ignored it."""
+    configs = reference_dir / "detectron_configs" / "12_2017_baselines"
+    channels = {f"p{level}": 256 for level in range(2, 7)}
+    strides = {f"p{level}": 2 ** level for level in range(2, 7)}
+    precomputed = load_config(configs / "keypoint_rcnn_R-50-FPN_1x.yaml")
+    e2e = load_config(configs / "e2e_keypoint_rcnn_R-50-FPN_1x.yaml")
+    assert build_keypoint_roi_heads(precomputed, channels, strides).min_keypoint_count == 20
+    assert build_keypoint_roi_heads(e2e, channels, strides).min_keypoint_count is None
 
 
 # ---- heads from configs ---------------------------------------------------------------------

@@ -13,9 +13,11 @@ from detectron_lib.modeling.backbone.precision import body_layout
 from detectron_lib.modeling.meta_arch import build_model
 from detectron_lib.modeling.poolers import RoIPooler, assign_fpn_levels
 from detectron_lib.modeling.roi_heads.fast_rcnn import (
+    BoxROIHeads,
     box_results_with_nms_and_limit,
     fast_rcnn_losses,
     sample_rois,
+    unique_boxes,
 )
 from detectron_lib.modeling.rpn import build_rpn_matcher, flatten_level_outputs
 from detectron_lib.modeling.sampling import Matcher, sample_labels
@@ -110,6 +112,125 @@ def test_sample_rois_labels_and_targets():
     fg_boxes = rois.boxes[:2]
     assert torch.allclose(coder.decode(rois.regression_targets[:2], fg_boxes),
                           gt.boxes.expand(2, 4), atol=1e-4)
+
+
+def _bbox_thresh_case(bbox_thresh):
+    gt = Instances((100, 100), boxes=torch.tensor([[10.0, 10, 50, 50]]), classes=torch.tensor([3]))
+    # IoUs with the gt box: 0.95 (fg), 0.4 (bg), 0 (bg); the gt box itself (1.0) is appended.
+    props = Instances((100, 100), boxes=torch.tensor([[12.0, 10, 50, 50], [10.0, 10, 50, 26],
+                                                      [60.0, 60, 90, 90]]))
+    coder = BoxCoder((10, 10, 5, 5))
+    (rois,) = sample_rois([props], [gt], Matcher(0.5, 0.5, 0.0), 8, 0.5, coder,
+                          [torch.Generator().manual_seed(0)], bbox_thresh=bbox_thresh)
+    return rois, gt, coder
+
+
+def test_bbox_thresh_selects_the_rois_that_regress():
+    """TRAIN.BBOX_THRESH (Detectron's compute_bbox_regression_targets): sampled RoIs with IoU
+    >= it regress onto their matched box on its class, whatever their label."""
+    by_box = {}
+    for thresh in (None, 0.5, 0.3, 0.96):
+        rois, gt, coder = _bbox_thresh_case(thresh)
+        by_box[thresh] = {tuple(box.tolist()): (int(label), int(reg), target)
+                          for box, label, reg, target in zip(rois.boxes, rois.classes,
+                                                             rois.regression_classes,
+                                                             rois.regression_targets)}
+    near, half, far, own = (12.0, 10, 50, 50), (10.0, 10, 50, 26), (60.0, 60, 90, 90), (10.0, 10, 50, 50)
+    # Equal to FG_THRESH (the default): exactly the fg RoIs regress, as without the option.
+    for thresh in (None, 0.5):
+        assert {b: v[:2] for b, v in by_box[thresh].items()} == \
+            {near: (3, 3), own: (3, 3), half: (0, 0), far: (0, 0)}
+    assert all(torch.equal(by_box[None][b][2], by_box[0.5][b][2]) for b in by_box[None])
+    # 0.3: the bg RoI of IoU 0.4 also regresses toward the gt box, on class 3.
+    assert {b: v[:2] for b, v in by_box[0.3].items()} == \
+        {near: (3, 3), own: (3, 3), half: (0, 3), far: (0, 0)}
+    decoded = coder.decode(by_box[0.3][half][2][None], torch.tensor([half]))
+    assert torch.allclose(decoded, gt.boxes, atol=1e-4)
+    assert torch.equal(by_box[0.3][far][2], torch.zeros(4))
+    # 0.96: only the gt box itself; the fg RoI of IoU 0.95 keeps its label but no target.
+    assert {b: v[:2] for b, v in by_box[0.96].items()} == \
+        {near: (3, 0), own: (3, 3), half: (0, 0), far: (0, 0)}
+
+
+def test_fast_rcnn_box_loss_follows_regression_classes():
+    # RoI 0 is background but regresses on class 2 (IoU >= BBOX_THRESH < BG_THRESH_HI), target
+    # (1, 0, 0, 0) and zero deltas: smooth L1 0.5 over 2 RoIs. RoI 1 is class 2, no target.
+    logits, deltas = torch.zeros(2, 3), torch.zeros(2, 12)
+    targets = torch.tensor([[1.0, 0, 0, 0], [0, 0, 0, 0]])
+    losses = fast_rcnn_losses(logits, deltas, torch.tensor([0, 2]), targets,
+                              regression_classes=torch.tensor([2, 0]))
+    assert losses["loss_bbox"].item() == pytest.approx(0.25)
+    assert fast_rcnn_losses(logits, deltas, torch.tensor([0, 2]), targets)["loss_bbox"].item() == 0
+
+
+def test_unique_boxes_rounds_at_the_dedup_scale():
+    """DEDUP_BOXES = 1/16 (Detectron's im_detect_bbox): coordinates / 16, rounded half to even
+    as numpy's np.round: 8 -> 0.5 -> 0, 24 -> 1.5 -> 2, 9 -> 0.5625 -> 1, 40 -> 2.5 -> 2."""
+    boxes = torch.tensor([[0.0, 0, 15, 15],    # (0, 0, 1, 1)
+                          [16.0, 16, 40, 40],  # (1, 1, 2, 2)
+                          [1.0, 1, 16, 16],    # (0, 0, 1, 1): as box 0
+                          [0.0, 0, 8, 8],      # (0, 0, 0, 0)
+                          [0.0, 0, 24, 24],    # (0, 0, 2, 2)
+                          [0.0, 0, 9, 9]])     # (0, 0, 1, 1): as box 0
+    first, inverse = unique_boxes(boxes, 1.0 / 16)
+    assert first[inverse].tolist() == [0, 1, 0, 3, 4, 0]
+    assert sorted(first.tolist()) == [0, 1, 3, 4]
+    empty_first, empty_inverse = unique_boxes(torch.zeros(0, 4), 1.0 / 16)
+    assert empty_first.numel() == empty_inverse.numel() == 0
+
+
+class _CoordinateHeads(BoxROIHeads):
+    """Box heads whose 'network' scores a box by its x1 and predicts deltas (0.1, 0, 0, 0) for
+    every class, recording how many boxes it was run on."""
+
+    def __init__(self, **options):
+        super().__init__(None, None, None, [], matcher=None, batch_size_per_image=0,
+                         fg_fraction=0, box_coder=BoxCoder((10, 10, 5, 5)), score_thresh=0.0,
+                         nms_thresh=0.5, detections_per_image=10, **options)
+        self.runs = []
+
+    def predict(self, features, boxes_per_image):
+        boxes = torch.cat(boxes_per_image)
+        self.runs.append(len(boxes))
+        logits = torch.stack([torch.zeros(len(boxes)), boxes[:, 0]], dim=1)
+        return logits, torch.tensor([0.1, 0, 0, 0]).repeat(len(boxes), 2)
+
+
+def test_dedup_boxes_runs_each_group_once_and_shares_its_prediction():
+    proposals = Instances((64, 64), boxes=torch.tensor([[0.0, 0, 15, 15], [1.0, 1, 16, 16],
+                                                        [32.0, 0, 47, 15]]))
+    plain, dedup = _CoordinateHeads(), _CoordinateHeads(dedup_boxes=1.0 / 16)
+    ((plain_scores, plain_boxes),) = plain.predict_boxes({}, [proposals])
+    ((scores, boxes),) = dedup.predict_boxes({}, [proposals])
+    assert plain.runs == [3] and dedup.runs == [2]
+    # Box 1 rounds to box 0's cells: it takes box 0's scores and box 0's decoded boxes.
+    assert torch.equal(scores[1], plain_scores[0]) and torch.equal(boxes[1], plain_boxes[0])
+    assert torch.equal(scores[[0, 2]], plain_scores[[0, 2]])
+    assert torch.equal(boxes[[0, 2]], plain_boxes[[0, 2]])
+    assert not torch.equal(plain_boxes[1], plain_boxes[0])
+    # Decoded: dx 0.1 / wx 10 of a 15-wide box moves it by 0.15 pixels.
+    assert plain_boxes[0, 4:].tolist() == pytest.approx([0.15, 0, 15.15, 15])
+
+
+def test_bbox_reg_off_keeps_the_proposals_as_boxes():
+    """TEST.BBOX_REG False (Detectron's im_detect_bbox): every class's box is the proposal."""
+    proposals = Instances((64, 64), boxes=torch.tensor([[0.0, 0, 15, 15], [32.0, 0, 47, 15]]))
+    ((_, boxes),) = _CoordinateHeads(bbox_reg=False).predict_boxes({}, [proposals])
+    assert torch.equal(boxes, proposals.boxes.repeat(1, 2))
+
+
+def test_box_head_options_from_config():
+    """BBOX_THRESH and BBOX_REG reach the box heads; DEDUP_BOXES only for precomputed
+    proposals (Detectron: not cfg.MODEL.FASTER_RCNN)."""
+    options = ["MODEL.TYPE", "generalized_rcnn", "MODEL.CONV_BODY", "ResNet.add_ResNet50_conv4_body",
+               "FAST_RCNN.ROI_BOX_HEAD", "ResNet.add_ResNet_roi_conv5_head", "MODEL.NUM_CLASSES", "3",
+               "TRAIN.BBOX_THRESH", "0.3", "TEST.BBOX_REG", "False"]
+    fast = build_model(load_config(None, options + ["TEST.PROPOSAL_FILES", "('p.pkl',)",
+                                                    "TEST.DATASETS", "('d',)"]))
+    assert (fast.roi_heads.bbox_thresh, fast.roi_heads.bbox_reg) == (0.3, False)
+    assert fast.roi_heads.dedup_boxes == pytest.approx(1.0 / 16)
+    faster = build_model(load_config(None, options + ["MODEL.FASTER_RCNN", "True"]))
+    assert faster.roi_heads.dedup_boxes == 0.0
 
 
 def test_post_processing_thresholds_nms_and_limit():

@@ -4,6 +4,10 @@ Keys, groups and default values follow Detectron's ``detectron/core/config.py``;
 config may only set keys listed here (``merge_from_file`` rejects anything else). Keys
 that this project adds are grouped at the end of the file.
 
+Keys whose comment starts with [Inert] are read by nothing here (Caffe2 switches, features
+not carried over); they are listed, with why, in ``compat.INERT_KEYS``, so Detectron's configs
+still load, and setting one to a value other than its default warns.
+
 Two values change representation, not meaning: ``PIXEL_MEANS`` is a tuple of three BGR
 means instead of a (1, 1, 3) numpy array, and ``BBOX_XFORM_CLIP`` is a Python float.
 """
@@ -40,9 +44,11 @@ _C.TRAIN.BG_THRESH_HI = 0.5
 _C.TRAIN.BG_THRESH_LO = 0.0
 # Also train on horizontally flipped copies of the images
 _C.TRAIN.USE_FLIPPED = True
-# RoIs with IoU >= BBOX_THRESH against a ground-truth box get box-regression targets
+# Sampled RoIs whose IoU with their best ground-truth box is >= BBOX_THRESH are trained to
+# regress onto it (on that box's class), fg or bg; equal to FG_THRESH (the default and every
+# Detectron baseline), exactly the fg RoIs are
 _C.TRAIN.BBOX_THRESH = 0.5
-# Save a checkpoint every SNAPSHOT_ITERS iterations (divided by NUM_GPUS)
+# Save a checkpoint every SNAPSHOT_ITERS iterations (Detectron divided it by NUM_GPUS; not here)
 _C.TRAIN.SNAPSHOT_ITERS = 80000
 # Precomputed proposal files for training, one per entry of TRAIN.DATASETS
 _C.TRAIN.PROPOSAL_FILES = ()
@@ -50,7 +56,7 @@ _C.TRAIN.PROPOSAL_FILES = ()
 _C.TRAIN.ASPECT_GROUPING = True
 
 # RPN training options
-# Generate RPN proposals on the GPU during training
+# [Inert] Caffe2's CPU or CUDA proposal op (proposals are computed on the model's device)
 _C.TRAIN.GENERATE_PROPOSALS_ON_GPU = False
 # An anchor with IoU >= this against a ground-truth box is a positive RPN example
 _C.TRAIN.RPN_POSITIVE_OVERLAP = 0.7
@@ -70,15 +76,17 @@ _C.TRAIN.RPN_POST_NMS_TOP_N = 2000
 _C.TRAIN.RPN_STRADDLE_THRESH = 0
 # Minimum proposal width and height, in original-image pixels
 _C.TRAIN.RPN_MIN_SIZE = 0
-# Drop proposals whose area lies inside crowd regions by more than this fraction
+# Training on precomputed proposals: drop those with more than this fraction of their area
+# inside a crowd region (iscrowd; VOC's difficult objects); 0 keeps all. End-to-end (RPN)
+# training never filters, as in Detectron
 _C.TRAIN.CROWD_FILTER_THRESH = 0.7
 # Ignore ground-truth objects smaller than this area (-1: keep all)
 _C.TRAIN.GT_MIN_AREA = -1
-# Do not update the backbone (conv body) weights during training
+# [Inert] Detectron: do not train the conv body (FPN included); not implemented, see FREEZE_AT
 _C.TRAIN.FREEZE_CONV_BODY = False
 # Resume from the latest checkpoint found in the output directory
 _C.TRAIN.AUTO_RESUME = True
-# Copy TRAIN.WEIGHTS into the output directory and treat it as a candidate checkpoint
+# [Inert] Detectron: copy TRAIN.WEIGHTS into the output directory; not implemented
 _C.TRAIN.COPY_WEIGHTS = False
 # Freeze the backbone up to and including this stage (0: nothing, 2: stem and res2)
 _C.TRAIN.FREEZE_AT = 2
@@ -89,9 +97,9 @@ _C.TRAIN.FREEZE_AT = 2
 _C.DATA_LOADER = CfgNode()
 # Worker threads (processes) that prepare minibatches
 _C.DATA_LOADER.NUM_THREADS = 4
-# Capacity of the shared queue of prepared minibatches
+# [Inert] Capacity of Caffe2's shared minibatch queue (the torch DataLoader prefetches itself)
 _C.DATA_LOADER.MINIBATCH_QUEUE_SIZE = 64
-# Capacity of each device's queue of input blobs
+# [Inert] Capacity of Caffe2's per-GPU queue of input blobs
 _C.DATA_LOADER.BLOBS_QUEUE_CAPACITY = 8
 
 # ---------------------------------------------------------------------------- #
@@ -108,11 +116,12 @@ _C.TEST.SCALE = 600
 _C.TEST.MAX_SIZE = 1000
 # NMS IoU threshold for final detections (suppress boxes with IoU >= NMS)
 _C.TEST.NMS = 0.3
-# Apply the box head's regression deltas to the proposals
+# Apply the predicted box deltas (box head; RetinaNet's box branch); False keeps the proposals
+# (anchors) as the boxes
 _C.TEST.BBOX_REG = True
 # Precomputed proposal files for testing, one per entry of TEST.DATASETS
 _C.TEST.PROPOSAL_FILES = ()
-# Generate RPN proposals on the GPU at test time
+# [Inert] Caffe2's CPU or CUDA proposal op (proposals are computed on the model's device)
 _C.TEST.GENERATE_PROPOSALS_ON_GPU = False
 # Most precomputed proposals used per image
 _C.TEST.PROPOSAL_LIMIT = 2000
@@ -128,11 +137,13 @@ _C.TEST.RPN_MIN_SIZE = 0
 _C.TEST.DETECTIONS_PER_IM = 100
 # Detections scoring below this are dropped before NMS
 _C.TEST.SCORE_THRESH = 0.05
-# Keep the detection result files after evaluation (False: delete them)
+# [Inert] Detectron: False salts the detection file's name and deletes it after evaluation;
+# detectron test always keeps <dataset>_bbox_results.json
 _C.TEST.COMPETITION_MODE = True
-# Evaluate with the COCO API even for datasets with their own evaluator (e.g. VOC)
+# [Inert] Detectron: evaluate datasets with their own evaluator (VOC) with the COCO API;
+# detectron test evaluates every dataset with the COCO API
 _C.TEST.FORCE_JSON_DATASET_EVAL = False
-# [Inferred by finalize(); do not set] testing reads precomputed proposals
+# [Inferred by finalize(); do not set] the model has no RPN, so testing needs TEST.PROPOSAL_FILES
 _C.TEST.PRECOMPUTED_PROPOSALS = True
 
 # Test-time augmentation for boxes
@@ -250,7 +261,7 @@ _C.MODEL.MASK_ON = False
 _C.MODEL.KEYPOINTS_ON = False
 # The model stops at RPN proposals (no detection heads)
 _C.MODEL.RPN_ONLY = False
-# Caffe2 net execution type ('dag' or 'prof_dag'); kept for config compatibility
+# [Inert] Caffe2 net execution type ('dag' or 'prof_dag')
 _C.MODEL.EXECUTION_TYPE = "dag"
 
 # ---------------------------------------------------------------------------- #
@@ -322,11 +333,12 @@ _C.SOLVER.WARM_UP_ITERS = 500
 _C.SOLVER.WARM_UP_FACTOR = 1.0 / 3.0
 # Warm-up shape: 'constant' or 'linear'
 _C.SOLVER.WARM_UP_METHOD = "linear"
-# Rescale the momentum buffer by new_lr / old_lr when the LR changes
+# [Inert] Detectron rescaled Caffe2's momentum buffer by new_lr / old_lr when the LR changed;
+# torch.optim.SGD keeps the LR outside the buffer, which always has that effect
 _C.SOLVER.SCALE_MOMENTUM = True
-# ...only when the relative LR change exceeds this ratio
+# [Inert] ...only when the relative LR change exceeded this ratio
 _C.SOLVER.SCALE_MOMENTUM_THRESHOLD = 1.1
-# Log an LR change only when the relative change exceeds this ratio
+# [Inert] Detectron logged an LR change above this ratio (train_log.jsonl has every logged LR)
 _C.SOLVER.LOG_LR_CHANGE_THRESHOLD = 1.1
 
 # ---------------------------------------------------------------------------- #
@@ -449,7 +461,7 @@ _C.KRCNN.USE_DECONV = False
 _C.KRCNN.DECONV_DIM = 256
 # Predict the heatmaps with a transposed conv
 _C.KRCNN.USE_DECONV_OUTPUT = False
-# Dilation of the keypoint head convs
+# [Inert] Dilation of Detectron's ResNet conv5 keypoint head, which is not implemented
 _C.KRCNN.DILATION = 1
 # Kernel size of every transposed conv
 _C.KRCNN.DECONV_KERNEL = 4
@@ -463,7 +475,8 @@ _C.KRCNN.CONV_HEAD_DIM = 256
 _C.KRCNN.CONV_HEAD_KERNEL = 3
 # Weight initializer of the keypoint head: 'GaussianFill' or 'MSRAFill'
 _C.KRCNN.CONV_INIT = "GaussianFill"
-# Suppress duplicate instances with keypoint (OKS) NMS
+# Keypoint OKS-NMS at test time: not implemented, True is a ConfigError (no Detectron baseline
+# sets it)
 _C.KRCNN.NMS_OKS = False
 # Keypoint score source: 'bbox', 'logit' or 'prob'
 _C.KRCNN.KEYPOINT_CONFIDENCE = "bbox"
@@ -473,7 +486,9 @@ _C.KRCNN.ROI_XFORM_METHOD = "RoIAlign"
 _C.KRCNN.ROI_XFORM_RESOLUTION = 7
 # Sampling points per bin for RoIAlign (0: adaptive)
 _C.KRCNN.ROI_XFORM_SAMPLING_RATIO = 0
-# Skip minibatches with fewer labeled keypoints than this
+# Training on precomputed proposals: a minibatch (of one process) whose keypoint RoIs hold
+# this many visible keypoints or fewer gets no keypoint loss (Detectron drew another
+# minibatch instead); end-to-end (RPN) training ignores it, as Detectron's did
 _C.KRCNN.MIN_KEYPOINT_COUNT_FOR_VALID_MINIBATCH = 20
 # Do not shrink heatmaps below this size when decoding keypoint locations
 _C.KRCNN.INFERENCE_MIN_SIZE = 0
@@ -522,11 +537,13 @@ _C.GROUP_NORM.EPSILON = 1e-5
 # ---------------------------------------------------------------------------- #
 # Misc options
 # ---------------------------------------------------------------------------- #
-# Devices (processes) used for training and testing
+# GPUs (processes) of a run, as recorded in the zoo table; the workflow sets it to its torchrun
+# worker count, which is what decides the processes (torchrun's WORLD_SIZE)
 _C.NUM_GPUS = 1
-# Use NCCL for all-reduce
+# [Inert] Caffe2's all-reduce choice (torch.distributed uses NCCL on CUDA, gloo on the CPU)
 _C.USE_NCCL = False
-# Scale used to find boxes that coincide on the feature map (> 0 enables deduplication)
+# Testing on precomputed proposals: proposals whose coordinates x DEDUP_BOXES round to the
+# same integers are scored once, and all take that one's scores and boxes (0: off)
 _C.DEDUP_BOXES = 1.0 / 16.0
 # Clamp for predicted log width/height deltas, so exp() cannot overflow
 _C.BBOX_XFORM_CLIP = math.log(1000.0 / 16.0)
@@ -534,31 +551,31 @@ _C.BBOX_XFORM_CLIP = math.log(1000.0 / 16.0)
 _C.PIXEL_MEANS = (102.9801, 115.9465, 122.7717)
 # Seed of the random number generators
 _C.RNG_SEED = 3
-# A small constant that avoids division by zero
+# [Inert] A small constant Detectron defined but never read
 _C.EPS = 1e-14
-# Root directory of the project (the working directory at import time)
+# [Inert] Detectron's code root (the working directory at import time), recorded only
 _C.ROOT_DIR = os.getcwd()
 # Directory that outputs are written under
 _C.OUTPUT_DIR = "/tmp"
-# Name of (or path to) the MATLAB executable used by the VOC evaluation
+# [Inert] MATLAB of Detectron's official VOC evaluation (VOC AP here is the Python port)
 _C.MATLAB = "matlab"
-# Share gradient memory between blobs (Caffe2 memonger); kept for config compatibility
+# [Inert] Share gradient memory between blobs (Caffe2 memonger)
 _C.MEMONGER = True
-# Also share forward activations (Caffe2 memonger); kept for config compatibility
+# [Inert] Also share forward activations (Caffe2 memonger)
 _C.MEMONGER_SHARE_ACTIVATIONS = False
-# Write detection visualizations
+# [Inert] Detectron: draw the detections while testing (detectron infer draws them)
 _C.VIS = False
-# Score threshold for visualized detections
+# [Inert] Score threshold of those drawings (detectron infer has --thresh)
 _C.VIS_TH = 0.9
-# Expected metrics, a list of [dataset, task, metric, value] entries checked after testing
+# [Inert] Detectron: [dataset, task, metric, value] entries checked after testing; not implemented
 _C.EXPECTED_RESULTS = []
-# Relative tolerance of the EXPECTED_RESULTS check
+# [Inert] Relative tolerance of that check
 _C.EXPECTED_RESULTS_RTOL = 0.1
-# Absolute tolerance of the EXPECTED_RESULTS check
+# [Inert] Absolute tolerance of that check
 _C.EXPECTED_RESULTS_ATOL = 0.005
-# For expectations given as mean and std: accept values within mean +/- SIGMA_TOL * std
+# [Inert] For expectations given as mean and std: mean +/- SIGMA_TOL * std
 _C.EXPECTED_RESULTS_SIGMA_TOL = 4
-# Address notified when an EXPECTED_RESULTS check fails
+# [Inert] Address Detectron mailed when that check failed
 _C.EXPECTED_RESULTS_EMAIL = ""
 # Local cache for weights and proposal files referred to by URL
 _C.DOWNLOAD_CACHE = "/tmp/detectron-download-cache"
@@ -567,7 +584,7 @@ _C.DOWNLOAD_CACHE = "/tmp/detectron-download-cache"
 # Cluster options
 # ---------------------------------------------------------------------------- #
 _C.CLUSTER = CfgNode()
-# Running in a cluster environment
+# [Inert] Detectron: running on Facebook's cluster (read by its Cityscapes evaluator only)
 _C.CLUSTER.ON_CLUSTER = False
 
 # ---------------------------------------------------------------------------- #

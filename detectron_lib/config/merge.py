@@ -2,7 +2,8 @@
 
 - Only keys of the default tree may be set; an unknown key is an error that suggests the
   closest valid key. Renamed keys are errors naming the new key; deprecated keys are
-  ignored with a warning (see ``compat``).
+  ignored with a warning; inert keys (read by nothing here) are set, with a warning when
+  the value is not the default (see ``compat``).
 - String values that are Python literals are decoded with ``ast.literal_eval``
   (``"(800,)"`` -> ``(800,)``, ``"0.01"`` -> ``0.01``); other strings (paths, URLs, names)
   stay strings.
@@ -69,6 +70,7 @@ def merge_from_list(cfg, opts):
             _merge_dict(value, node[leaf], cfg, full_key, source)
         else:
             node[leaf] = value
+            compat.warn_if_inert(full_key, value, source)
     return cfg
 
 
@@ -91,6 +93,7 @@ def _merge_dict(loaded, node, root, prefix, source):
             _merge_dict(value, node[key], root, full_key, source)
         else:
             node[key] = value
+            compat.warn_if_inert(full_key, value, source)
 
 
 def decode_value(value):

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from detectron_lib.data.catalog import get_dataset, register_datasets_from_cfg
 from detectron_lib.data.coco import filter_for_training, load_dataset
-from detectron_lib.data.proposals import attach_proposals, load_proposals
+from detectron_lib.data.proposals import attach_proposals, filter_crowd_proposals, load_proposals
 from detectron_lib.data.transforms import augmentation_for_position, collate_batch, prepare_sample
 from detectron_lib.data.verify import verify_dataset_images
 from detectron_lib.errors import ConfigError, DatasetError
@@ -297,7 +297,8 @@ def build_train_loader(cfg, rank=0, world_size=1, start_iter=0, data_root=None,
                        verify_images=True):
     """The TrainLoader of TRAIN.DATASETS from Detectron's keys (TRAIN.*, DATA_LOADER.NUM_THREADS,
     FPN.*, PIXEL_MEANS, RNG_SEED, DATA_ROOT). Precomputed TRAIN.PROPOSAL_FILES are attached
-    whole, as Detectron did for training (TEST.PROPOSAL_LIMIT applies at test time only).
+    whole, as Detectron did for training (TEST.PROPOSAL_LIMIT applies at test time only),
+    less those inside crowd regions (TRAIN.CROWD_FILTER_THRESH, see filter_crowd_proposals).
 
     With ``verify_images`` every training image is decoded once up front (cached per dataset,
     see data.verify), so that a missing or corrupt image fails here, naming all bad files,
@@ -309,6 +310,7 @@ def build_train_loader(cfg, rank=0, world_size=1, start_iter=0, data_root=None,
         tuple(cfg.TRAIN.DATASETS), data_root,
         min_area=cfg.TRAIN.GT_MIN_AREA, proposal_files=tuple(cfg.TRAIN.PROPOSAL_FILES),
         proposal_limit=-1, legacy_plus_one=cfg.MODEL.BBOX_LEGACY_PLUS_ONE)
+    filter_crowd_proposals(records, cfg.TRAIN.CROWD_FILTER_THRESH, cfg.MODEL.BBOX_LEGACY_PLUS_ONE)
     check_num_classes(cfg, categories, cfg.TRAIN.DATASETS)
     if cfg.MODEL.LABELS_ARE_CATEGORY_IDS:
         records = relabel_with_category_ids(records, categories)

@@ -14,6 +14,7 @@ import pickle
 
 import numpy as np
 
+from detectron_lib.data.transforms import boxes_in_model_convention
 from detectron_lib.errors import DatasetError
 from detectron_lib.utils import safe_pickle
 from detectron_lib.utils.io import atomic_write
@@ -75,6 +76,51 @@ def attach_proposals(records, proposals, top_k, source="proposals", legacy_plus_
         record["proposals"] = boxes
         record["proposal_scores"] = scores[order].copy()
     return records
+
+
+def filter_crowd_proposals(records, thresh, legacy_plus_one=False):
+    """Drop, in place, each record's proposals that lie inside one of its crowd regions by more
+    than ``thresh`` of their area (TRAIN.CROWD_FILTER_THRESH; <= 0 keeps all). Returns how
+    many were dropped.
+
+    Detectron's _filter_crowd_proposals: "inside" is the intersection with the crowd box over
+    the proposal's area (pycocotools' iou with iscrowd=1), boxes in the ``legacy_plus_one``
+    convention (MODEL.BBOX_LEGACY_PLUS_ONE). Detectron marked such a proposal as overlapping
+    no ground truth (IoU -1), which kept it out of both the fg and the bg sample of the box
+    head; dropping it does the same. Only training on precomputed proposals filters, as in
+    Detectron (RPN proposals of end-to-end training are not filtered).
+    """
+    if thresh <= 0:
+        return 0
+    dropped = 0
+    for record in records:
+        proposals = record.get("proposals")
+        boxes = np.asarray(record["boxes"], dtype=np.float32).reshape(-1, 4)
+        crowd = boxes[np.asarray(record["is_crowd"], dtype=bool)]
+        if proposals is None or not len(proposals) or not len(crowd):
+            continue
+        crowd = boxes_in_model_convention(crowd, legacy_plus_one)  # as the proposals are
+        inside = area_fraction_inside(proposals, crowd, legacy_plus_one).max(axis=1)
+        keep = ~(inside > thresh)
+        dropped += int((~keep).sum())
+        record["proposals"] = proposals[keep]
+        record["proposal_scores"] = record["proposal_scores"][keep]
+    return dropped
+
+
+def area_fraction_inside(boxes, regions, legacy_plus_one=False):
+    """(N, M) float64: the fraction of the area of each of ``boxes`` (N, 4) that lies inside
+    each of ``regions`` (M, 4), x1y1x2y2 in the ``legacy_plus_one`` convention (widths
+    x2 - x1 + 1); 0 for a box without area."""
+    boxes, regions = np.asarray(boxes, np.float64), np.asarray(regions, np.float64)
+    off = 1.0 if legacy_plus_one else 0.0
+    widths = (np.minimum(boxes[:, None, 2], regions[None, :, 2])
+              - np.maximum(boxes[:, None, 0], regions[None, :, 0]) + off)
+    heights = (np.minimum(boxes[:, None, 3], regions[None, :, 3])
+               - np.maximum(boxes[:, None, 1], regions[None, :, 1]) + off)
+    intersection = widths.clip(min=0) * heights.clip(min=0)
+    area = ((boxes[:, 2] - boxes[:, 0] + off) * (boxes[:, 3] - boxes[:, 1] + off))[:, None]
+    return np.where(area > 0, intersection / np.where(area > 0, area, 1.0), 0.0)
 
 
 def save_proposals(path, boxes, scores, ids):

@@ -12,8 +12,8 @@ keeps a finished run finished: everything under TEST (used by ``detectron test``
 PRETRAIN (used by ``detectron pretrain`` only), where files go or come from (OUTPUT_DIR,
 ROOT_DIR, DOWNLOAD_CACHE), how often snapshots are taken and whether a run resumes
 (TRAIN.SNAPSHOT_ITERS, TRAIN.AUTO_RESUME: resuming is bit-identical), the data loader's worker
-count (the data order is a function of the seed and iteration alone), and keys nothing reads
-at training time (VIS, VIS_TH, EXPECTED_RESULTS*, MATLAB, the data-loader queue sizes).
+count (the data order is a function of the seed and iteration alone), DEDUP_BOXES (read at
+test time only), and the keys nothing reads (config.compat.INERT_KEYS).
 
 A directory written before provenance was recorded is judged by its ``config.yaml``.
 """
@@ -23,6 +23,7 @@ import logging
 from pathlib import Path
 
 from detectron_lib.config import load_config
+from detectron_lib.config.compat import INERT_KEYS
 from detectron_lib.engine.checkpoint import FINAL_NAME
 from detectron_lib.errors import ConfigError
 from detectron_lib.utils.download import cached_path, file_sha256
@@ -38,7 +39,7 @@ RESULT_PATTERNS = ("model_iter*.pth", FINAL_NAME, "train_log.jsonl", "metrics*.j
 # Key prefixes that cannot change the trained weights (see the module docstring)
 NOT_TRAINING_KEYS = (
     "TEST.", "PRETRAIN.", "OUTPUT_DIR", "ROOT_DIR", "DOWNLOAD_CACHE", "TRAIN.SNAPSHOT_ITERS",
-    "TRAIN.AUTO_RESUME", "DATA_LOADER.", "VIS", "EXPECTED_RESULTS", "MATLAB",
+    "TRAIN.AUTO_RESUME", "DATA_LOADER.", "DEDUP_BOXES",
 )
 # The pseudo-key under which the initial weights' content is recorded
 WEIGHTS_DIGEST_KEY = "TRAIN.WEIGHTS (sha256 of the file)"
@@ -51,7 +52,7 @@ def training_config(cfg):
     of the TRAIN.WEIGHTS file (a URL is downloaded into DOWNLOAD_CACHE first): a file replaced
     under the same name is another initialization."""
     flat = {key: value for key, value in cfg.to_flat_dict().items()
-            if not key.startswith(NOT_TRAINING_KEYS)}
+            if not key.startswith(NOT_TRAINING_KEYS) and key not in INERT_KEYS}
     if cfg.TRAIN.WEIGHTS:
         weights = cached_path(cfg.TRAIN.WEIGHTS, cfg.DOWNLOAD_CACHE)
         flat[WEIGHTS_DIGEST_KEY] = file_sha256(weights) if weights.is_file() else None

@@ -215,6 +215,9 @@ def _box_roi_head_options(cfg):
         detections_per_image=s.DETECTIONS_PER_IM,
         soft_nms=soft_nms_from_config(cfg),
         box_voting=box_voting_from_config(cfg),
+        bbox_thresh=t.BBOX_THRESH,
+        bbox_reg=s.BBOX_REG,
+        dedup_boxes=0.0 if cfg.RPN.RPN_ON else cfg.DEDUP_BOXES,  # precomputed proposals only
     )
 
 

@@ -31,13 +31,16 @@ class FastRCNNPredictor(nn.Module):
 
 
 def sample_rois(proposals, gt_instances, matcher, batch_size_per_image, fg_fraction, box_coder,
-                generators=None):
+                generators=None, bbox_thresh=None):
     """Detectron's RoI minibatch: proposals plus the ground-truth boxes, labeled and sampled.
 
     proposals: [Instances(boxes)], gt_instances: [Instances(boxes, classes)], generators:
-    [torch.Generator] per image (or None).
+    [torch.Generator] per image (or None). bbox_thresh: TRAIN.BBOX_THRESH, Detectron's
+    compute_bbox_regression_targets: every sampled RoI whose best IoU is >= it, fg or bg,
+    regresses onto its matched box, on that box's class (None: the fg RoIs do).
     Returns [Instances(boxes, classes (0 = background), regression_targets (R, 4),
-    matched_gt (R,))], fg first.
+    regression_classes (R,) (the class whose deltas are trained, 0 = none), matched_gt (R,))],
+    fg first.
     """
     sampled = []
     generators = generators or [None] * len(proposals)
@@ -48,27 +51,60 @@ def sample_rois(proposals, gt_instances, matcher, batch_size_per_image, fg_fract
         fg, bg = sample_labels(labels, batch_size_per_image, fg_fraction, generator)
         keep = torch.cat([fg, bg])
         classes = torch.zeros(len(keep), dtype=torch.int64, device=boxes.device)
+        regression_classes = torch.zeros_like(classes)
         targets = torch.zeros((len(keep), 4), dtype=boxes.dtype, device=boxes.device)
-        if len(gt) and fg.numel():
-            classes[: len(fg)] = gt.classes[matched[fg]]
-            targets[: len(fg)] = box_coder.encode(boxes[fg], gt.boxes[matched[fg]].to(boxes.dtype))
+        if len(gt) and keep.numel():
+            matched_classes = gt.classes[matched[keep]].to(classes.dtype)
+            classes[: len(fg)] = matched_classes[: len(fg)]
+            if bbox_thresh is None:
+                regress = torch.arange(len(keep), device=boxes.device) < len(fg)
+            else:
+                regress = iou.max(dim=0).values[keep] >= bbox_thresh
+            regression_classes = torch.where(regress, matched_classes, regression_classes)
+            rows = keep[regress]
+            if rows.numel():
+                targets[regress] = box_coder.encode(boxes[rows],
+                                                    gt.boxes[matched[rows]].to(boxes.dtype))
         sampled.append(Instances(props.image_size, boxes=boxes[keep], classes=classes,
-                                 regression_targets=targets, matched_gt=matched[keep]))
+                                 regression_targets=targets, regression_classes=regression_classes,
+                                 matched_gt=matched[keep]))
     return sampled
 
 
-def fast_rcnn_losses(cls_logits, box_deltas, classes, regression_targets, smooth_l1_beta=1.0):
-    """Softmax cross-entropy over sampled RoIs, and smooth L1 on the fg RoIs' own-class deltas
-    summed and divided by the number of RoIs (Caffe2's SmoothL1Loss normalization).
+def unique_boxes(boxes, scale):
+    """Detectron's DEDUP_BOXES: which of ``boxes`` (N, 4) coincide once multiplied by ``scale``
+    (1/16: the cells of a stride-16 feature map) and rounded (half to even, as numpy).
+
+    Returns (first (U,) int64: the first box of each distinct group, inverse (N,) int64: the
+    group of each box), so that ``boxes[first][inverse]`` gives every box its group's first.
+    """
+    if len(boxes) == 0:
+        empty = torch.zeros(0, dtype=torch.int64, device=boxes.device)
+        return empty, empty
+    _, inverse = torch.unique(torch.round(boxes * scale), dim=0, return_inverse=True)
+    order = torch.arange(len(boxes), device=boxes.device)
+    first = order.new_full((int(inverse.max()) + 1,), len(boxes))
+    return first.scatter_reduce_(0, inverse, order, "amin"), inverse
+
+
+def fast_rcnn_losses(cls_logits, box_deltas, classes, regression_targets, smooth_l1_beta=1.0,
+                     regression_classes=None):
+    """Softmax cross-entropy over sampled RoIs, and smooth L1 on the deltas of each RoI's
+    regression class summed and divided by the number of RoIs (Caffe2's SmoothL1Loss
+    normalization).
 
     cls_logits: (R, K+1). box_deltas: (R, 4(K+1)) or (R, 8) class-agnostic. classes: (R,).
+    regression_classes: (R,), 0 where no deltas are trained (sample_rois; None: ``classes``,
+    i.e. the fg RoIs on their own class).
     """
     loss_cls = F.cross_entropy(cls_logits, classes)
-    fg = torch.nonzero(classes > 0).flatten()
+    if regression_classes is None:
+        regression_classes = classes
+    rows = torch.nonzero(regression_classes > 0).flatten()
     num_cols = box_deltas.shape[1] // 4
-    fg_cols = classes[fg] if num_cols > 2 else torch.ones_like(classes[fg])
-    fg_deltas = box_deltas.view(len(box_deltas), num_cols, 4)[fg, fg_cols]
-    loss_box = F.smooth_l1_loss(fg_deltas, regression_targets[fg], beta=smooth_l1_beta,
+    cols = regression_classes[rows] if num_cols > 2 else torch.ones_like(regression_classes[rows])
+    deltas = box_deltas.view(len(box_deltas), num_cols, 4)[rows, cols]
+    loss_box = F.smooth_l1_loss(deltas, regression_targets[rows], beta=smooth_l1_beta,
                                 reduction="sum") / max(len(classes), 1)
     return {"loss_cls": loss_cls, "loss_bbox": loss_box}
 
@@ -109,11 +145,15 @@ class BoxROIHeads(nn.Module):
     pooler: RoIPooler. box_head: a module with ``out_dim`` (MLPHead, ConvFCHead, or the
     res5 / VGG fc heads of the backbone). in_features: feature names to pool from.
     soft_nms / box_voting: the test-time options of modeling.postprocess (None: off).
+    bbox_thresh: TRAIN.BBOX_THRESH (see sample_rois; None: the fg RoIs regress). bbox_reg:
+    TEST.BBOX_REG (False: the proposals are every class's boxes). dedup_boxes: DEDUP_BOXES
+    for precomputed proposals, 0 otherwise (see predict_boxes).
     """
 
     def __init__(self, pooler, box_head, predictor, in_features, *, matcher, batch_size_per_image,
                  fg_fraction, box_coder, score_thresh, nms_thresh, detections_per_image,
-                 soft_nms=None, box_voting=None):
+                 soft_nms=None, box_voting=None, bbox_thresh=None, bbox_reg=True,
+                 dedup_boxes=0.0):
         super().__init__()
         self.pooler = pooler
         self.box_head = box_head
@@ -128,6 +168,9 @@ class BoxROIHeads(nn.Module):
         self.detections_per_image = detections_per_image
         self.soft_nms = soft_nms
         self.box_voting = box_voting
+        self.bbox_thresh = bbox_thresh
+        self.bbox_reg = bbox_reg
+        self.dedup_boxes = dedup_boxes
 
     def box_features(self, features, boxes_per_image):
         pooled = self.pooler([features[f] for f in self.in_features], boxes_per_image)
@@ -141,10 +184,12 @@ class BoxROIHeads(nn.Module):
         """Training: (sampled RoIs, losses). Inference: ([Instances(boxes, scores, classes)], {})."""
         if gt_instances is not None:
             rois = sample_rois(proposals, gt_instances, self.matcher, self.batch_size_per_image,
-                               self.fg_fraction, self.box_coder, generators)
+                               self.fg_fraction, self.box_coder, generators, self.bbox_thresh)
             cls_logits, deltas = self.predict(features, [r.boxes for r in rois])
-            losses = fast_rcnn_losses(cls_logits, deltas, torch.cat([r.classes for r in rois]),
-                                      torch.cat([r.regression_targets for r in rois]))
+            losses = fast_rcnn_losses(
+                cls_logits, deltas, torch.cat([r.classes for r in rois]),
+                torch.cat([r.regression_targets for r in rois]),
+                regression_classes=torch.cat([r.regression_classes for r in rois]))
             return rois, losses
         return self.inference(features, proposals), {}
 
@@ -156,17 +201,35 @@ class BoxROIHeads(nn.Module):
     @torch.no_grad()
     def predict_boxes(self, features, proposals):
         """Per image, before NMS: (scores (R, K+1) softmax probabilities, boxes (R, 4(K+1)) or
-        (R, 8) class-agnostic, decoded and clipped, in the pixels of the proposals' image)."""
-        cls_logits, deltas = self.predict(features, [p.boxes for p in proposals])
+        (R, 8) class-agnostic, decoded and clipped, in the pixels of the proposals' image).
+
+        Detectron's im_detect_bbox: with ``dedup_boxes`` > 0, proposals that coincide after
+        scaling by it and rounding (unique_boxes) are run once, and each takes the scores and
+        decoded boxes of its group's first; with ``bbox_reg`` False the proposals themselves
+        are every class's boxes.
+        """
+        boxes_per_image = [p.boxes for p in proposals]
+        groups = [None] * len(proposals)
+        if self.dedup_boxes > 0:
+            groups = [unique_boxes(boxes, self.dedup_boxes) for boxes in boxes_per_image]
+            boxes_per_image = [boxes[first] for boxes, (first, _) in zip(boxes_per_image, groups)]
+        cls_logits, deltas = self.predict(features, boxes_per_image)
         scores = F.softmax(cls_logits, dim=1)
         results = []
         start = 0
-        for props in proposals:
-            n = len(props)
+        for rois, props, group in zip(boxes_per_image, proposals, groups):
+            n = len(rois)
             h, w = props.image_size
-            boxes = self.box_coder.decode(deltas[start:start + n], props.boxes)
-            boxes = clip_boxes(boxes.view(-1, 4), h, w, self.box_coder.legacy_plus_one).view(n, -1)
-            results.append((scores[start:start + n], boxes))
+            image_scores, image_deltas = scores[start:start + n], deltas[start:start + n]
+            if self.bbox_reg:
+                boxes = self.box_coder.decode(image_deltas, rois)
+                boxes = clip_boxes(boxes.view(-1, 4), h, w, self.box_coder.legacy_plus_one)
+                boxes = boxes.view(n, -1)
+            else:
+                boxes = rois.repeat(1, image_deltas.shape[1] // 4)
+            if group is not None:
+                image_scores, boxes = image_scores[group[1]], boxes[group[1]]
+            results.append((image_scores, boxes))
             start += n
         return results
 

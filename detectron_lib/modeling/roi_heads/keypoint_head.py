@@ -206,10 +206,12 @@ class KeypointROIHeads(nn.Module):
     the loss by the visible keypoints (KRCNN.NORMALIZE_BY_VISIBLE_KEYPOINTS), else
     TRAIN.BATCH_SIZE_PER_IM x TRAIN.FG_FRACTION, so that the loss is divided by images x
     fg_rois_per_image x num_keypoints. inference_min_size: KRCNN.INFERENCE_MIN_SIZE.
+    min_keypoint_count: KRCNN.MIN_KEYPOINT_COUNT_FOR_VALID_MINIBATCH, or None for no check
+    (see ``loss``).
     """
 
     def __init__(self, pooler, head, predictor, in_features, num_keypoints, *, loss_weight=1.0,
-                 fg_rois_per_image=None, inference_min_size=0):
+                 fg_rois_per_image=None, inference_min_size=0, min_keypoint_count=None):
         super().__init__()
         self.pooler = pooler
         self.head = head
@@ -219,6 +221,7 @@ class KeypointROIHeads(nn.Module):
         self.loss_weight = loss_weight
         self.fg_rois_per_image = fg_rois_per_image
         self.inference_min_size = inference_min_size
+        self.min_keypoint_count = min_keypoint_count
 
     def heatmap_logits(self, features, boxes_per_image):
         """features: {name: (N, C, H, W)}; boxes_per_image: [(Ni, 4)] -> (sum Ni, K, M, M)."""
@@ -268,7 +271,16 @@ class KeypointROIHeads(nn.Module):
 
     def loss(self, features, rois, gt_instances):
         """Keypoint loss over the keypoint RoIs of every image; a batch without any scores one
-        RoI with nothing valid, so the loss (0) stays connected to every weight."""
+        RoI with nothing valid, so the loss (0) stays connected to every weight.
+
+        With ``min_keypoint_count``, a minibatch whose keypoint RoIs hold that many visible
+        keypoints (in their heatmaps) or fewer is invalid (Detectron's
+        finalize_keypoint_minibatch) and its keypoint loss is 0, still connected to the
+        weights. Detectron's data loader dropped such a minibatch and drew the next one;
+        here RoIs are sampled inside the model, so the other losses of those images still
+        train, and each data-parallel process decides for its own minibatch with the
+        gradient reduction unchanged.
+        """
         selected = self.select_rois(rois, gt_instances)
         if sum(len(boxes) for boxes, _ in selected) == 0:
             first = rois[0].boxes[:1]
@@ -280,7 +292,10 @@ class KeypointROIHeads(nn.Module):
         normalizer = None
         if self.fg_rois_per_image is not None:
             normalizer = len(rois) * self.fg_rois_per_image * self.num_keypoints
-        return keypoint_rcnn_loss(logits.float(), labels, valid, normalizer, self.loss_weight)
+        loss = keypoint_rcnn_loss(logits.float(), labels, valid, normalizer, self.loss_weight)
+        if self.min_keypoint_count is not None:
+            loss = torch.where(valid.sum() > self.min_keypoint_count, loss, loss * 0.0)
+        return loss
 
     @torch.no_grad()
     def inference(self, features, detections, scales):
@@ -342,6 +357,10 @@ def build_keypoint_roi_heads(cfg, backbone_out_channels, backbone_strides):
     fg_rois_per_image = None
     if not k.NORMALIZE_BY_VISIBLE_KEYPOINTS:
         fg_rois_per_image = cfg.TRAIN.BATCH_SIZE_PER_IM * cfg.TRAIN.FG_FRACTION
+    # Detectron checked minibatches only where its data loader sampled the RoIs: training on
+    # precomputed proposals (its end-to-end RPN training computed the check and ignored it).
+    min_keypoint_count = None if cfg.RPN.RPN_ON else k.MIN_KEYPOINT_COUNT_FOR_VALID_MINIBATCH
     return KeypointROIHeads(pooler, head, predictor, in_features, k.NUM_KEYPOINTS,
                             loss_weight=k.LOSS_WEIGHT, fg_rois_per_image=fg_rois_per_image,
-                            inference_min_size=k.INFERENCE_MIN_SIZE)
+                            inference_min_size=k.INFERENCE_MIN_SIZE,
+                            min_keypoint_count=min_keypoint_count)
