@@ -98,8 +98,9 @@ def test_missing_metrics_file_names_it(toy_zoo):
     (["MODEL.FASTER_RCNN", "True"], "Faster"),
     (["MODEL.FASTER_RCNN", "True", "MODEL.MASK_ON", "True"], "Mask"),
     (["MODEL.FASTER_RCNN", "True", "MODEL.KEYPOINTS_ON", "True"], "Kps"),
-    (["MODEL.TYPE", "retinanet", "RETINANET.RETINANET_ON", "True"], "RetinaNet"),
-    (["MODEL.TYPE", "rfcn", "MODEL.FASTER_RCNN", "True"], "R-FCN"),
+    (["MODEL.TYPE", "retinanet", "RETINANET.RETINANET_ON", "True", "MODEL.NUM_CLASSES", "7"],
+     "RetinaNet"),
+    (["MODEL.TYPE", "rfcn", "MODEL.FASTER_RCNN", "True", "MODEL.NUM_CLASSES", "7"], "R-FCN"),
     ([], "Fast"),
 ])
 def test_model_type_column(overrides, expected):
