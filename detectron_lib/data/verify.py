@@ -89,8 +89,6 @@ def _decode(path):
         return decode_image_size(path), None
     except ImageReadError as e:
         return None, e.problem
-    except DatasetError as e:
-        return None, str(e)
 
 
 def _distributed(world_size):

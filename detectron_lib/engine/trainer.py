@@ -19,8 +19,6 @@ from detectron_lib.data.loader import build_train_loader
 from detectron_lib.engine.checkpoint import (
     FINAL_NAME,
     CheckpointError,
-    CheckpointRefusedError,
-    load_checkpoint,
     load_latest_checkpoint,
     save_checkpoint,
     set_rng_state,
@@ -67,7 +65,10 @@ def train(cfg, output_dir=None, log_period=20, overwrite=False):
         claim_output_dir(cfg, output_dir, overwrite)
     barrier()
     final_path = output_dir / FINAL_NAME
-    if cfg.TRAIN.AUTO_RESUME and _readable(final_path):
+    # the newest readable checkpoint (an unreadable one is passed over with a warning)
+    checkpoint, state = (load_latest_checkpoint(output_dir) if cfg.TRAIN.AUTO_RESUME
+                         else (None, None))
+    if checkpoint == final_path:
         logger.info("%s exists: training already finished", final_path)
         return final_path
 
@@ -75,7 +76,7 @@ def train(cfg, output_dir=None, log_period=20, overwrite=False):
     model = build_model(cfg).to(device)
     optimizer = build_optimizer(cfg, model)
     lr_at = lr_schedule_from_cfg(cfg)
-    start_iter = _resume(cfg, output_dir, model, optimizer)
+    start_iter = _resume(checkpoint, state, model, optimizer) if checkpoint else 0
     if start_iter == 0 and cfg.TRAIN.WEIGHTS:  # pretrained initialization (any format, or a URL)
         load_weights(model, cfg.TRAIN.WEIGHTS, for_training=True, cache_dir=cfg.DOWNLOAD_CACHE)
     if dist_info.world_size > 1:
@@ -148,30 +149,9 @@ def _open_train_log(path, start_iter):
     return open(path, "a")
 
 
-def _readable(checkpoint_path):
-    """Whether a checkpoint exists and loads; one that does not is resumed past (_resume)."""
-    if not checkpoint_path.is_file():
-        return False
-    try:
-        load_checkpoint(checkpoint_path)
-    except CheckpointRefusedError:
-        raise
-    except CheckpointError:
-        return False
-    return True
-
-
-def _resume(cfg, output_dir, model, optimizer):
-    """Restore the latest snapshot when TRAIN.AUTO_RESUME; returns the iteration to start at.
-
-    A newest snapshot (or model_final.pth) that cannot be read is passed over for the newest
-    readable one, with a warning naming both; a file refused as not data stops the run.
-    """
-    if not cfg.TRAIN.AUTO_RESUME:
-        return 0
-    path, state = load_latest_checkpoint(output_dir)
-    if path is None:
-        return 0
+def _resume(path, state, model, optimizer):
+    """Restore the snapshot ``state`` read from ``path`` (load_latest_checkpoint); returns the
+    iteration to start at."""
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -179,7 +159,7 @@ def _resume(cfg, output_dir, model, optimizer):
         raise CheckpointError(
             f"cannot resume from {path}: its model or optimizer state does not fit this model "
             f"({err}). It was written for another config or by an older version of "
-            f"detectron_lib; move the snapshots out of {output_dir} or set TRAIN.AUTO_RESUME "
+            f"detectron_lib; move the snapshots out of {path.parent} or set TRAIN.AUTO_RESUME "
             "False to train from the start") from None
     set_rng_state(state["rng"])
     logger.info("resuming from %s (iteration %d)", path, state["iteration"])
