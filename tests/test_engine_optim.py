@@ -104,7 +104,11 @@ def test_fused_sgd_on_cpu_matches_the_per_op_loop():
 def test_resume_from_a_snapshot_of_another_layout_names_the_file(tmp_path):
     """A snapshot whose optimizer state has other parameters (e.g. written when frozen-BN
     scale and shift still trained) stops the resume with one error naming the file."""
-    from detectron_lib.engine.checkpoint import CheckpointError, save_checkpoint
+    from detectron_lib.engine.checkpoint import (
+        CheckpointError,
+        load_latest_checkpoint,
+        save_checkpoint,
+    )
     from detectron_lib.engine.trainer import _resume
 
     cfg = get_default_cfg()
@@ -113,6 +117,7 @@ def test_resume_from_a_snapshot_of_another_layout_names_the_file(tmp_path):
     save_checkpoint(tmp_path / "model_iter9.pth", old, build_optimizer(cfg, old), iteration=9)
     new = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 1))
     new[1].requires_grad_(False)                       # fewer trainable parameters now
+    path, state = load_latest_checkpoint(tmp_path)
     with pytest.raises(CheckpointError, match=r"cannot resume from .*model_iter9\.pth.*AUTO_RESUME"):
-        _resume(cfg, tmp_path, new, build_optimizer(cfg, new))
-    assert _resume(cfg, tmp_path, old, build_optimizer(cfg, old)) == 10
+        _resume(path, state, new, build_optimizer(cfg, new))
+    assert _resume(path, state, old, build_optimizer(cfg, old)) == 10
