@@ -11,6 +11,7 @@ from detectron_lib.errors import DetectronError
 from detectron_lib.utils.malloc import keep_freed_memory
 
 
+DEFAULT_MANIFEST = "configs/zoo/shapes.yaml"   # the Snakefile's default too
 WEIGHTS_HELP = ("weights file or URL, of ours or Detectron (.pkl), detectron2 (.pkl/.pth) or "
                 "torchvision (.pth), told apart by content (default: TEST.WEIGHTS)")
 
@@ -103,12 +104,110 @@ def cmd_infer(args):
         print(path)
 
 
-def cmd_zoo(args):
-    """Render a zoo manifest's MODEL_ZOO.md table from the metrics files the DAG produced."""
+# `detectron zoo STEP`: one handler per job of the model-zoo DAG (detectron_lib.zoo.steps),
+# each given the --manifest file and a name from it.
+def _load_zoo(args):
     from detectron_lib.zoo.manifest import load_manifest
+
+    return load_manifest(args.manifest)
+
+
+def cmd_zoo_table(args):
+    """Render a zoo manifest's MODEL_ZOO.md table from the files the DAG produced."""
     from detectron_lib.zoo.table import write_model_zoo
 
-    print(write_model_zoo(load_manifest(args.manifest), args.output))
+    print(write_model_zoo(_load_zoo(args), args.output))
+
+
+def cmd_zoo_prepare_dataset(args):
+    from detectron_lib.zoo import steps
+
+    steps.prepare_dataset(_load_zoo(args), args.dataset)
+
+
+def cmd_zoo_mlflow_init(args):
+    from detectron_lib.zoo import steps
+
+    steps.init_tracking(_load_zoo(args), tracking=not args.no_tracking)
+
+
+def cmd_zoo_pretrain(args):
+    from detectron_lib.zoo import steps
+
+    steps.pretrain(_load_zoo(args), args.name, args.threads, args.log_file, not args.no_tracking)
+
+
+def cmd_zoo_train(args):
+    from detectron_lib.zoo import steps
+
+    steps.train(_load_zoo(args), args.baseline, args.threads, args.log_file, not args.no_tracking)
+
+
+def cmd_zoo_dump_proposals(args):
+    from detectron_lib.zoo import steps
+
+    steps.dump_proposals(_load_zoo(args), args.rpn, args.dataset, args.threads, args.log_file,
+                         not args.no_tracking)
+
+
+def cmd_zoo_evaluate(args):
+    from detectron_lib.zoo import steps
+
+    steps.evaluate(_load_zoo(args), args.baseline, args.threads, args.log_file,
+                   not args.no_tracking)
+
+
+def _add_zoo_parser(sub):
+    """``detectron zoo STEP``; a step run by hand does what the DAG's job does."""
+    zoo = sub.add_parser("zoo", help="the model-zoo DAG's steps, e.g. `detectron zoo table` "
+                                     "(`snakemake reproduce_model_zoo` runs them all)",
+                         description="The model-zoo DAG's jobs, one per Snakemake rule. Each "
+                                     "takes a name from the zoo manifest and reads its config, "
+                                     "overrides and paths from there.")
+    steps = zoo.add_subparsers(dest="step", metavar="STEP", required=True)
+    manifest = argparse.ArgumentParser(add_help=False)
+    manifest.add_argument("--manifest", default=DEFAULT_MANIFEST,
+                          help=f"zoo manifest YAML (default: {DEFAULT_MANIFEST})")
+    tracking = argparse.ArgumentParser(add_help=False)
+    tracking.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    job = argparse.ArgumentParser(add_help=False, parents=[manifest, tracking])
+    job.add_argument("--threads", type=int, default=None,
+                     help="CPU threads of the whole job, split among its torchrun workers "
+                          "(default: the manifest entry's)")
+    job.add_argument("--log-file", default=None, help="job log to attach as an MLflow artifact")
+
+    p = steps.add_parser("prepare-dataset", parents=[manifest],
+                         help="materialize and verify a dataset, write its marker file")
+    p.add_argument("dataset", help="catalog dataset name, e.g. shapes_train")
+    p.set_defaults(func=cmd_zoo_prepare_dataset)
+
+    p = steps.add_parser("mlflow-init", parents=[manifest, tracking],
+                         help="create the tracking store and the zoo's experiment")
+    p.set_defaults(func=cmd_zoo_mlflow_init)
+
+    p = steps.add_parser("pretrain", parents=[job], help="pretrain a body of the manifest")
+    p.add_argument("name", help="entry of the manifest's 'pretrained' section")
+    p.set_defaults(func=cmd_zoo_pretrain)
+
+    p = steps.add_parser("train", parents=[job], help="train a baseline, measure its time, "
+                                                      "memory and hardware")
+    p.add_argument("baseline", help="baseline name in the manifest")
+    p.set_defaults(func=cmd_zoo_train)
+
+    p = steps.add_parser("dump-proposals", parents=[job],
+                         help="write an RPN baseline's proposals for a dataset")
+    p.add_argument("rpn", help="RPN baseline name in the manifest")
+    p.add_argument("dataset", help="catalog dataset name")
+    p.set_defaults(func=cmd_zoo_dump_proposals)
+
+    p = steps.add_parser("evaluate", parents=[job], help="evaluate a baseline into metrics.json")
+    p.add_argument("baseline", help="baseline name in the manifest")
+    p.set_defaults(func=cmd_zoo_evaluate)
+
+    p = steps.add_parser("table", parents=[manifest],
+                         help="render MODEL_ZOO.md from the zoo's metrics files")
+    p.add_argument("--output", default=None, help="table to write (default: the manifest's)")
+    p.set_defaults(func=cmd_zoo_table)
 
 
 def build_parser():
@@ -170,11 +269,7 @@ def build_parser():
     _add_cfg_args(p)
     p.set_defaults(func=cmd_infer)
 
-    p = sub.add_parser("zoo", help="render MODEL_ZOO.md from a zoo's metrics files "
-                                   "(`snakemake reproduce_model_zoo` runs the whole zoo)")
-    p.add_argument("--manifest", default="configs/zoo/shapes.yaml", help="zoo manifest YAML")
-    p.add_argument("--output", default=None, help="table to write (default: the manifest's)")
-    p.set_defaults(func=cmd_zoo)
+    _add_zoo_parser(sub)
     return parser
 
 
@@ -197,7 +292,8 @@ def main(argv=None):
     try:
         args.func(args)
     except DetectronError as e:
-        print(f"detectron {args.command}: error: {e}", file=sys.stderr)
+        command = " ".join(filter(None, (args.command, getattr(args, "step", None))))
+        print(f"detectron {command}: error: {e}", file=sys.stderr)
         return 2
     return 0
 

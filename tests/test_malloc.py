@@ -5,8 +5,9 @@ import textwrap
 
 import pytest
 
-from detectron_lib import cli, workflow_steps
+from detectron_lib import cli
 from detectron_lib.utils import malloc
+from detectron_lib.zoo import steps
 
 pytestmark = pytest.mark.skipif(malloc._glibc() is None, reason="needs glibc")
 
@@ -59,14 +60,15 @@ def test_users_malloc_settings_are_respected(environ, chosen):
     assert malloc.user_set_malloc_options(environ) is chosen
 
 
-def test_entry_points_apply_the_settings(monkeypatch, tmp_path):
+def test_entry_point_applies_the_settings(monkeypatch, tmp_path):
+    """The one entry point, for a command and for a model-zoo DAG step."""
     calls = []
-    monkeypatch.setattr(cli, "keep_freed_memory", lambda: calls.append("cli"))
-    monkeypatch.setattr(workflow_steps, "keep_freed_memory", lambda: calls.append("step"))
-    monkeypatch.setattr(workflow_steps, "evaluate_baseline", lambda *a, **k: None)
+    monkeypatch.setattr(cli, "keep_freed_memory", lambda: calls.append("settings"))
+    monkeypatch.setattr(steps, "evaluate", lambda *a, **k: calls.append("evaluate"))
     cfg = tmp_path / "empty.yaml"
     cfg.write_text("{}\n")
+    manifest = tmp_path / "zoo.yaml"
+    manifest.write_text("name: z\ntable: Z.md\nbaselines: {b: {config: c.yaml, section: rpn}}\n")
     assert cli.main(["config", "--cfg", str(cfg)]) == 0
-    assert workflow_steps.main(["evaluate", "--cfg", str(cfg), "--weights", "w.pth",
-                                "--output-dir", str(tmp_path), "--run-file", "run.json"]) == 0
-    assert calls == ["cli", "step"]
+    assert cli.main(["zoo", "evaluate", "b", "--manifest", str(manifest)]) == 0
+    assert calls == ["settings", "settings", "evaluate"]

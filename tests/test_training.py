@@ -16,7 +16,7 @@ import torch
 from detectron_lib.cli import main as cli_main
 from detectron_lib.config import load_config
 from detectron_lib.engine import trainer
-from detectron_lib.engine.train_log import TrainLogError
+from detectron_lib.engine.train_log import TrainLogError, read_train_log
 from detectron_lib.engine.trainer import TrainingError, train
 from detectron_lib.errors import ConfigError
 from detectron_lib.inference.engine import (
@@ -24,7 +24,6 @@ from detectron_lib.inference.engine import (
     evaluate_from_proposal_dumps,
     training_timings,
 )
-from detectron_lib.workflow_steps import read_train_log
 
 pytestmark = pytest.mark.slow
 

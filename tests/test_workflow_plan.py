@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from detectron_lib.zoo.manifest import load_manifest
 from test_workflow_dag import planned_job_blocks, planned_jobs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -116,9 +117,13 @@ def test_coco_zoo_launches_multi_gpu_training_with_torchrun(coco_workdir):
                          "--configfile", "configs/zoo/coco_2017.yaml")
     assert proc.returncode == 0, proc.stderr[-3000:]
     train_cmd = next(line for line in proc.stdout.splitlines()
-                     if "workflow_steps train" in line)
+                     if "detectron_lib.cli zoo train" in line)
     assert re.search(r"^(Shell command: )?torchrun --standalone --nproc_per_node 8 -m ", train_cmd.strip())
-    assert "NUM_GPUS 8" in train_cmd
+    # The step reads the config and its overrides (NUM_GPUS 8) from the manifest it is given.
+    manifest = coco_workdir / "configs/zoo/coco_2017.yaml"
+    assert "zoo train e2e_mask_rcnn_R-50-FPN_1x --manifest configs/zoo/coco_2017.yaml " in train_cmd
+    overrides = load_manifest(manifest).config_overrides("e2e_mask_rcnn_R-50-FPN_1x")
+    assert overrides[overrides.index("NUM_GPUS") + 1] == "8"
 
 
 @pytest.mark.skipif(importlib.util.find_spec("snakemake_executor_plugin_slurm") is None,

@@ -1,17 +1,32 @@
-# Shared by the stage files. The validated manifest, its paths, and the input functions that
-# turn a manifest entry into the inputs and command-line arguments of a job.
+# Shared by the stage files. The validated manifest, its file and paths, and the input
+# functions that turn a manifest entry into the inputs and rerun triggers of a job.
 import json
 import re
-import shlex
+from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 from snakemake.utils import min_version, validate
 
-from detectron_lib.workflow_steps import put_interpreter_first_on_path
 from detectron_lib.zoo.manifest import join_overrides, parse_manifest
+from detectron_lib.zoo.steps import put_interpreter_first_on_path
 
 min_version("8.0")
 
+
+def manifest_file():
+    """The manifest's file, relative to the working directory when inside it (a stable
+    param). Each job runs `detectron zoo STEP NAME --manifest FILE` and reads the rest from
+    that file, so the DAG must see the file as it is: one file, no --config."""
+    if len(workflow.configfiles) != 1 or workflow.config_settings.config:
+        raise WorkflowError("the zoo's jobs read their manifest from its file: give one "
+                            "--configfile (or none, for configs/zoo/shapes.yaml) and no "
+                            "--config; edit the manifest file instead")
+    path = Path(workflow.configfiles[0]).absolute()
+    return str(path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path)
+
+
+MANIFEST_FILE = manifest_file()
 validate(config, "../schemas/zoo.schema.yaml")
 ZOO = parse_manifest(config, source="zoo manifest '{}'".format(config["name"]))
 LAYOUT = ZOO.layout
@@ -104,15 +119,9 @@ def evaluate_inputs(wildcards):
     }
 
 
-def evaluation_source(wildcards, input):
-    """Where an evaluation comes from when not from inference: an RPN baseline whose
-    proposals the DAG dumps for its test sets takes their recall and inference time (its
-    ``dumped_evaluation`` inputs)."""
-    return " ".join(f"--proposal-metrics {shlex.quote(path)}" for path in input.dumped_evaluation)
-
-
 def overrides_of(name):
-    """Shell-quoted config overrides of a baseline (its manifest entry, the DAG's paths)."""
+    """Config overrides of a baseline (its manifest entry, the DAG's paths), as a rerun
+    trigger: the jobs read them from the manifest."""
     return join_overrides(ZOO.config_overrides(name))
 
 
@@ -135,7 +144,7 @@ def resource_of(key):
 
 
 def table_manifest(wildcards):
-    """The manifest as JSON for the zoo-table step (and a rerun trigger when it changes)."""
+    """The manifest as JSON, a rerun trigger of the table (title, sections, baselines)."""
     return json.dumps(config, sort_keys=True)
 
 

@@ -5,7 +5,8 @@ rule prepare_dataset:
     output:
         LAYOUT.dataset_marker("{dataset}"),
     params:
-        data_root=ZOO.data_root,
+        manifest=MANIFEST_FILE,
+        data_root=ZOO.data_root,   # rerun triggers: the job reads them from the manifest
         catalog=ZOO.dataset_catalog,
     log:
         LAYOUT.log("prepare_dataset", "{dataset}"),
@@ -13,6 +14,5 @@ rule prepare_dataset:
         LAYOUT.benchmark("prepare_dataset", "{dataset}")
     threads: 2
     shell:
-        "python -m detectron_lib.workflow_steps prepare-dataset {wildcards.dataset}"
-        " --output {output} --data-root={params.data_root:q} --catalog={params.catalog:q}"
-        " > {log} 2>&1"
+        "python -m detectron_lib.cli zoo prepare-dataset {wildcards.dataset}"
+        " --manifest {params.manifest:q} > {log} 2>&1"

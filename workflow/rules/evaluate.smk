@@ -9,9 +9,8 @@ rule evaluate:
     output:
         metrics=LAYOUT.metrics("{baseline}"),
     params:
-        overrides=lambda wildcards: overrides_of(wildcards.baseline),
-        eval_dir=lambda wildcards: LAYOUT.eval_dir(wildcards.baseline),
-        source=evaluation_source,
+        manifest=MANIFEST_FILE,
+        overrides=lambda wildcards: overrides_of(wildcards.baseline),   # a rerun trigger
     priority: evaluate_priority
     threads: resource_of("threads")
     resources:
@@ -23,6 +22,5 @@ rule evaluate:
     benchmark:
         LAYOUT.benchmark("evaluate", "{baseline}")
     shell:
-        "python -m detectron_lib.workflow_steps evaluate --cfg {input.config}"
-        " --weights {input.weights} --output-dir {params.eval_dir} --run-file {input.run}"
-        " --threads {threads} --log-file {log} {params.source} {params.overrides} > {log} 2>&1"
+        "python -m detectron_lib.cli zoo evaluate {wildcards.baseline}"
+        " --manifest {params.manifest:q} --threads {threads} --log-file {log} > {log} 2>&1"

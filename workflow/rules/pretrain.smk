@@ -10,6 +10,8 @@ rule pretrain:
         weights=LAYOUT.pretrained_weights("{pretrained}"),
         run=LAYOUT.pretrained_run("{pretrained}"),
     params:
+        manifest=MANIFEST_FILE,
+        # a rerun trigger: the job reads them from the manifest
         overrides=lambda wildcards: join_overrides(ZOO.pretrained_overrides(wildcards.pretrained)),
     priority: PRETRAIN_PRIORITY
     threads: resource_of("threads")
@@ -22,7 +24,5 @@ rule pretrain:
     benchmark:
         LAYOUT.benchmark("pretrain", "{pretrained}")
     shell:
-        "python -m detectron_lib.workflow_steps pretrain --name {wildcards.pretrained}"
-        " --cfg {input.config} --output {output.weights} --experiment-file {input.experiment}"
-        " --run-file {output.run} --threads {threads} --log-file {log}"
-        " {params.overrides} > {log} 2>&1"
+        "python -m detectron_lib.cli zoo pretrain {wildcards.pretrained}"
+        " --manifest {params.manifest:q} --threads {threads} --log-file {log} > {log} 2>&1"

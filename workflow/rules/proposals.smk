@@ -12,7 +12,8 @@ rule dump_proposals:
         proposals=LAYOUT.proposals("{rpn}", "{dataset}"),
         metrics=LAYOUT.proposal_metrics("{rpn}", "{dataset}"),
     params:
-        overrides=lambda wildcards: overrides_of(wildcards.rpn),
+        manifest=MANIFEST_FILE,
+        overrides=lambda wildcards: overrides_of(wildcards.rpn),   # a rerun trigger
     priority: PROPOSAL_CHAIN_PRIORITY
     threads: resource_of("threads")
     resources:
@@ -24,7 +25,5 @@ rule dump_proposals:
     benchmark:
         LAYOUT.benchmark("dump_proposals", "{rpn}_{dataset}")
     shell:
-        "python -m detectron_lib.workflow_steps dump-proposals --cfg {input.config}"
-        " --weights {input.weights} --dataset {wildcards.dataset} --output {output.proposals}"
-        " --metrics-file {output.metrics} --run-file {input.run} --threads {threads}"
-        " --log-file {log} {params.overrides} > {log} 2>&1"
+        "python -m detectron_lib.cli zoo dump-proposals {wildcards.rpn} {wildcards.dataset}"
+        " --manifest {params.manifest:q} --threads {threads} --log-file {log} > {log} 2>&1"

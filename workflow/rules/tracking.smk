@@ -6,12 +6,10 @@ rule mlflow_init:
     output:
         LAYOUT.experiment_file,
     params:
-        experiment=ZOO.name,
-        artifact_root=LAYOUT.artifact_dir,
+        manifest=MANIFEST_FILE,
     log:
         LAYOUT.log("mlflow_init", ZOO.name),
     benchmark:
         LAYOUT.benchmark("mlflow_init", ZOO.name)
     shell:
-        "python -m detectron_lib.workflow_steps mlflow-init --experiment {params.experiment}"
-        " --artifact-root {params.artifact_root} --output {output} > {log} 2>&1"
+        "python -m detectron_lib.cli zoo mlflow-init --manifest {params.manifest:q} > {log} 2>&1"

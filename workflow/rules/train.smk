@@ -11,9 +11,9 @@ rule train:
         stats=LAYOUT.train_stats("{baseline}"),
         run=LAYOUT.run_file("{baseline}"),
     params:
-        overrides=lambda wildcards: overrides_of(wildcards.baseline),
+        manifest=MANIFEST_FILE,
+        overrides=lambda wildcards: overrides_of(wildcards.baseline),   # a rerun trigger
         launcher=train_launcher,
-        zoo=ZOO.name,
     priority: train_priority
     threads: resource_of("threads")
     resources:
@@ -25,8 +25,5 @@ rule train:
     benchmark:
         LAYOUT.benchmark("train", "{baseline}")
     shell:
-        "{params.launcher} -m detectron_lib.workflow_steps train"
-        " --zoo {params.zoo} --baseline {wildcards.baseline} --cfg {input.config}"
-        " --experiment-file {input.experiment} --run-file {output.run}"
-        " --stats-file {output.stats} --threads {threads} --log-file {log}"
-        " {params.overrides} > {log} 2>&1"
+        "{params.launcher} -m detectron_lib.cli zoo train {wildcards.baseline}"
+        " --manifest {params.manifest:q} --threads {threads} --log-file {log} > {log} 2>&1"

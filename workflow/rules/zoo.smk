@@ -7,11 +7,11 @@ rule model_zoo_table:
     output:
         ZOO.table,
     params:
-        manifest=table_manifest,
+        manifest=MANIFEST_FILE,
+        content=table_manifest,   # a rerun trigger: the job reads the manifest file
     log:
         LAYOUT.log("model_zoo_table", ZOO.name),
     benchmark:
         LAYOUT.benchmark("model_zoo_table", ZOO.name)
     shell:
-        "python -m detectron_lib.workflow_steps zoo-table --manifest-json {params.manifest:q}"
-        " --output {output} > {log} 2>&1"
+        "python -m detectron_lib.cli zoo table --manifest {params.manifest:q} > {log} 2>&1"

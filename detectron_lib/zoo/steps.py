@@ -1,0 +1,300 @@
+"""The model-zoo DAG's jobs, one function per Snakemake rule, run as ``detectron zoo STEP``.
+
+Each step takes the zoo manifest and a name from it (a dataset, a pretrained body, a
+baseline) and looks up everything else there: config file, overrides, datasets and every
+path of the zoo's layout. The rules thus pass only a manifest path and a name, and a job
+run by hand does exactly what the DAG's job does.
+
+    prepare_dataset  materialize a catalog dataset, write its marker JSON
+    init_tracking    create the tracking store and the zoo's experiment, once
+    pretrain         pretrain a body (an MLflow run of its own)
+    train            train a baseline (a parent MLflow run + a 'train' child), measure time,
+                     memory and hardware into train_stats.json
+    dump_proposals   write an RPN baseline's proposals for one dataset ('proposals' child)
+    evaluate         evaluate a baseline into metrics.json ('evaluate' child)
+
+The four that run a model take the job's CPU ``threads`` (see set_job_threads). The table
+(the last rule) is ``zoo.table.write_model_zoo``. Every output is written atomically. Under
+torchrun only rank 0 writes files or tracks (``utils.ranks``).
+"""
+import functools
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from detectron_lib.engine.train_log import read_train_log
+from detectron_lib.utils.io import write_json_atomic
+from detectron_lib.utils.ranks import is_main_process
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def put_interpreter_first_on_path():
+    """Put the folder of this Python interpreter (e.g. .venv/bin) first on PATH, so that the
+    ``python`` and ``torchrun`` of the DAG's rule shells are this environment's, activated or
+    not (called by workflow/rules/common.smk). Returns the new PATH."""
+    bin_dir = str(Path(sys.executable).parent)
+    os.environ["PATH"] = os.pathsep.join([bin_dir, os.environ.get("PATH", "")])
+    return os.environ["PATH"]
+
+
+def set_job_threads(threads, entry):
+    """Split a job's CPU ``threads`` (None: the manifest ``entry``'s resources; Snakemake
+    passes what it granted) among its torchrun workers (LOCAL_WORLD_SIZE) and set
+    OMP_NUM_THREADS and torch's intra-op threads accordingly; returns the per-worker count."""
+    threads = threads or entry.resources.threads
+    workers = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    per_worker = max(1, int(threads) // max(1, workers))
+    os.environ["OMP_NUM_THREADS"] = str(per_worker)
+    import torch
+
+    torch.set_num_threads(per_worker)
+    return per_worker
+
+
+def hardware_description():
+    """One line naming what the numbers were measured on, e.g.
+    'AMD EPYC, 2 CPU cores; PyTorch 2.4.0, CPU only'."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if torch.cuda.is_available():
+        gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        accel = ", ".join(f"{gpus.count(g)}x {g}" for g in sorted(set(gpus)))
+    else:
+        accel = "CPU only"
+    return f"{cpu}, {cores} CPU cores; PyTorch {torch.__version__}, {accel}"
+
+
+def peak_memory_gb(device_type):
+    """Peak memory of this process in GB: allocated CUDA memory on GPU, peak RSS on CPU."""
+    if device_type == "cuda":
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9   # KB on Linux
+
+
+def _load_cfg(cfg_file, overrides):
+    """The config with the DAG's overrides, its datasets registered (DATASET_CATALOG_FILE)."""
+    from detectron_lib.config import load_config
+    from detectron_lib.data.catalog import register_datasets_from_cfg
+
+    cfg = load_config(cfg_file, overrides)
+    register_datasets_from_cfg(cfg)
+    return cfg
+
+
+def _baseline_cfg(zoo, name):
+    """Baseline ``name``'s config with the overrides the manifest gives every stage of it."""
+    return _load_cfg(zoo.baseline(name).config, zoo.config_overrides(name))
+
+
+# -- steps -------------------------------------------------------------------------------------
+def prepare_dataset(zoo, name):
+    """Materialize dataset ``name`` (generate a synthetic one; check a downloaded one) under
+    the manifest's data_root, check that every image decodes (data.verify, cached for the
+    training jobs) and write its marker: {"dataset", "annotation_file"}."""
+    from detectron_lib.data.catalog import materialize_dataset, register_datasets_from_yaml
+    from detectron_lib.data.verify import verify_dataset_images
+
+    if zoo.dataset_catalog:
+        register_datasets_from_yaml(zoo.dataset_catalog)
+    annotation_file = materialize_dataset(name, zoo.data_root or None)
+    verify_dataset_images(name, zoo.data_root or None)
+    document = {"dataset": name, "annotation_file": str(annotation_file)}
+    write_json_atomic(zoo.layout.dataset_marker(name), document, indent=1, sort_keys=True)
+    return document
+
+
+def init_tracking(zoo, tracking=True):
+    """Create the tracking store and the experiment named after the zoo (artifacts under the
+    layout's artifact_dir) and record them in the layout's experiment file."""
+    from detectron_lib.tracking import init_experiment, make_tracker
+
+    artifact_location = Path(zoo.layout.artifact_dir).absolute().as_uri()
+    return init_experiment(make_tracker(tracking), zoo.name, artifact_location,
+                           zoo.layout.experiment_file)
+
+
+def pretrain(zoo, name, threads=None, log_file=None, tracking=True):
+    """Pretrain the manifest's body ``name`` into its Detectron-format .pkl in an MLflow run
+    of its own (tagged stage 'pretrain'), whose id goes to its run file; returns the
+    summary."""
+    from detectron_lib.engine.pretrain import pretrain_backbone
+    from detectron_lib.tracking import make_tracker
+    from detectron_lib.tracking.runs import read_json, standard_tags
+
+    body = zoo.pretrained_body(name)
+    set_job_threads(threads, body)
+    layout = zoo.layout
+    output = layout.pretrained_weights(name)
+    cfg = _load_cfg(body.config, zoo.pretrained_overrides(name))
+    tracker = make_tracker(tracking)
+    experiment = read_json(layout.experiment_file, "MLflow experiment file")
+    experiment_id = tracker.ensure_experiment(experiment["experiment_name"])
+    datasets = ",".join(cfg.PRETRAIN.DATASETS or cfg.TRAIN.DATASETS)
+    run_id = tracker.start_run(experiment_id, f"pretrain {name}",
+                               standard_tags(name, experiment["experiment_name"], "pretrain",
+                                             "pretrain", datasets))
+    try:
+        tracker.log_params(run_id, cfg.to_flat_dict())
+        summary = pretrain_backbone(cfg, output)
+        tracker.log_metrics(run_id, {k: summary[k] for k in ("train_time_s", "val_accuracy")
+                                     if k in summary})
+        tracker.log_artifacts(run_id, [f"{output}.json", log_file])
+    except BaseException:
+        tracker.end_run(run_id, "FAILED")
+        raise
+    tracker.end_run(run_id, "FINISHED")
+    write_json_atomic(layout.pretrained_run(name), {"run_id": run_id,
+                                                    "experiment_id": experiment_id,
+                                                    "pretrained": name},
+                      indent=1, sort_keys=True)
+    return summary
+
+
+def train(zoo, name, threads=None, log_file=None, tracking=True):
+    """Train baseline ``name`` and record it.
+
+    Writes (rank 0): the trainer's outputs in OUTPUT_DIR, the run file (the parent MLflow
+    run), the train stats: train_time_total_s, train_time_s_per_iter (median), train_mem_gb,
+    hardware, model_type, ims_per_gpu, num_gpus, max_iter. Logs the flattened config as
+    params, the per-iteration losses/lr/time with their iteration as step, and config,
+    train log and job log as artifacts.
+    """
+    from detectron_lib.engine.trainer import TRAIN_LOG, resolve_device
+    from detectron_lib.engine.trainer import train as run_training
+    from detectron_lib.tracking import make_tracker, stage_run, start_parent_run
+    from detectron_lib.zoo.table import model_type
+
+    set_job_threads(threads, zoo.baseline(name))
+    layout = zoo.layout
+    cfg = _baseline_cfg(zoo, name)
+    output_dir = Path(cfg.OUTPUT_DIR)
+    # Snakemake reruns this job when its config changed: results of the old config go.
+    if not is_main_process():
+        run_training(cfg, overwrite=True)
+        return None
+
+    tracker = make_tracker(tracking)
+    dataset = ",".join(cfg.TRAIN.DATASETS)
+    stats_file, run_file = layout.train_stats(name), layout.run_file(name)
+    parent_id = start_parent_run(tracker, layout.experiment_file, run_file, name, zoo.name,
+                                 dataset)
+    params = cfg.to_flat_dict()
+    tracker.log_params(parent_id, params)
+    try:
+        with stage_run(tracker, run_file, "train", "train", dataset) as (_, child_id):
+            tracker.log_params(child_id, params)
+            start = time.perf_counter()
+            weights = run_training(cfg, overwrite=True)
+            total_s = time.perf_counter() - start
+            records = read_train_log(output_dir / TRAIN_LOG)
+            stats = {
+                "train_time_total_s": total_s,
+                "train_time_s_per_iter": (statistics.median(r["time"] for r in records)
+                                          if records else None),
+                "train_mem_gb": peak_memory_gb(resolve_device(cfg.DEVICE).type),
+                "hardware": hardware_description(),
+                "model_type": model_type(cfg),
+                "ims_per_gpu": int(cfg.TRAIN.IMS_PER_BATCH),
+                "num_gpus": int(cfg.NUM_GPUS),
+                "max_iter": int(cfg.SOLVER.MAX_ITER),
+                "config": zoo.baseline(name).config,
+                "weights": str(weights),
+            }
+            write_json_atomic(stats_file, stats, indent=1, sort_keys=True)
+            tracker.log_metric_history(child_id, [
+                (r["iter"], None, {k: v for k, v in r.items() if k != "iter"}) for r in records])
+            summary = {k: stats[k] for k in ("train_time_total_s", "train_time_s_per_iter",
+                                             "train_mem_gb") if stats[k] is not None}
+            tracker.log_metrics(child_id, summary)
+            tracker.log_metrics(parent_id, summary)
+            tracker.set_tags(parent_id, {"model_type": stats["model_type"],
+                                         "hardware": stats["hardware"]})
+            tracker.log_artifacts(child_id, [output_dir / "config.yaml", output_dir / TRAIN_LOG,
+                                             stats_file, log_file])
+    except BaseException:
+        tracker.end_run(parent_id, "FAILED")
+        raise
+    return stats
+
+
+def dump_proposals(zoo, rpn, dataset, threads=None, log_file=None, tracking=True):
+    """Write RPN baseline ``rpn``'s proposals for ``dataset`` and their counts to the
+    layout's proposal files, with their recall (proposals/AR@100, AR@1000, ...) when
+    ``dataset`` is one of the baseline's TEST.DATASETS: recall on the training set's millions
+    of proposals would cost pycocotools minutes of the DAG's time and is not reported."""
+    from detectron_lib.evaluation.metrics import write_metrics
+    from detectron_lib.inference.engine import dump_proposals as run_dump
+    from detectron_lib.tracking import make_tracker, stage_run
+
+    set_job_threads(threads, zoo.baseline(rpn))
+    layout = zoo.layout
+    cfg = _baseline_cfg(zoo, rpn)
+    dump = functools.partial(run_dump, cfg, layout.weights(rpn), dataset,
+                             layout.proposals(rpn, dataset), dataset in cfg.TEST.DATASETS)
+    if not is_main_process():
+        dump()
+        return None
+    metrics_file = layout.proposal_metrics(rpn, dataset)
+    tracker = make_tracker(tracking)
+    with stage_run(tracker, layout.run_file(rpn), "proposals", "dump_proposals", dataset,
+                   run_name=f"proposals {dataset}") as (_, child_id):
+        metrics = dump()
+        write_metrics(metrics_file, metrics)
+        tracker.log_metrics(child_id, metrics)
+        tracker.log_artifacts(child_id, [metrics_file, log_file])
+    return metrics
+
+
+def evaluate(zoo, name, threads=None, log_file=None, tracking=True):
+    """Evaluate baseline ``name``'s final weights on its TEST.DATASETS into its eval dir's
+    metrics.json; the results go to the 'evaluate' child run and the parent run, which this
+    step ends.
+
+    An RPN baseline whose proposals the DAG dumps for its TEST.DATASETS is evaluated by the
+    dumps' metrics files (manifest.dumped_evaluation_inputs): their recall is its evaluation
+    (the same inference, not run twice)."""
+    from detectron_lib.inference.engine import METRICS_FILE, evaluate_from_proposal_dumps, test
+    from detectron_lib.tracking import make_tracker, stage_run
+
+    set_job_threads(threads, zoo.baseline(name))
+    layout = zoo.layout
+    output_dir = layout.eval_dir(name)
+    cfg = _baseline_cfg(zoo, name)
+    proposal_metrics = zoo.dumped_evaluation_inputs(name)
+    if proposal_metrics:
+        run_evaluation = functools.partial(evaluate_from_proposal_dumps, cfg, proposal_metrics,
+                                           output_dir)
+    else:
+        run_evaluation = functools.partial(test, cfg, layout.weights(name), output_dir)
+    if not is_main_process():
+        run_evaluation()
+        return None
+    tracker = make_tracker(tracking)
+    dataset = ",".join(cfg.TEST.DATASETS)
+    parent_id = None
+    try:
+        with stage_run(tracker, layout.run_file(name), "evaluate", "evaluate",
+                       dataset) as (parent_id, child_id):
+            metrics = run_evaluation()
+            tracker.log_metrics(child_id, metrics)
+            tracker.log_metrics(parent_id, metrics)
+            tracker.log_artifacts(child_id, [Path(output_dir) / METRICS_FILE, log_file])
+    except BaseException:
+        tracker.end_run(parent_id, "FAILED")
+        raise
+    tracker.end_run(parent_id, "FINISHED")
+    return metrics
