@@ -44,8 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from detectron_lib.config import load_config  # noqa: E402
-from detectron_lib.data.loader import size_divisibility_from_cfg  # noqa: E402
-from detectron_lib.data.transforms import compute_resize_scale, normalize_image, pad_to_batch  # noqa: E402
+from detectron_lib.data.transforms import compute_resize_scale, image_tensor  # noqa: E402
 from detectron_lib.engine.checkpoint_formats import load_weights  # noqa: E402
 from detectron_lib.engine.optim import build_optimizer  # noqa: E402
 from detectron_lib.inference.predictor import Predictor  # noqa: E402
@@ -214,11 +213,8 @@ def training_sides(num_images, weights, precision, shapes=False):
         gts = [ours_targets(t, *size, with_masks=not shapes) for t in targets]
 
         def step():
-            images = [normalize_image(np.ascontiguousarray(rgb[:, :, ::-1]), cfg.PIXEL_MEANS,
-                                      cfg.PIXEL_STDS, cfg.PIXEL_ORDER) for rgb in rgbs]
-            batch = pad_to_batch(images, size_divisibility_from_cfg(cfg))
-            losses = model(batch, [size] * num_images, [1.0] * num_images, gts,
-                           seeds=list(range(num_images)))
+            images = [image_tensor(rgb[:, :, ::-1]) for rgb in rgbs]
+            losses = model(images, [1.0] * num_images, gts, seeds=list(range(num_images)))
             optimizer.zero_grad(set_to_none=True)
             sum(losses.values()).backward()
             optimizer.step()

@@ -3,6 +3,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -39,3 +40,15 @@ def tiny_dataset(tmp_path_factory):
     catalog.write_text(yaml.safe_dump({"tiny_shapes": {
         "annotation_file": str(annotations), "image_directory": str(annotations.parent / "images")}}))
     return catalog
+
+
+
+def noise_images(model, sizes, seed=None):
+    """[(3, h, w) float] images of ``sizes`` that ``model``'s io normalizes to standard normal
+    noise (pixel means plus noise times stds; seeded by ``seed`` or the global generator)."""
+    generator = None if seed is None else torch.Generator().manual_seed(seed)
+    means = torch.tensor(model.io.pixel_means).view(3, 1, 1)
+    stds = torch.tensor(model.io.pixel_stds).view(3, 1, 1)
+    if model.io.channel_order == "RGB":
+        means, stds = means.flip(0), stds.flip(0)
+    return [torch.randn(3, h, w, generator=generator) * stds + means for h, w in sizes]

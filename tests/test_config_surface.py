@@ -5,7 +5,8 @@ Every key of config/defaults.py is either read by the library or listed in
 "Read" is decided from the code's syntax tree, not its text, so a key named in a docstring,
 comment or error message does not count: an attribute chain ending in the key
 (``cfg.TRAIN.FG_THRESH``), an attribute of a name bound to its section (``t = cfg.TRAIN``
-then ``t.FG_THRESH``, also through a function parameter the section is passed to),
+then ``t.FG_THRESH``, also through a function parameter the section is passed to, or
+``self.t = cfg.TRAIN`` then ``self.t.FG_THRESH`` in the same class),
 ``getattr(section, "KEY")`` and ``flat["SECTION.KEY"]``. Reads inside ``config/`` (defaults,
 merging, range checks) do not count, except of the keys ``finalize`` infers there.
 
@@ -64,6 +65,8 @@ class _ConfigReads:
                                                   and item.name == "__init__"]
         # scope (module, function or lambda node) -> name -> config sections it may hold
         self.aliases = collections.defaultdict(lambda: collections.defaultdict(set))
+        # class node -> attribute -> config sections stored as ``self.attribute``
+        self.self_aliases = collections.defaultdict(lambda: collections.defaultdict(set))
         self._bind_aliases()
 
     def _scope(self, node):
@@ -73,8 +76,20 @@ class _ConfigReads:
             node = self.parent.get(node)
         return node
 
+    def _class(self, node):
+        node = self.parent.get(node)
+        while node is not None and not isinstance(node, ast.ClassDef):
+            node = self.parent.get(node)
+        return node
+
+    def _is_self_attribute(self, expr):
+        return (isinstance(expr, ast.Attribute) and isinstance(expr.value, ast.Name)
+                and expr.value.id == "self" and self._class(expr) is not None)
+
     def resolve(self, expr):
         """The config paths (sections or keys) ``expr`` may denote."""
+        if self._is_self_attribute(expr) and expr.attr in self.self_aliases[self._class(expr)]:
+            return set(self.self_aliases[self._class(expr)][expr.attr])
         if isinstance(expr, ast.Name):
             found, scope = set(), self._scope(expr)
             while scope is not None:
@@ -94,11 +109,20 @@ class _ConfigReads:
             return {expr.slice.value} & self.paths  # flat["SOLVER.BASE_LR"]
         return set()
 
-    def _bind(self, scope, name, expr):
+    def _bind(self, scope, name, expr, aliases=None):
+        aliases = self.aliases if aliases is None else aliases
         new = self.resolve(expr) & self.sections
-        if new - self.aliases[scope][name]:
-            self.aliases[scope][name] |= new
+        if new - aliases[scope][name]:
+            aliases[scope][name] |= new
             return True
+        return False
+
+    def _bind_target(self, node, target, value):
+        """Bind ``target = value``: a name in its scope, ``self.attr`` in its class."""
+        if isinstance(target, ast.Name):
+            return self._bind(self._scope(node), target.id, value)
+        if self._is_self_attribute(target):
+            return self._bind(self._class(target), target.attr, value, self.self_aliases)
         return False
 
     def _bind_call(self, call):
@@ -126,12 +150,11 @@ class _ConfigReads:
                     if isinstance(node, (ast.Assign, ast.AnnAssign, ast.NamedExpr)) and node.value:
                         targets = node.targets if isinstance(node, ast.Assign) else [node.target]
                         for target in targets:
-                            if isinstance(target, ast.Name):
-                                changed |= self._bind(self._scope(node), target.id, node.value)
-                            elif isinstance(target, ast.Tuple) and isinstance(node.value, ast.Tuple):
+                            if isinstance(target, ast.Tuple) and isinstance(node.value, ast.Tuple):
                                 for t, v in zip(target.elts, node.value.elts):
-                                    if isinstance(t, ast.Name):
-                                        changed |= self._bind(self._scope(node), t.id, v)
+                                    changed |= self._bind_target(node, t, v)
+                            else:
+                                changed |= self._bind_target(node, target, node.value)
                     elif isinstance(node, ast.Call):
                         changed |= self._bind_call(node)
 
@@ -240,11 +263,24 @@ def head(head_cfg):
 def flat_lookup(flat, cfg):
     cfg.SOLVER.MAX_ITER = 3  # a store, not a read
     return flat["SOLVER.BASE_LR"], cfg.VIS_TH
+
+
+class Heads:
+    def __init__(self, cfg):
+        self.kps, self.other = cfg.KRCNN, None
+
+    def size(self):
+        return self.kps.HEATMAP_SIZE, self.other.NMS_OKS
+
+
+class Unrelated:
+    def nms(self):
+        return self.kps.NMS_OKS  # another class's self.kps
 ''')
     keys = DEFAULT_KEYS
     found = _ConfigReads(_dotted_names(package), keys).reads()
     assert set(found) == {"MODEL.MASK_ON", "TRAIN.FG_THRESH", "TEST.NMS", "RPN.SIZES",
-                          "MRCNN.RESOLUTION", "SOLVER.BASE_LR", "VIS_TH"}
+                          "MRCNN.RESOLUTION", "SOLVER.BASE_LR", "VIS_TH", "KRCNN.HEATMAP_SIZE"}
 
 
 # ---- warnings -------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Transforms against hand-computed numbers: Detectron's resize rule, BGR reading, flips of
-boxes and keypoints with a flip map, mean subtraction and padding to a stride."""
+boxes and keypoints with a flip map; the detector's mean subtraction and padding to a stride
+(modeling.image_io)."""
 import numpy as np
 import pytest
 import torch
@@ -9,12 +10,12 @@ from detectron_lib.data.transforms import (
     augmentation_for_position,
     collate_batch,
     compute_resize_scale,
-    pad_to_batch,
     prepare_sample,
     read_image_bgr,
     resize_image,
 )
 from detectron_lib.evaluation import boxes_to_coco_xywh
+from detectron_lib.modeling.image_io import DetectorIO, pad_to_batch
 from detectron_lib.structures.keypoints import flip_permutation
 
 
@@ -56,12 +57,15 @@ def test_read_image_is_bgr(record):
 
 
 def test_prepare_sample_resizes_annotations(record):
-    sample = prepare_sample(record, target_size=40, max_size=1000, pixel_means=(10, 20, 30))
+    sample = prepare_sample(record, target_size=40, max_size=1000)
     assert sample["im_scale"] == 2.0 and sample["image_size"] == (40, 80)
     image = sample["image"]
-    assert image.shape == (3, 40, 80) and image.dtype == torch.float32
-    # BGR minus means: red (0, 0, 255) -> (-10, -20, 225).
-    assert image[:, 5, 5].tolist() == [-10, -20, 225]
+    assert image.shape == (3, 40, 80) and image.dtype == torch.uint8
+    assert image[:, 5, 5].tolist() == [0, 0, 255]  # red, BGR
+    # The detector's io subtracts the BGR means: red (0, 0, 255) -> (-10, -20, 225).
+    batch, sizes = DetectorIO((10, 20, 30)).batch([image])
+    assert batch.dtype == torch.float32 and sizes == [(40, 80)]
+    assert batch[0, :, 5, 5].tolist() == [-10, -20, 225]
     t = sample["targets"]
     assert t["boxes"].tolist() == [[8, 4, 20, 24], [0, 0, 80, 40]]
     assert t["segms"][0] == [[8, 4, 20, 4, 20, 24, 8, 24]]
@@ -70,7 +74,7 @@ def test_prepare_sample_resizes_annotations(record):
 
 def test_flip_with_keypoint_flip_map_hand_computed(record):
     perm = flip_permutation(("center", "left", "right"), [("left", "right")])
-    sample = prepare_sample(record, 20, 1000, (0, 0, 0), flip=True, keypoint_flip_perm=perm)
+    sample = prepare_sample(record, 20, 1000, flip=True, keypoint_flip_perm=perm)
     assert sample["flipped"] and sample["im_scale"] == 1.0
     # Red is now on the right: BGR (0, 0, 255) at column 30.
     assert sample["image"][:, 0, 30].tolist() == [0, 0, 255]
@@ -84,9 +88,9 @@ def test_flip_with_keypoint_flip_map_hand_computed(record):
 def test_legacy_plus_one_targets_are_pixel_indices_hand_computed(record):
     # Detectron's loader: COCO [4, 2, 6, 10] -> x2 = 4 + 6 - 1; flipped x -> 40 - 1 - x.
     record = {**record, "keypoints": None}
-    plain = prepare_sample(record, 20, 1000, (0, 0, 0), legacy_plus_one=True)
+    plain = prepare_sample(record, 20, 1000, legacy_plus_one=True)
     assert plain["targets"]["boxes"].tolist() == [[4, 2, 9, 11], [0, 0, 39, 19]]
-    flipped = prepare_sample(record, 20, 1000, (0, 0, 0), flip=True, legacy_plus_one=True)
+    flipped = prepare_sample(record, 20, 1000, flip=True, legacy_plus_one=True)
     assert flipped["targets"]["boxes"].tolist() == [[30, 2, 35, 11], [0, 0, 39, 19]]
 
 
@@ -96,7 +100,7 @@ def test_target_boxes_written_back_as_coco_results_are_the_annotations(record, l
     # A model that learned its targets exactly and whose boxes are written out as evaluation
     # writes them (in the same convention) reproduces the annotation's [x, y, w, h].
     record = {**record, "keypoints": None}
-    sample = prepare_sample(record, 40, 1000, (0, 0, 0), flip=flip, legacy_plus_one=legacy)
+    sample = prepare_sample(record, 40, 1000, flip=flip, legacy_plus_one=legacy)
     boxes = sample["targets"]["boxes"] / sample["im_scale"]
     expected = [[30, 2, 6, 10] if flip else [4, 2, 6, 10], [0, 0, 40, 20]]
     np.testing.assert_allclose(boxes_to_coco_xywh(boxes, legacy), expected, atol=1e-5)
@@ -112,13 +116,21 @@ def test_pad_to_divisibility_32():
 
 
 def test_collate_splits_crowd_and_builds_instances(record):
-    samples = [prepare_sample(record, 20, 1000, (0, 0, 0))]
-    batch = collate_batch(samples, size_divisibility=32)
-    assert batch.images.shape == (1, 3, 32, 64) and batch.image_sizes == [(20, 40)]
+    samples = [prepare_sample(record, 20, 1000)]
+    batch = collate_batch(samples)
+    assert [i.shape for i in batch.images] == [(3, 20, 40)] and batch.image_sizes == [(20, 40)]
     target = batch.targets[0]
     assert len(target) == 1 and target.classes.tolist() == [1]      # the crowd box is apart
     assert batch.crowd_boxes[0].tolist() == [[0, 0, 40, 20]]
     assert not batch.training and "targets" not in batch.model_inputs("cpu")
+
+
+def test_prepare_sample_without_target_size_keeps_the_original(record):
+    sample = prepare_sample(record, None, 1000)
+    assert sample["im_scale"] is None and sample["image"].shape == (3, 20, 40)
+    assert sample["targets"]["boxes"].tolist() == [[4, 2, 10, 12], [0, 0, 40, 20]]
+    batch = collate_batch([sample])
+    assert batch.im_scales is None and batch.model_inputs("cpu")["scales"] is None
 
 
 def test_augmentation_is_pure_function_of_seed_and_position():

@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch import nn
 from test_training import tiny_overrides
+from conftest import noise_images
 
 from detectron_lib.cli import main as cli_main
 from detectron_lib.config import ConfigError, load_config
@@ -115,11 +116,11 @@ def test_family_trains_one_step_and_infers(reference_dir, name, overrides, on_pr
     cfg = load_config(reference_dir / "detectron_configs" / name, SMALL + overrides)
     torch.manual_seed(0)
     model = build_model(cfg)
-    images = torch.randn(2, 3, 96, 128)
+    images = noise_images(model, SIZES)
     # Models on precomputed proposals get them; the others (RetinaNet included) take none.
     proposals = {"proposals": _proposals()} if on_proposals else {}
     model.train()
-    losses = model(images, SIZES, SCALES, _targets(max(cfg.KRCNN.NUM_KEYPOINTS, 1)), seeds=[1, 2],
+    losses = model(images, SCALES, _targets(max(cfg.KRCNN.NUM_KEYPOINTS, 1)), seeds=[1, 2],
                    **proposals)
     assert set(losses) == expected_losses
     total = sum(losses.values())
@@ -135,7 +136,7 @@ def test_family_trains_one_step_and_infers(reference_dir, name, overrides, on_pr
 
     model.eval()
     with torch.no_grad():
-        results = model(images, SIZES, SCALES, **proposals)
+        results = model(images, SCALES, **proposals)
     assert len(results) == 2
     for result, (h, w), scale in zip(results, SIZES, SCALES):
         assert result.boxes.shape[1] == 4 and torch.isfinite(result.boxes).all()
@@ -195,11 +196,11 @@ def test_head_precision_runs_hidden_layers_in_bfloat16_and_predictors_in_float32
             module.cls_tower[0].register_forward_pre_hook(record("hidden"))
             module.cls_pred.register_forward_pre_hook(record("predictor"))
 
-    images = torch.randn(2, 3, 96, 128)
+    images = noise_images(model, SIZES)
     targets = _targets(max(cfg.KRCNN.NUM_KEYPOINTS, 1))
-    losses = model(images, SIZES, SCALES, targets, seeds=[1, 2])
+    losses = model(images, SCALES, targets, seeds=[1, 2])
     assert seen == {"hidden": {torch.bfloat16}, "predictor": {None}}
-    expected = reference(images, SIZES, SCALES, targets, seeds=[1, 2])
+    expected = reference(images, SCALES, targets, seeds=[1, 2])
     for key, value in losses.items():
         assert value.dtype == torch.float32
         # the same proposals and samples unless bfloat16 reorders near-tied objectness scores

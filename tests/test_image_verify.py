@@ -292,7 +292,7 @@ def test_training_loader_checks_images_before_the_first_batch(registered):
     cfg.TRAIN.SCALES = (32,)
     cfg.TRAIN.MAX_SIZE = 64
     cfg.DATA_LOADER.NUM_THREADS = 0
-    assert next(iter(build_train_loader(cfg))).images.shape[0] == cfg.TRAIN.IMS_PER_BATCH
+    assert len(next(iter(build_train_loader(cfg))).images) == cfg.TRAIN.IMS_PER_BATCH
     assert verify.cache_path_for(annotation_file).is_file()
     _break(image_dir)
     with pytest.raises(DatasetError) as error:

@@ -12,10 +12,11 @@ import pytest
 import torch
 from PIL import Image
 from torchvision.models.detection import roi_heads as tv_roi_heads
+from conftest import noise_images
 
 from detectron_lib.config import load_config
 from detectron_lib.data import shapes
-from detectron_lib.data.transforms import prepare_sample, transform_annotations
+from detectron_lib.data.transforms import image_tensor, prepare_sample, transform_annotations
 from detectron_lib.errors import ConfigError, DatasetError
 from detectron_lib.inference.engine import coco_results
 from detectron_lib.modeling.meta_arch import build_model
@@ -290,17 +291,17 @@ def test_detectron_config_trains_one_step_and_infers(reference_dir):
     original-image pixels."""
     torch.manual_seed(0)
     model = build_model(_detectron_cfg(reference_dir))
-    images = torch.randn(2, 3, 96, 128)
     sizes, scales = [(96, 120), (90, 128)], [1.0, 0.5]
+    images = noise_images(model, sizes)
     model.train()
-    losses = model(images, sizes, scales, _targets(sizes, 17), seeds=[1, 2])
+    losses = model(images, scales, _targets(sizes, 17), seeds=[1, 2])
     assert set(losses) == {"loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox", "loss_kps"}
     assert 0 < losses["loss_kps"].item() < 2 * math.log(56 * 56)
     sum(losses.values()).backward()
     assert all(p.grad is not None for p in model.keypoint_heads.parameters())
     model.eval()
     with torch.no_grad():
-        results = model(images, sizes, scales)
+        results = model(images, scales)
     for result, (h, w), scale in zip(results, sizes, scales):
         assert 0 < len(result) <= 8
         assert result.keypoints.shape == (len(result), 17, 3)
@@ -317,11 +318,11 @@ def test_ground_truth_without_keypoints_is_a_dataset_error(reference_dir, repo_r
     model = build_model(cfg).train()
     target = Instances((64, 64), boxes=torch.tensor([[8.0, 8, 56, 56]]), classes=torch.tensor([1]))
     with pytest.raises(DatasetError, match="keypoints"):
-        model(torch.zeros(1, 3, 64, 64), [(64, 64)], [1.0], [target], seeds=[0])
+        model([torch.zeros(3, 64, 64)], [1.0], [target], seeds=[0])
     wrong_k = Instances((64, 64), boxes=torch.tensor([[8.0, 8, 56, 56]]), classes=torch.tensor([1]),
                         keypoints=torch.full((1, 17, 3), 30.0))
     with pytest.raises(DatasetError, match="KRCNN.NUM_KEYPOINTS"):
-        model(torch.zeros(1, 3, 64, 64), [(64, 64)], [1.0], [wrong_k], seeds=[0])
+        model([torch.zeros(3, 64, 64)], [1.0], [wrong_k], seeds=[0])
 
 
 @pytest.mark.slow
@@ -338,11 +339,11 @@ def test_keypoint_loss_goes_down_overfitting_one_tiny_image(repo_root):
     target = Instances((64, 64), boxes=torch.tensor([[x, y, x + w, y + h]], dtype=torch.float32),
                        classes=torch.tensor([1]),
                        keypoints=torch.tensor(ann["keypoints"], dtype=torch.float32).view(1, 5, 3))
-    pixels = torch.from_numpy(image[:, :, ::-1].astype(np.float32) - 100).permute(2, 0, 1)[None]
+    pixels = [image_tensor(image[:, :, ::-1])]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     history = []
     for step in range(30):
-        losses = model(pixels, [(64, 64)], [1.0], [target], seeds=[step])
+        losses = model(pixels, [1.0], [target], seeds=[step])
         optimizer.zero_grad()
         sum(losses.values()).backward()
         optimizer.step()
@@ -405,8 +406,8 @@ def test_flipped_keypoints_land_on_the_same_image_content(tmp_path):
     pixel the original image has at the keypoint it came from (slot STAR_PERM[k], mirrored)."""
     record = _star_record(tmp_path)
     short = min(record["height"], record["width"])
-    plain = prepare_sample(record, short, 10_000, (0, 0, 0))
-    flipped = prepare_sample(record, short, 10_000, (0, 0, 0), flip=True, keypoint_flip_perm=STAR_PERM)
+    plain = prepare_sample(record, short, 10_000)
+    flipped = prepare_sample(record, short, 10_000, flip=True, keypoint_flip_perm=STAR_PERM)
     assert plain["im_scale"] == flipped["im_scale"] == 1.0
     kp_plain, kp_flip = plain["targets"]["keypoints"], flipped["targets"]["keypoints"]
     width = record["width"]

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from conftest import noise_images
 
 from detectron_lib.config import ConfigError, load_config
 from detectron_lib.modeling.backbone import body_autocast_dtype, body_features
@@ -260,14 +261,14 @@ def test_detectron_config_trains_one_step_and_infers(reference_dir, name, expect
         "TEST.RPN_POST_NMS_TOP_N", "32", "TEST.RPN_PRE_NMS_TOP_N", "200"])
     torch.manual_seed(0)
     model = build_model(cfg)
-    images = torch.randn(2, 3, 96, 128)
     sizes = [(96, 120), (90, 128)]
+    images = noise_images(model, sizes)
     targets = [
         Instances(sizes[0], boxes=torch.tensor([[10.0, 10, 60, 80], [50, 40, 110, 90]]), classes=torch.tensor([1, 3])),
         Instances(sizes[1], boxes=torch.tensor([[0.0, 0, 30, 30]]), classes=torch.tensor([4])),
     ]
     model.train()
-    losses = model(images, sizes, [1.0, 0.5], targets, seeds=[1, 2])
+    losses = model(images, [1.0, 0.5], targets, seeds=[1, 2])
     assert set(losses) == expected_losses
     total = sum(losses.values())
     assert torch.isfinite(total)
@@ -276,7 +277,7 @@ def test_detectron_config_trains_one_step_and_infers(reference_dir, name, expect
     assert trainable and all(p.grad is not None for p in trainable)
     model.eval()
     with torch.no_grad():
-        results = model(images, sizes, [1.0, 0.5])
+        results = model(images, [1.0, 0.5])
     assert len(results) == 2
     for result, (h, w), scale in zip(results, sizes, [1.0, 0.5]):
         assert result.boxes.shape[1] == 4
@@ -294,7 +295,7 @@ def test_bfloat16_body_features_are_float32_and_close_to_float32_body(reference_
     model_fp32 = build_model(load_config(name, overrides + ["float32"])).eval()
     model_bf16 = build_model(load_config(name, overrides + ["bfloat16"])).eval()
     model_bf16.load_state_dict(model_fp32.state_dict())
-    images = torch.randn(1, 3, 64, 96)
+    images, _ = model_fp32.io.batch(noise_images(model_fp32, [(64, 96)]))
     with torch.no_grad():
         reference = model_fp32.backbone(images)
         mixed = body_features(model_bf16.backbone, images, model_bf16.body_precision)
@@ -306,7 +307,7 @@ def test_bfloat16_body_features_are_float32_and_close_to_float32_body(reference_
         assert not torch.equal(features, reference[level]), "the body did not run in bfloat16"
     # The whole model, in inference, keeps float32 boxes and scores.
     with torch.no_grad():
-        (result,) = model_bf16(images, [(64, 96)], [1.0])
+        (result,) = model_bf16(noise_images(model_bf16, [(64, 96)]), [1.0])
     assert result.boxes.dtype == torch.float32 and result.scores.dtype == torch.float32
 
 

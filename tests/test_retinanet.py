@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from conftest import noise_images
 
 from detectron_lib.config import load_config
 from detectron_lib.errors import ConfigError
@@ -18,6 +19,7 @@ from detectron_lib.modeling.anchors import (
     retinanet_anchor_specs,
 )
 from detectron_lib.modeling.backbone.layers import detectron_blob_names
+from detectron_lib.modeling.image_io import DetectorIO
 from detectron_lib.modeling.meta_arch import build_model
 from detectron_lib.modeling.postprocess import SoftNMS
 from detectron_lib.modeling.retinanet import (
@@ -183,7 +185,8 @@ def test_class_specific_box_loss_uses_the_anchor_class():
 def _toy_retinanet(**options):
     head = RetinaNetHead(in_channels=4, num_anchors=1, num_classes=2, num_convs=0)
     gen = AnchorGenerator([(8, (16.0,), (1.0,)), (16, (32.0,), (1.0,))], legacy_plus_one=False)
-    return RetinaNet(torch.nn.Identity(), head, gen, ["p3", "p4"], box_coder=BoxCoder(), **options)
+    return RetinaNet(DetectorIO((0.0, 0.0, 0.0)), torch.nn.Identity(), head, gen, ["p3", "p4"],
+                     box_coder=BoxCoder(), **options)
 
 
 def test_detect_thresholds_topk_nms_and_rescales():
@@ -197,7 +200,8 @@ def test_detect_thresholds_topk_nms_and_rescales():
     # Coarsest level: Detectron's threshold 0 keeps its weak scores.
     level1 = logit(torch.tensor([[[0.05, 0.01]]]))
     deltas = [torch.zeros(1, 3, 4), torch.zeros(1, 1, 4)]
-    (result,) = model.detect(anchors, [level0, level1], deltas, [(64, 64)], [2.0])
+    (result,) = model.io.postprocess(model.detect(anchors, [level0, level1], deltas, [(64, 64)]),
+                                     [2.0])
     # Level 0 top-2 above 0.3: (a0, c0) 0.9 and (a1, c0) 0.8 (0.7 and 0.35 lose the top-k);
     # NMS removes (a1, c0). Level 1: 0.05 (c0) and 0.01 (c1), both kept.
     assert result.scores.tolist() == pytest.approx([0.9, 0.05, 0.01])
@@ -213,7 +217,7 @@ def test_detect_decodes_clips_and_soft_nms_decays():
     deltas = torch.zeros(1, 2, 4)
     deltas[0, 0, 0] = 1.0  # shift anchor 0 by one width: [16, 0, 32, 16] -> clipped at 20
     (result,) = model.detect(anchors, [level0, torch.zeros(1, 0, 2)],
-                             [deltas, torch.zeros(1, 0, 4)], [(16, 20)], [1.0])
+                             [deltas, torch.zeros(1, 0, 4)], [(16, 20)])
     assert result.boxes[0].tolist() == [16.0, 0.0, 20.0, 16.0]
     # IoU([16, 0, 20, 16], [2, 0, 18, 16]) = 32 / 288: below the 0.3 threshold, no decay.
     assert result.scores.tolist() == pytest.approx([0.9, 0.8])
@@ -239,10 +243,10 @@ def test_detectron_config_trains_one_step_and_infers(reference_dir, overrides):
     torch.manual_seed(0)
     model = build_model(cfg)
     assert isinstance(model, RetinaNet) and model.in_features == ["p3", "p4", "p5", "p6", "p7"]
-    images = torch.randn(2, 3, 96, 128)
     sizes = [(96, 120), (90, 128)]
+    images = noise_images(model, sizes)
     model.train()
-    losses = model(images, sizes, [1.0, 0.5], _targets(sizes), seeds=[1, 2])
+    losses = model(images, [1.0, 0.5], _targets(sizes), seeds=[1, 2])
     assert set(losses) == {"loss_retnet_cls", "loss_retnet_bbox"}
     total = sum(losses.values())
     assert torch.isfinite(total) and losses["loss_retnet_bbox"] > 0
@@ -251,7 +255,7 @@ def test_detectron_config_trains_one_step_and_infers(reference_dir, overrides):
     assert trainable and all(p.grad is not None for p in trainable)
     model.eval()
     with torch.no_grad():
-        results = model(images, sizes, [1.0, 0.5])
+        results = model(images, [1.0, 0.5])
     assert len(results) == 2
     for result, (h, w), scale in zip(results, sizes, [1.0, 0.5]):
         assert 0 < len(result) <= cfg.TEST.DETECTIONS_PER_IM
@@ -340,14 +344,14 @@ def test_overfits_one_tiny_image(repo_root):
     torch.manual_seed(0)
     model = build_model(cfg)
     model.train()
-    images = torch.randn(1, 3, 128, 128)
     sizes = [(128, 128)]
+    images = noise_images(model, sizes)
     targets = [Instances(sizes[0], boxes=torch.tensor([[20.0, 30, 60, 70], [70, 60, 120, 100]]),
                          classes=torch.tensor([2, 5]))]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     history = []
     for _ in range(40):
-        losses = model(images, sizes, [1.0], targets)
+        losses = model(images, [1.0], targets)
         total = sum(losses.values())
         optimizer.zero_grad()
         total.backward()
@@ -356,7 +360,7 @@ def test_overfits_one_tiny_image(repo_root):
     assert history[-1] < 0.3 * history[0]
     model.eval()
     with torch.no_grad():
-        (result,) = model(images, sizes, [1.0])
+        (result,) = model(images, [1.0])
     # The two objects come out on top, with their classes.
     top = result[:2]
     assert sorted(top.classes.tolist()) == [2, 5]

@@ -11,8 +11,9 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from detectron_lib.config import ConfigError, load_config
-from detectron_lib.data.transforms import normalize_image
+from detectron_lib.data.transforms import image_tensor
 from detectron_lib.modeling.anchors import AnchorGenerator, retinanet_anchor_specs
+from detectron_lib.modeling.image_io import normalize_image
 from detectron_lib.modeling.roi_heads.keypoint_head import KeypointPredictor
 from detectron_lib.ops.masks import paste_masks_legacy
 
@@ -22,7 +23,7 @@ def test_rgb_normalization_matches_torchvision_transform(repo_root):
     cfg = load_config(repo_root / "configs/torchvision/fasterrcnn_resnet50_fpn.yaml")
     rng = np.random.default_rng(0)
     bgr = rng.integers(0, 256, size=(20, 30, 3), dtype=np.uint8)
-    ours = normalize_image(bgr, cfg.PIXEL_MEANS, cfg.PIXEL_STDS, cfg.PIXEL_ORDER)
+    ours = normalize_image(image_tensor(bgr), cfg.PIXEL_MEANS, cfg.PIXEL_STDS, cfg.PIXEL_ORDER)
     transform = GeneralizedRCNNTransform(20, 30, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
     rgb = torch.from_numpy(bgr[:, :, ::-1].copy()).permute(2, 0, 1).float() / 255
     torch.testing.assert_close(ours, transform.normalize(rgb), rtol=0, atol=2e-6)
@@ -30,7 +31,7 @@ def test_rgb_normalization_matches_torchvision_transform(repo_root):
 
 def test_default_normalization_is_detectrons_bgr_mean_subtraction():
     bgr = np.array([[[10, 20, 30]]], dtype=np.uint8)
-    out = normalize_image(bgr, (1.0, 2.0, 3.0))
+    out = normalize_image(image_tensor(bgr), (1.0, 2.0, 3.0))
     assert out[:, 0, 0].tolist() == [9.0, 18.0, 27.0]
 
 

@@ -3,17 +3,19 @@ trips, the combination heuristics against hand-computed values, a flip-equivaria
 whose augmented passes must agree with its identity pass, real models whose identity-only
 augmentation must equal plain inference, and ``detectron test`` with BBOX_AUG and SOFT_NMS on."""
 import json
-from pathlib import Path
 from types import SimpleNamespace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torchvision
 import yaml
+from torch import nn
 
 from detectron_lib.cli import main as cli_main
 from detectron_lib.config import load_config
+from detectron_lib.data.transforms import image_tensor
 from detectron_lib.data.shapes import generate_shapes_dataset
 from detectron_lib.engine.checkpoint import save_checkpoint
 from detectron_lib.errors import ConfigError
@@ -23,14 +25,15 @@ from detectron_lib.inference.tta import (
     augmentations,
     combine_box_predictions,
     combine_heatmaps,
+    DetectorWithTTA,
     combine_soft_masks,
-    detect_with_augmentation,
     drop_by_size,
     flip_heatmaps,
     map_boxes,
     size_dependent_use,
     transform_image,
 )
+from detectron_lib.modeling.image_io import DetectorIO
 from detectron_lib.modeling.meta_arch import build_model
 from detectron_lib.modeling.postprocess import BoxVoting
 from detectron_lib.modeling.roi_heads.fast_rcnn import box_results_with_nms_and_limit
@@ -150,34 +153,73 @@ def test_size_dependent_use():
 # ---- a flip-equivariant stub detector ------------------------------------------------------
 
 
-class ThresholdDetector:
-    """Detects the bounding box of the pixels brighter than mid-grey in channel 0 as one
-    class-1 RoI, and predicts masks as RoIAlign crops of channel 1: both commute with flips
-    and with 2x bilinear upscaling of a sharp-edged box, so every augmented pass must give
-    back the identity pass's boxes and masks."""
+class _Image(nn.Module):
+    """A body whose only feature map is the normalized image itself (PIXEL_MEANS 0)."""
 
-    def __init__(self):
-        self.roi_heads = SimpleNamespace(postprocess=lambda scores, boxes, size: (
-            box_results_with_nms_and_limit(scores, boxes, size, 0.05, 0.5, 100)))
+    def forward(self, images):
+        return {"image": images}
 
-    def extract_features(self, images):
-        return {"image": images}  # PIXEL_MEANS 0: pixel values
 
-    def predict_boxes(self, features, image_sizes, scales, proposals=None):
-        (h, w), scale = image_sizes[0], scales[0]
+class _WholeImageRPN(nn.Module):
+    def forward(self, image_sizes, features, scales):
+        return [Instances(size, boxes=torch.tensor([[0.0, 0.0, size[1], size[0]]]))
+                for size in image_sizes], {}
+
+
+class _ThresholdBoxHeads(nn.Module):
+    """One class-1 RoI: the bounding box of the pixels brighter than mid-grey in channel 0."""
+
+    def __init__(self, box_voting=None):
+        super().__init__()
+        self.box_voting = box_voting
+
+    def predict_boxes(self, features, proposals):
+        (h, w) = proposals[0].image_size
         ys, xs = torch.nonzero(features["image"][0, 0, :h, :w] > 127.5, as_tuple=True)
-        box = torch.stack([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).float() / scale
+        box = torch.stack([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).float()
         return [(torch.tensor([[0.1, 0.9]]), box.repeat(2)[None])]
 
-    def predict_masks(self, features, detections, scales):
-        rois = torch.cat([torch.zeros(len(detections[0]), 1), detections[0].boxes * scales[0]], dim=1)
-        crops = torchvision.ops.roi_align(features["image"][:, 1:2], rois, (8, 8), 1.0, 2, aligned=True)
-        return [crops[:, 0] / 255.0]
+    def postprocess(self, scores, boxes, size):
+        return box_results_with_nms_and_limit(scores, boxes, size, 0.05, 0.5, 100,
+                                              box_voting=self.box_voting)
 
-    def predict_instance_heads(self, features, detections, scales):
-        out = detections[0][:]
-        out.mask_probs = self.predict_masks(features, detections, scales)[0]
-        return [out]
+
+class _RampMaskHeads(nn.Module):
+    """Masks as RoIAlign crops of channel 1."""
+
+    def forward(self, features, instances, targets=None, scales=None):
+        out = []
+        for image_instances in instances:
+            rois = torch.cat([torch.zeros(len(image_instances), 1), image_instances.boxes], dim=1)
+            crops = torchvision.ops.roi_align(features["image"][:, 1:2], rois, (8, 8), 1.0, 2,
+                                              aligned=True)
+            result = image_instances[:]
+            result.mask_probs = crops[:, 0] / 255.0
+            out.append(result)
+        return out, {}
+
+
+class ThresholdDetector(nn.Module):
+    """A detector with the parts DetectorWithTTA uses, whose box and mask both commute
+    with flips and with 2x bilinear upscaling of a sharp-edged box, so every augmented pass
+    must give back the identity pass's boxes and masks."""
+
+    def __init__(self, box_voting=None):
+        super().__init__()
+        self.io = DetectorIO((0.0, 0.0, 0.0), test_scale=40, test_max_size=1000)
+        self.backbone = _Image()
+        self.body_precision = "float32"
+        self.rpn = _WholeImageRPN()
+        self.roi_heads = _ThresholdBoxHeads(box_voting)
+        self.instance_head_names = ["mask_heads"]
+        self.mask_heads = _RampMaskHeads()
+        self.keypoint_heads = None
+
+
+def detect_with_augmentation(model, cfg, image_bgr):
+    """DetectorWithTTA's detections of one (H, W, 3) uint8 BGR image."""
+    (out,) = DetectorWithTTA(model, cfg)([image_tensor(image_bgr)])
+    return out
 
 
 def stub_config(**options):
@@ -197,7 +239,7 @@ def stub_image():
 
 def test_stub_detector_passes_agree_with_the_identity_pass():
     image = stub_image()
-    plain = detect_with_augmentation(ThresholdDetector(), stub_config(), image, "cpu")
+    plain = detect_with_augmentation(ThresholdDetector(), stub_config(), image)
     assert plain.boxes.tolist() == [[10.0, 8.0, 30.0, 28.0]]
     assert plain.scores.tolist() == pytest.approx([0.9])
     cfg = stub_config(**{"TEST.BBOX_AUG.ENABLED": "True", "TEST.BBOX_AUG.H_FLIP": "True",
@@ -206,10 +248,7 @@ def test_stub_detector_passes_agree_with_the_identity_pass():
                          "TEST.BBOX_AUG.ASPECT_RATIO_H_FLIP": "True",
                          "TEST.MASK_AUG.ENABLED": "True", "TEST.MASK_AUG.H_FLIP": "True",
                          "TEST.MASK_AUG.HEUR": "SOFT_MAX"})
-    model = ThresholdDetector()
-    model.roi_heads.postprocess = lambda scores, boxes, size: box_results_with_nms_and_limit(
-        scores, boxes, size, 0.05, 0.5, 100, box_voting=BoxVoting(0.5, "AVG"))
-    augmented = detect_with_augmentation(model, cfg, image, "cpu")
+    augmented = detect_with_augmentation(ThresholdDetector(BoxVoting(0.5, "AVG")), cfg, image)
     # Seven passes mapped back onto the same box: NMS leaves one detection, and voting over
     # all seven (score-weighted mean box) moves it nowhere.
     torch.testing.assert_close(augmented.boxes, plain.boxes)
@@ -224,10 +263,10 @@ def test_stub_masks_without_unflipping_would_differ():
     model, image = ThresholdDetector(), stub_image()
     flipped = np.ascontiguousarray(image[:, ::-1])
     boxes = map_boxes(torch.tensor([[10.0, 8.0, 30.0, 28.0]]), Augmentation(40, 1000, hflip=True), 64)
-    features = model.extract_features(torch.from_numpy(flipped).permute(2, 0, 1)[None].float())
-    (raw,) = model.predict_masks(features, [Instances((40, 64), boxes=boxes)], [1.0])
-    plain = detect_with_augmentation(model, stub_config(), image, "cpu")
-    torch.testing.assert_close(raw.flip(-1), plain.mask_probs)
+    features = {"image": image_tensor(flipped)[None].float()}
+    (raw,), _ = model.mask_heads(features, [Instances((40, 64), boxes=boxes)])
+    plain = detect_with_augmentation(model, stub_config(), image)
+    torch.testing.assert_close(raw.mask_probs.flip(-1), plain.mask_probs)
 
 
 # ---- real models -----------------------------------------------------------------------------
@@ -266,18 +305,18 @@ def test_mask_rcnn_mask_augmentation(reference_dir):
     torch.manual_seed(0)
     model = build_model(load_config(name, small)).eval()
     image = np.random.default_rng(1).integers(0, 256, (64, 80, 3), dtype=np.uint8)
-    plain = detect_with_augmentation(model, load_config(name, small), image, "cpu")
+    plain = detect_with_augmentation(model, load_config(name, small), image)
     assert 0 < len(plain) <= 5 and plain.mask_probs.shape == (len(plain), 28, 28)
     # MASK_AUG with no extra pass keeps the identity masks (the model's own forward's).
     cfg = load_config(name, small + ["TEST.MASK_AUG.ENABLED", "True"])
-    same = detect_with_augmentation(model, cfg, image, "cpu")
+    same = detect_with_augmentation(model, cfg, image)
     torch.testing.assert_close(same.mask_probs, plain.mask_probs)
     for heur in ("SOFT_AVG", "SOFT_MAX", "LOGIT_AVG"):
         cfg = load_config(name, small + [
             "TEST.MASK_AUG.ENABLED", "True", "TEST.MASK_AUG.HEUR", heur, "TEST.MASK_AUG.H_FLIP", "True",
             "TEST.MASK_AUG.SCALES", "(48, 80)", "TEST.MASK_AUG.SCALE_SIZE_DEP", "True",
             "TEST.MASK_AUG.AREA_TH", "400"])
-        out = detect_with_augmentation(model, cfg, image, "cpu")
+        out = detect_with_augmentation(model, cfg, image)
         torch.testing.assert_close(out.boxes, plain.boxes)  # masks only: boxes unchanged
         assert out.mask_probs.shape == plain.mask_probs.shape
         assert ((out.mask_probs >= 0) & (out.mask_probs <= 1)).all()
@@ -304,17 +343,17 @@ def test_keypoint_rcnn_keypoint_augmentation(reference_dir):
     torch.manual_seed(0)
     model = build_model(load_config(name, small)).eval()
     image = np.random.default_rng(2).integers(0, 256, (64, 80, 3), dtype=np.uint8)
-    plain = detect_with_augmentation(model, load_config(name, small), image, "cpu")
+    plain = detect_with_augmentation(model, load_config(name, small), image)
     assert 0 < len(plain) <= 4 and plain.keypoints.shape == (len(plain), 17, 3)
     same = detect_with_augmentation(model, load_config(name, small + ["TEST.KPS_AUG.ENABLED", "True"]),
-                                    image, "cpu")
+                                    image)
     torch.testing.assert_close(same.keypoints, plain.keypoints, atol=1e-3, rtol=1e-4)
     for heur in ("HM_AVG", "HM_MAX"):
         cfg = load_config(name, small + [
             "TEST.KPS_AUG.ENABLED", "True", "TEST.KPS_AUG.HEUR", heur, "TEST.KPS_AUG.H_FLIP", "True",
             "TEST.KPS_AUG.SCALES", "(48, 80)", "TEST.KPS_AUG.SCALE_H_FLIP", "True",
             "TEST.KPS_AUG.SCALE_SIZE_DEP", "True", "TEST.KPS_AUG.AREA_TH", "400"])
-        out = detect_with_augmentation(model, cfg, image, "cpu")
+        out = detect_with_augmentation(model, cfg, image)
         torch.testing.assert_close(out.boxes, plain.boxes)
         assert out.keypoints.shape == plain.keypoints.shape and out.keypoint_probs.shape == (len(plain), 17)
         # Decoded inside their boxes. A box under 1 pixel wide decodes over 1 pixel from x1;

@@ -12,7 +12,6 @@ Training data order is a pure function of (RNG_SEED, rank, world size, iteration
   random flip with probability 0.5 per sample, instead of Detectron's doubling of the roidb
   with flipped copies: the same expected mix, with no epoch-length change.
 """
-import functools
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
@@ -110,26 +109,20 @@ class TrainingDataset(Dataset):
         records: per-image dicts from coco.load_coco_json.
         scales: short-side target sizes, one drawn per sample (TRAIN.SCALES).
         max_size: long-side cap (TRAIN.MAX_SIZE).
-        pixel_means, pixel_stds, channel_order: PIXEL_MEANS, PIXEL_STDS, PIXEL_ORDER
-            (transforms.normalize_image).
         use_flip: random horizontal flip with probability 0.5 (TRAIN.USE_FLIPPED).
         seed: RNG_SEED; augmentation is a pure function of (seed, position).
         keypoint_flip_perm: (K,) from structures.keypoints.flip_permutation, for keypoints.
         legacy_plus_one: MODEL.BBOX_LEGACY_PLUS_ONE; target boxes in that convention.
     """
 
-    def __init__(self, records, scales, max_size, pixel_means, use_flip, seed,
-                 keypoint_flip_perm=None, pixel_stds=(1.0, 1.0, 1.0), channel_order="BGR",
+    def __init__(self, records, scales, max_size, use_flip, seed, keypoint_flip_perm=None,
                  legacy_plus_one=False):
         self.records = records
         self.scales = tuple(scales)
         self.max_size = max_size
-        self.pixel_means = tuple(pixel_means)
         self.use_flip = use_flip
         self.seed = seed
         self.keypoint_flip_perm = keypoint_flip_perm
-        self.pixel_stds = tuple(pixel_stds)
-        self.channel_order = channel_order
         self.legacy_plus_one = legacy_plus_one
 
     def __len__(self):
@@ -139,32 +132,28 @@ class TrainingDataset(Dataset):
         index, position = item
         target_size, flip, sample_seed = augmentation_for_position(
             self.seed, position, self.scales, self.use_flip)
-        sample = prepare_sample(self.records[index], target_size, self.max_size,
-                                self.pixel_means, flip, self.keypoint_flip_perm,
-                                self.pixel_stds, self.channel_order, self.legacy_plus_one)
+        sample = prepare_sample(self.records[index], target_size, self.max_size, flip,
+                                self.keypoint_flip_perm, self.legacy_plus_one)
         sample["position"] = position
         sample["seed"] = sample_seed
         return sample
 
 
 class InferenceDataset(Dataset):
-    """Records to test samples at one scale (TEST.SCALE, TEST.MAX_SIZE), never flipped."""
+    """Records to test samples at one scale (TEST.SCALE, TEST.MAX_SIZE), never flipped; with
+    ``scale`` None at their original size (for a model that resizes them itself, as
+    test-time augmentation does)."""
 
-    def __init__(self, records, scale, max_size, pixel_means, pixel_stds=(1.0, 1.0, 1.0),
-                 channel_order="BGR"):
+    def __init__(self, records, scale, max_size):
         self.records = records
         self.scale = scale
         self.max_size = max_size
-        self.pixel_means = tuple(pixel_means)
-        self.pixel_stds = tuple(pixel_stds)
-        self.channel_order = channel_order
 
     def __len__(self):
         return len(self.records)
 
     def __getitem__(self, index):
-        return prepare_sample(self.records[index], self.scale, self.max_size, self.pixel_means,
-                              pixel_stds=self.pixel_stds, channel_order=self.channel_order)
+        return prepare_sample(self.records[index], self.scale, self.max_size)
 
 
 def aspect_group_ids(records):
@@ -181,18 +170,17 @@ class TrainLoader:
     """
 
     def __init__(self, dataset, group_ids, images_per_batch, seed, num_workers=0,
-                 size_divisibility=0, rank=0, world_size=1, start_iter=0, categories=None):
+                 rank=0, world_size=1, start_iter=0, categories=None):
         self.dataset = dataset
         self.categories = categories
         self.position = int(start_iter)
         self._sampler_args = (group_ids, images_per_batch, seed, rank, world_size)
         self._num_workers = num_workers
-        self._collate = functools.partial(collate_batch, size_divisibility=size_divisibility)
 
     def __iter__(self):
         sampler = TrainingSampler(*self._sampler_args, start_iter=self.position)
         loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=self._num_workers,
-                            collate_fn=self._collate)
+                            collate_fn=collate_batch)
         for batch in loader:
             self.position += 1
             yield batch
@@ -201,15 +189,15 @@ class TrainLoader:
 class InferenceLoader:
     """Iterable of inference Batches over this rank's contiguous shard, in dataset order."""
 
-    def __init__(self, dataset, num_workers=0, size_divisibility=0, rank=0, world_size=1,
-                 images_per_batch=1, categories=None):
+    def __init__(self, dataset, num_workers=0, rank=0, world_size=1, images_per_batch=1,
+                 categories=None):
         self.dataset = dataset
         self.categories = categories
         self.sampler = InferenceSampler(len(dataset), rank, world_size)
         self._loader = DataLoader(
             dataset, batch_size=images_per_batch, sampler=self.sampler,
             num_workers=num_workers,
-            collate_fn=functools.partial(collate_batch, size_divisibility=size_divisibility))
+            collate_fn=collate_batch)
 
     def __iter__(self):
         return iter(self._loader)
@@ -219,18 +207,12 @@ class InferenceLoader:
 
 
 def make_train_loader(dataset, images_per_batch, seed, num_workers=0, aspect_grouping=True,
-                      size_divisibility=0, rank=0, world_size=1, start_iter=0,
-                      categories=None):
+                      rank=0, world_size=1, start_iter=0, categories=None):
     """A TrainLoader over ``dataset`` (a TrainingDataset), grouping by orientation if asked."""
     groups = aspect_group_ids(dataset.records) if aspect_grouping \
         else np.zeros(len(dataset), dtype=np.int64)
     return TrainLoader(dataset, groups, images_per_batch, seed, num_workers,
-                       size_divisibility, rank, world_size, start_iter, categories)
-
-
-def size_divisibility_from_cfg(cfg):
-    """FPN.COARSEST_STRIDE when FPN is on (levels must divide evenly), else 0 (no rounding)."""
-    return int(cfg.FPN.COARSEST_STRIDE) if cfg.FPN.FPN_ON else 0
+                       rank, world_size, start_iter, categories)
 
 
 def load_datasets(names, data_root=None, min_area=0.0, proposal_files=(), proposal_limit=-1,
@@ -317,31 +299,27 @@ def build_train_loader(cfg, rank=0, world_size=1, start_iter=0, data_root=None,
     records = filter_for_training(records, cfg.MODEL.KEYPOINTS_ON)
     if verify_images:
         verify_dataset_images(records, data_root, rank=rank, world_size=world_size)
-    dataset = TrainingDataset(records,
-                              cfg.TRAIN.SCALES, cfg.TRAIN.MAX_SIZE, cfg.PIXEL_MEANS,
+    dataset = TrainingDataset(records, cfg.TRAIN.SCALES, cfg.TRAIN.MAX_SIZE,
                               cfg.TRAIN.USE_FLIPPED, cfg.RNG_SEED, flip_perm,
-                              pixel_stds=cfg.PIXEL_STDS, channel_order=cfg.PIXEL_ORDER,
                               legacy_plus_one=cfg.MODEL.BBOX_LEGACY_PLUS_ONE)
     return make_train_loader(dataset, cfg.TRAIN.IMS_PER_BATCH, cfg.RNG_SEED,
                              num_workers=cfg.DATA_LOADER.NUM_THREADS,
                              aspect_grouping=cfg.TRAIN.ASPECT_GROUPING,
-                             size_divisibility=size_divisibility_from_cfg(cfg),
                              rank=rank, world_size=world_size, start_iter=start_iter,
                              categories=categories)
 
 
 def build_test_loader(cfg, dataset_name, rank=0, world_size=1, data_root=None,
-                      proposal_file=None):
-    """The InferenceLoader of one dataset at TEST.SCALE / TEST.MAX_SIZE, sharded by rank, with
-    the top TEST.PROPOSAL_LIMIT proposals of ``proposal_file`` if given."""
+                      proposal_file=None, resize=True):
+    """The InferenceLoader of one dataset at TEST.SCALE / TEST.MAX_SIZE (without ``resize``
+    at the original sizes), sharded by rank, with the top TEST.PROPOSAL_LIMIT proposals of
+    ``proposal_file`` if given."""
     register_datasets_from_cfg(cfg)
     records, categories, _ = load_datasets(
         (dataset_name,), data_root or cfg.DATA_ROOT or None,
         proposal_files=(proposal_file,) if proposal_file else (),
         proposal_limit=cfg.TEST.PROPOSAL_LIMIT, legacy_plus_one=cfg.MODEL.BBOX_LEGACY_PLUS_ONE)
     check_num_classes(cfg, categories, (dataset_name,))
-    dataset = InferenceDataset(records, cfg.TEST.SCALE, cfg.TEST.MAX_SIZE, cfg.PIXEL_MEANS,
-                               cfg.PIXEL_STDS, cfg.PIXEL_ORDER)
-    return InferenceLoader(dataset, num_workers=cfg.DATA_LOADER.NUM_THREADS,
-                           size_divisibility=size_divisibility_from_cfg(cfg),
-                           rank=rank, world_size=world_size, categories=categories)
+    dataset = InferenceDataset(records, cfg.TEST.SCALE if resize else None, cfg.TEST.MAX_SIZE)
+    return InferenceLoader(dataset, num_workers=cfg.DATA_LOADER.NUM_THREADS, rank=rank,
+                           world_size=world_size, categories=categories)

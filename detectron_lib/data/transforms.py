@@ -1,10 +1,9 @@
-"""Image reading, resizing, flipping and normalization, with the annotations kept in step.
+"""Image reading, resizing and flipping, with the annotations kept in step.
 
 Detectron's conventions: images are BGR, resized so the short side equals a target scale
-unless that makes the long side exceed MAX_SIZE, then the per-channel PIXEL_MEANS (BGR) are
-subtracted (PIXEL_ORDER RGB and PIXEL_STDS express torchvision's normalization instead); boxes
-are x1y1x2y2 in pixels of the resized image and ``im_scale`` is returned so that predictions
-can be mapped back to the original image.
+unless that makes the long side exceed MAX_SIZE; boxes are x1y1x2y2 in pixels of the resized
+image and ``im_scale`` is returned so that predictions can be mapped back to the original
+image. Normalization and padding are the model's (modeling.image_io).
 """
 from dataclasses import dataclass
 
@@ -121,16 +120,9 @@ def resize_image(image, scale):
     return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
 
 
-def normalize_image(image, pixel_means, pixel_stds=(1.0, 1.0, 1.0), channel_order="BGR"):
-    """(H, W, 3) uint8 BGR -> (3, H, W) float32 tensor in ``channel_order`` ('BGR' or 'RGB'),
-    ``pixel_means`` subtracted and divided by ``pixel_stds`` (both given in ``channel_order``:
-    PIXEL_MEANS, PIXEL_STDS, PIXEL_ORDER)."""
-    if channel_order == "RGB":
-        image = image[:, :, ::-1]
-    means = np.asarray(pixel_means, dtype=np.float32).reshape(1, 1, 3)
-    stds = np.asarray(pixel_stds, dtype=np.float32).reshape(1, 1, 3)
-    chw = ((image.astype(np.float32) - means) / stds).transpose(2, 0, 1)
-    return torch.from_numpy(np.ascontiguousarray(chw))
+def image_tensor(image_bgr):
+    """(H, W, 3) uint8 BGR array -> the (3, H, W) uint8 tensor a detector takes."""
+    return torch.from_numpy(np.ascontiguousarray(image_bgr.transpose(2, 0, 1)))
 
 
 def boxes_in_model_convention(boxes, legacy_plus_one):
@@ -187,14 +179,15 @@ def transform_annotations(record, scale, flip, keypoint_flip_perm=None, legacy_p
     return targets
 
 
-def prepare_sample(record, target_size, max_size, pixel_means, flip=False,
-                   keypoint_flip_perm=None, pixel_stds=(1.0, 1.0, 1.0), channel_order="BGR",
+def prepare_sample(record, target_size, max_size, flip=False, keypoint_flip_perm=None,
                    legacy_plus_one=False):
-    """Read, optionally flip, resize and normalize one record's image with its annotations
-    (boxes in the model's convention: ``legacy_plus_one``, see transform_annotations).
+    """Read, optionally flip and resize one record's image with its annotations (boxes in the
+    model's convention: ``legacy_plus_one``, see transform_annotations). With ``target_size``
+    None the image keeps its size: the model resizes it (modeling.image_io).
 
-    Returns a dict: image (3, H', W') float32 tensor, image_size (H', W'), im_scale (float),
-    original_size (H, W), image_id, flipped (bool), targets (see transform_annotations).
+    Returns a dict: image (3, H', W') uint8 BGR tensor (the model normalizes it), image_size
+    (H', W'), im_scale (float, None when not resized), original_size (H, W), image_id,
+    flipped (bool), targets (see transform_annotations).
     """
     image = read_image_bgr(record["file_name"])
     if image.shape[:2] != (record["height"], record["width"]):
@@ -203,17 +196,19 @@ def prepare_sample(record, target_size, max_size, pixel_means, flip=False,
             f"annotation says {record['width']}x{record['height']}; fix the annotation file")
     if flip:
         image = image[:, ::-1]
-    scale = compute_resize_scale(record["height"], record["width"], target_size, max_size)
-    image = resize_image(np.ascontiguousarray(image), scale)
+    scale = None
+    if target_size is not None:
+        scale = compute_resize_scale(record["height"], record["width"], target_size, max_size)
+        image = resize_image(np.ascontiguousarray(image), scale)
     return {
-        "image": normalize_image(image, pixel_means, pixel_stds, channel_order),
+        "image": image_tensor(image),
         "image_size": tuple(image.shape[:2]),
         "im_scale": scale,
         "original_size": (record["height"], record["width"]),
         "image_id": record["image_id"],
         "flipped": bool(flip),
-        "targets": transform_annotations(record, scale, flip, keypoint_flip_perm,
-                                         legacy_plus_one),
+        "targets": transform_annotations(record, 1.0 if scale is None else scale, flip,
+                                         keypoint_flip_perm, legacy_plus_one),
     }
 
 
@@ -231,30 +226,13 @@ def augmentation_for_position(seed, position, scales, use_flip):
     return target_size, flip, sample_seed
 
 
-def pad_to_batch(images, size_divisibility=0):
-    """Zero-pad (3, H_i, W_i) tensors into one (B, 3, H, W) batch.
-
-    H and W are the largest sizes, rounded up to a multiple of ``size_divisibility`` when it
-    is > 1 (the coarsest FPN stride), so every feature level divides evenly. Zero is the
-    pixel mean after normalization, as in Detectron's blobs.
-    """
-    max_height = max(image.shape[1] for image in images)
-    max_width = max(image.shape[2] for image in images)
-    if size_divisibility > 1:
-        max_height = -(-max_height // size_divisibility) * size_divisibility
-        max_width = -(-max_width // size_divisibility) * size_divisibility
-    batch = images[0].new_zeros((len(images), images[0].shape[0], max_height, max_width))
-    for slot, image in zip(batch, images):
-        slot[:, :image.shape[1], :image.shape[2]].copy_(image)
-    return batch
-
-
 @dataclass
 class Batch:
     """A collated batch.
 
-    images: (B, 3, H, W) float32, padded; image_sizes: [(h, w)] of each resized, unpadded
-    image; im_scales: [float] resize factors; original_sizes: [(h, w)]; image_ids; flipped:
+    images: [(3, h, w) uint8 BGR] as the model takes them (modeling.image_io); image_sizes:
+    [(h, w)] of each; im_scales: [float] resize factors, or None when the images keep their
+    original size (the model resizes them); original_sizes: [(h, w)]; image_ids; flipped:
     [bool]; positions / seeds: [int] global stream positions and per-sample RNG seeds
     (training only, else None); targets: [Instances(boxes, classes[, segms, keypoints])] of
     the non-crowd objects in resized-image pixels; crowd_boxes: [(C, 4) float32] crowd
@@ -281,8 +259,8 @@ class Batch:
     def model_inputs(self, device):
         """Keyword arguments of the detector's forward(), moved to ``device``; targets and
         seeds only for training batches."""
-        inputs = {"images": self.images.to(device), "image_sizes": self.image_sizes,
-                  "scales": self.im_scales}
+        inputs = {"images": [image.to(device) for image in self.images],
+                  "scales": self.im_scales, "original_sizes": self.original_sizes}
         if self.training:
             inputs["targets"] = [t.to(device) for t in self.targets]
             inputs["seeds"] = self.seeds
@@ -306,16 +284,16 @@ def _instances(targets, image_size):
     return Instances(image_size, **fields), targets["boxes"][~keep], proposals
 
 
-def collate_batch(samples, size_divisibility=0):
+def collate_batch(samples):
     """Batch prepared samples (from prepare_sample, with 'position' and 'seed' when training)
-    into a Batch, padding images to a multiple of ``size_divisibility``."""
+    into a Batch; the model pads the images."""
     targets, crowd_boxes, proposals = zip(*(_instances(s["targets"], s["image_size"])
                                             for s in samples))
     training = "position" in samples[0]
     return Batch(
-        images=pad_to_batch([s["image"] for s in samples], size_divisibility),
+        images=[s["image"] for s in samples],
         image_sizes=[s["image_size"] for s in samples],
-        im_scales=[s["im_scale"] for s in samples],
+        im_scales=None if samples[0]["im_scale"] is None else [s["im_scale"] for s in samples],
         original_sizes=[s["original_size"] for s in samples],
         image_ids=[s["image_id"] for s in samples],
         flipped=[s["flipped"] for s in samples],

@@ -26,12 +26,13 @@ import torch.nn.functional as F
 from detectron_lib import ops
 from detectron_lib.data.catalog import register_datasets_from_cfg
 from detectron_lib.data.loader import load_datasets
-from detectron_lib.data.transforms import normalize_image, read_image_bgr
+from detectron_lib.data.transforms import image_tensor, read_image_bgr
 from detectron_lib.engine.optim import lr_at_iter, parameter_groups, set_lr, sgd
 from detectron_lib.engine.trainer import resolve_device
 from detectron_lib.errors import ConfigError
 from detectron_lib.modeling.backbone import body_features, detectron_blob_names
 from detectron_lib.modeling.backbone.build import resnet_body_from_config, resnet_depth
+from detectron_lib.modeling.image_io import normalize_image
 from detectron_lib.utils.io import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -153,7 +154,8 @@ class CropSampler:
         images, boxes, labels = [], [], []
         for index in chosen.tolist():
             record = self.records[index]
-            images.append(normalize_image(read_image_bgr(record["file_name"]), **self.normalize))
+            images.append(normalize_image(image_tensor(read_image_bgr(record["file_name"])),
+                                          **self.normalize))
             b, l = sample_crop_boxes(record, self.crops_per_image, self.background_fraction, generator)
             boxes.append(b)
             labels.append(l)

@@ -27,11 +27,10 @@ from detectron_lib.evaluation.coco import (
 )
 from detectron_lib.errors import ConfigError
 from detectron_lib.evaluation.metrics import read_metrics, write_metrics
-from detectron_lib.inference.tta import augmentation_enabled, run_inference_with_augmentation
+from detectron_lib.inference.tta import DetectorWithTTA, augmentation_enabled
 from detectron_lib.modeling.backbone.norms import fold_frozen_batchnorm_
 from detectron_lib.modeling.backbone.precision import reuse_weight_casts
 from detectron_lib.modeling.meta_arch import build_model
-from detectron_lib.modeling.roi_heads.mask_head import paste_mask_probs
 from detectron_lib.utils.io import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -71,22 +70,27 @@ def warn_on_box_convention_mismatch(cfg, weights_format):
     return True
 
 
+def model_and_loader_for_test(cfg, model, dataset_name, rank=0, world_size=1, proposal_file=None):
+    """(the detector to run, its test loader): with TEST.BBOX_AUG / MASK_AUG / KPS_AUG the
+    model wrapped in DetectorWithTTA and a loader of original-size images."""
+    augment = augmentation_enabled(cfg)
+    loader = build_test_loader(cfg, dataset_name, rank, world_size, proposal_file=proposal_file,
+                               resize=not augment)
+    return (DetectorWithTTA(model, cfg) if augment else model), loader
+
+
 @torch.no_grad()
-def run_inference(model, loader, device, mask_thresh=0.5, legacy_paste=False):
-    """Per image: (image_id, Instances in original-image pixels, with ``masks`` (N, H, W)
-    bool when the model predicts masks; MRCNN.THRESH_BINARIZE / LEGACY_PASTE as
-    ``mask_thresh`` / ``legacy_paste``). Returns (results, seconds per image)."""
+def run_inference(model, loader, device):
+    """Per image: (image_id, Instances in original-image pixels on the CPU, with ``masks``
+    (N, H, W) bool when the model predicts masks). Returns (results, seconds per image)."""
     results = []
     seconds = 0.0
     with reuse_weight_casts(device.type):
         for batch in loader:
             start = time.perf_counter()
             outputs = model(**batch.model_inputs(device))
-            for image_id, output, (h, w) in zip(batch.image_ids, outputs, batch.original_sizes):
-                output = output.to("cpu")
-                if output.has("mask_probs"):
-                    output.masks = paste_mask_probs(output, h, w, mask_thresh, legacy_paste)
-                results.append((image_id, output))
+            results.extend((image_id, output.to("cpu"))
+                           for image_id, output in zip(batch.image_ids, outputs))
             seconds += time.perf_counter() - start
     return results, seconds / max(len(results), 1)
 
@@ -135,13 +139,9 @@ def test(cfg, weights, output_dir=None):
     for index, dataset_name in enumerate(cfg.TEST.DATASETS):
         annotation_file = materialize_dataset(dataset_name, cfg.DATA_ROOT or None)
         proposal_file = cfg.TEST.PROPOSAL_FILES[index] if cfg.TEST.PROPOSAL_FILES else None
-        loader = build_test_loader(cfg, dataset_name, dist_info.rank, dist_info.world_size,
-                                   proposal_file=proposal_file)
-        if augmentation_enabled(cfg):
-            results, s_per_im = run_inference_with_augmentation(model, cfg, loader, device)
-        else:
-            results, s_per_im = run_inference(model, loader, device, cfg.MRCNN.THRESH_BINARIZE,
-                                              cfg.MRCNN.LEGACY_PASTE)
+        detector, loader = model_and_loader_for_test(cfg, model, dataset_name, dist_info.rank,
+                                                     dist_info.world_size, proposal_file)
+        results, s_per_im = run_inference(detector, loader, device)
         gathered = all_gather_objects((results, s_per_im))
         if not dist_info.is_main:
             continue

@@ -1,7 +1,8 @@
 """Single-image inference for ``detectron infer`` (Detectron's tools/infer_simple.py).
 
-Images are read as BGR, resized to TEST.SCALE / TEST.MAX_SIZE, normalized like training, run
-through the model, and written as PNG files with the detections drawn on them.
+Images are read as BGR and given to the model as they are (it resizes, normalizes and maps
+its detections back: modeling.image_io), and written as PNG files with the detections drawn
+on them.
 """
 import logging
 from pathlib import Path
@@ -9,22 +10,13 @@ from pathlib import Path
 import torch
 
 from detectron_lib.data.catalog import get_dataset
-from detectron_lib.data.loader import size_divisibility_from_cfg
-from detectron_lib.data.transforms import (
-    ImageReadError,
-    compute_resize_scale,
-    normalize_image,
-    pad_to_batch,
-    read_image_bgr,
-    resize_image,
-)
+from detectron_lib.data.transforms import ImageReadError, image_tensor, read_image_bgr
 from detectron_lib.engine.trainer import resolve_device
 from detectron_lib.errors import DatasetError, DetectronError
 from detectron_lib.evaluation.coco import encode_masks_rle
 from detectron_lib.inference.engine import load_model_for_inference
-from detectron_lib.inference.tta import augmentation_enabled, detect_with_augmentation
+from detectron_lib.inference.tta import DetectorWithTTA, augmentation_enabled
 from detectron_lib.inference.vis import draw_detections
-from detectron_lib.modeling.roi_heads.mask_head import paste_mask_probs
 from detectron_lib.utils.io import atomic_write, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -89,33 +81,22 @@ def keypoint_skeleton_for(cfg):
 
 
 class Predictor:
-    """Runs a model on single BGR images: ``predictor(image) -> Instances``."""
+    """Runs a model on single BGR images: ``predictor(image) -> Instances``; with
+    TEST.BBOX_AUG / MASK_AUG / KPS_AUG through DetectorWithTTA."""
 
     def __init__(self, cfg, weights):
         self.cfg = cfg
         self.device = resolve_device(cfg.DEVICE)
         self.model = load_model_for_inference(cfg, weights, self.device)
+        if augmentation_enabled(cfg):
+            self.model = DetectorWithTTA(self.model, cfg)
 
     @torch.no_grad()
     def __call__(self, image_bgr):
-        """image_bgr: (H, W, 3) uint8. Detections in its pixels (masks pasted to (N, H, W) bool
-        when the model predicts them, keypoints (N, K, 3) (x, y, logit) when it predicts
-        them)."""
-        h, w = image_bgr.shape[:2]
-        if augmentation_enabled(self.cfg):
-            out = detect_with_augmentation(self.model, self.cfg, image_bgr, self.device)
-        else:
-            scale = compute_resize_scale(h, w, self.cfg.TEST.SCALE, self.cfg.TEST.MAX_SIZE)
-            resized = resize_image(image_bgr, scale)
-            image = normalize_image(resized, self.cfg.PIXEL_MEANS, self.cfg.PIXEL_STDS,
-                                    self.cfg.PIXEL_ORDER)
-            images = pad_to_batch([image], size_divisibility_from_cfg(self.cfg))
-            (out,) = self.model(images.to(self.device), [tuple(resized.shape[:2])], [scale])
-        out = out.to("cpu")
-        if out.has("mask_probs"):
-            out.masks = paste_mask_probs(out, h, w, self.cfg.MRCNN.THRESH_BINARIZE,
-                                         self.cfg.MRCNN.LEGACY_PASTE)
-        return out
+        """image_bgr: (H, W, 3) uint8. Detections in its pixels (masks (N, H, W) bool when the
+        model predicts them, keypoints (N, K, 3) (x, y, logit) when it predicts them)."""
+        (out,) = self.model([image_tensor(image_bgr).to(self.device)])
+        return out.to("cpu")
 
 
 def detections_to_json(detections, class_names=None):

@@ -25,26 +25,18 @@ Detectron left unimplemented, as it did for boxes, where here a pass below TEST.
 class boxes smaller than AREA_TH_LO and one above drops those larger than AREA_TH_HI (UNION).
 Without augmentation of their own, masks and keypoints come from the identity pass.
 """
-import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
 from detectron_lib.data.catalog import get_dataset
-from detectron_lib.data.loader import size_divisibility_from_cfg
-from detectron_lib.data.transforms import (
-    compute_resize_scale,
-    normalize_image,
-    pad_to_batch,
-    read_image_bgr,
-    resize_image,
-)
+from detectron_lib.data.transforms import image_tensor
 from detectron_lib.errors import ConfigError
-from detectron_lib.modeling.backbone.precision import reuse_weight_casts
+from detectron_lib.modeling.backbone.build import body_features
 from detectron_lib.modeling.roi_heads.keypoint_head import heatmaps_to_keypoints
-from detectron_lib.modeling.roi_heads.mask_head import paste_mask_probs
 from detectron_lib.structures.boxes import box_area, flip_boxes
 from detectron_lib.structures.instances import Instances
 from detectron_lib.structures.keypoints import flip_permutation
@@ -233,28 +225,8 @@ def size_dependent_use(size_tags, areas, area_thresh):
 # ---- running the model -------------------------------------------------------------------
 
 
-class _Pass:
-    """The model's backbone features of one augmented image, and how that image was made."""
-
-    def __init__(self, model, image_bgr, aug, cfg, device):
-        image = transform_image(image_bgr, aug)
-        self.scale = compute_resize_scale(image.shape[0], image.shape[1], aug.scale, aug.max_size)
-        resized = resize_image(image, self.scale)
-        self.image_size = tuple(resized.shape[:2])
-        image = normalize_image(resized, cfg.PIXEL_MEANS, cfg.PIXEL_STDS, cfg.PIXEL_ORDER)
-        batch = pad_to_batch([image], size_divisibility_from_cfg(cfg))
-        self.features = model.extract_features(batch.to(device))
-
-
-def _check_model(model):
-    for method in ("extract_features", "predict_boxes", "predict_instance_heads"):
-        if not hasattr(model, method):
-            raise ConfigError(f"TEST.BBOX_AUG / MASK_AUG / KPS_AUG: {type(model).__name__} models "
-                              "have no test-time augmentation (R-CNN models only); disable them")
-
-
 def augmentation_enabled(cfg):
-    """Whether ``detectron test`` / infer should run detect_with_augmentation."""
+    """Whether inference runs through DetectorWithTTA."""
     return bool(cfg.TEST.BBOX_AUG.ENABLED or (cfg.TEST.MASK_AUG.ENABLED and cfg.MODEL.MASK_ON)
                 or (cfg.TEST.KPS_AUG.ENABLED and cfg.MODEL.KEYPOINTS_ON))
 
@@ -271,112 +243,144 @@ def keypoint_flip_perm_from_config(cfg):
                       "SCALE_H_FLIP and ASPECT_RATIO_H_FLIP of TEST.KPS_AUG")
 
 
-@torch.no_grad()
-def detect_with_augmentation(model, cfg, image_bgr, device, proposals=None):
-    """Detections of one (H, W, 3) uint8 BGR image with TEST.BBOX_AUG / MASK_AUG / KPS_AUG.
+class _Pass:
+    """The detector's backbone features of one augmented image, and how that image was made."""
 
-    proposals: (P, 4) precomputed proposals in the image's pixels, for models without RPN.
-    Returns Instances(boxes, scores, classes[, mask_probs (N, M, M), keypoints ...]) on the CPU,
-    boxes in the image's pixels, like the model's own inference.
-    """
-    _check_model(model)
-    height, width = image_bgr.shape[:2]
-    legacy = cfg.MODEL.BBOX_LEGACY_PLUS_ONE
-    box_aug = cfg.TEST.BBOX_AUG
-    passes = augmentations(box_aug, cfg.TEST.SCALE, cfg.TEST.MAX_SIZE)
-    if not box_aug.ENABLED:
-        passes = passes[:1]
-    predictions = []
-    identity = None  # the first pass; its features serve the mask and keypoint heads
-    for aug in passes:
-        p = _Pass(model, image_bgr, aug, cfg, device)
-        if identity is None:
-            identity = p
-        rois = None
-        if proposals is not None:
-            boxes = map_boxes(torch.as_tensor(proposals, dtype=torch.float32), aug, width, legacy)
-            rois = [Instances(p.image_size, boxes=(boxes * p.scale).to(device))]
-        ((scores, boxes),) = model.predict_boxes(p.features, [p.image_size], [p.scale], rois)
-        boxes = map_boxes(boxes, aug, width, legacy, inverse=True)
-        if box_aug.SCALE_SIZE_DEP:
-            scores = drop_by_size(scores, boxes, aug.size_tag, box_aug.AREA_TH_LO,
-                                  box_aug.AREA_TH_HI, legacy)
-        predictions.append((scores, boxes))
-    scores, boxes = combine_box_predictions(predictions, box_aug.SCORE_HEUR, box_aug.COORD_HEUR)
-    detections = model.roi_heads.postprocess(scores, boxes, (height, width))
-    (detections,) = model.predict_instance_heads(identity.features, [detections], [identity.scale])
-    if cfg.TEST.MASK_AUG.ENABLED and detections.has("mask_probs") and len(detections):
-        detections.mask_probs = _augmented_masks(model, cfg, image_bgr, detections, identity,
-                                                 device)
-    if cfg.TEST.KPS_AUG.ENABLED and detections.has("keypoints") and len(detections):
-        keypoints, probs = _augmented_keypoints(model, cfg, image_bgr, detections, identity, device)
-        detections.keypoints = keypoints
-        detections.keypoint_probs = probs
-    return detections.to("cpu")
+    def __init__(self, model, image_bgr, aug, device):
+        self.device = device
+        resized, self.scale = model.io.resize(image_tensor(transform_image(image_bgr, aug)),
+                                              aug.scale, aug.max_size)
+        batch, (self.image_size,) = model.io.batch([resized.to(self.device)])
+        self.features = body_features(model.backbone, batch, model.body_precision)
 
 
-def _augmented_masks(model, cfg, image_bgr, detections, identity, device):
-    """Soft masks (N, M, M) of ``detections`` combined over the TEST.MASK_AUG passes."""
-    mask_aug = cfg.TEST.MASK_AUG
-    legacy = cfg.MODEL.BBOX_LEGACY_PLUS_ONE
-    width = image_bgr.shape[1]
-    passes = augmentations(mask_aug, cfg.TEST.SCALE, cfg.TEST.MAX_SIZE)
-    masks = [detections.mask_probs]  # the identity pass, already computed
-    for aug in passes[1:]:
-        p = _Pass(model, image_bgr, aug, cfg, device)
-        boxes = map_boxes(detections.boxes, aug, width, legacy)
-        moved = Instances(p.image_size, boxes=boxes, classes=detections.classes)
-        (probs,) = model.predict_masks(p.features, [moved], [p.scale])
-        masks.append(probs.flip(-1) if aug.hflip else probs)
-    use = None
-    if mask_aug.SCALE_SIZE_DEP:
-        use = size_dependent_use([a.size_tag for a in passes], box_area(detections.boxes, legacy),
-                                 mask_aug.AREA_TH)
-    return combine_soft_masks(torch.stack(masks), mask_aug.HEUR, use)
+class DetectorWithTTA(nn.Module):
+    """A generalized R-CNN run with TEST.BBOX_AUG / MASK_AUG / KPS_AUG (see the module
+    docstring). It takes what the detector takes at inference, as original images (the test
+    loader built with ``resize=False``, or ``Predictor``'s), and returns what it returns:
+    detections in original-image pixels, masks pasted by the detector's io."""
 
+    def __init__(self, model, cfg):
+        super().__init__()
+        if getattr(model, "roi_heads", None) is None or not hasattr(model.roi_heads, "predict_boxes"):
+            raise ConfigError(f"TEST.BBOX_AUG / MASK_AUG / KPS_AUG: {type(model).__name__} models "
+                              "have no test-time augmentation (R-CNN models with box heads "
+                              "only); disable them")
+        self.model = model
+        self.box_aug, self.mask_aug, self.kps_aug = cfg.TEST.BBOX_AUG, cfg.TEST.MASK_AUG, cfg.TEST.KPS_AUG
+        self.legacy_plus_one = cfg.MODEL.BBOX_LEGACY_PLUS_ONE
+        scale, max_size = cfg.TEST.SCALE, cfg.TEST.MAX_SIZE
+        self.passes = {"box": augmentations(cfg.TEST.BBOX_AUG, scale, max_size),
+                       "mask": augmentations(cfg.TEST.MASK_AUG, scale, max_size),
+                       "keypoint": augmentations(cfg.TEST.KPS_AUG, scale, max_size)}
+        if not self.box_aug.ENABLED:
+            self.passes["box"] = self.passes["box"][:1]
+        self.flip_perm = None
+        if (self.kps_aug.ENABLED and model.keypoint_heads is not None
+                and any(a.hflip for a in self.passes["keypoint"])):
+            self.flip_perm = keypoint_flip_perm_from_config(cfg)
 
-def _augmented_keypoints(model, cfg, image_bgr, detections, identity, device):
-    """(keypoints (N, K, 3), probs (N, K)) of ``detections`` decoded from their heatmap logits
-    combined over the TEST.KPS_AUG passes (Detectron's im_detect_keypoints_aug)."""
-    kps_aug = cfg.TEST.KPS_AUG
-    legacy = cfg.MODEL.BBOX_LEGACY_PLUS_ONE
-    width = image_bgr.shape[1]
-    passes = augmentations(kps_aug, cfg.TEST.SCALE, cfg.TEST.MAX_SIZE)
-    flip_perm = keypoint_flip_perm_from_config(cfg) if any(a.hflip for a in passes) else None
-    (heatmaps,) = model.predict_keypoint_heatmaps(identity.features, [detections], [identity.scale])
-    all_heatmaps = [heatmaps]
-    for aug in passes[1:]:
-        p = _Pass(model, image_bgr, aug, cfg, device)
-        boxes = map_boxes(detections.boxes, aug, width, legacy)
-        moved = Instances(p.image_size, boxes=boxes)
-        (heatmaps,) = model.predict_keypoint_heatmaps(p.features, [moved], [p.scale])
-        all_heatmaps.append(flip_heatmaps(heatmaps, flip_perm) if aug.hflip else heatmaps)
-    use = None
-    if kps_aug.SCALE_SIZE_DEP:
-        use = size_dependent_use([a.size_tag for a in passes], box_area(detections.boxes, legacy),
-                                 kps_aug.AREA_TH)
-    combined = combine_heatmaps(torch.stack(all_heatmaps), kps_aug.HEUR, use)
-    return heatmaps_to_keypoints(combined, detections.boxes,
-                                 model.keypoint_heads.inference_min_size)
+    @torch.no_grad()
+    def forward(self, images, scales=None, proposals=None, original_sizes=None):
+        """images: [(3, H, W)] original BGR images; proposals: [Instances(boxes)] in their
+        pixels, for models without RPN. Returns [Instances] as the detector does."""
+        if scales is not None:
+            raise ValueError("test-time augmentation resizes the original images itself; "
+                             "build the test loader with resize=False")
+        proposals = proposals or [None] * len(images)
+        return [self.detect(image.permute(1, 2, 0).to("cpu", torch.uint8).numpy(), image.device,
+                            None if p is None else p.boxes.cpu())
+                for image, p in zip(images, proposals)]
 
+    def detect(self, image_bgr, device, proposals=None):
+        """Detections of one (H, W, 3) uint8 BGR image, the model run on ``device``;
+        proposals: (P, 4) in the image's pixels."""
+        model, box_aug = self.model, self.box_aug
+        height, width = image_bgr.shape[:2]
+        predictions = []
+        identity = None  # the first pass; its features serve the instance heads
+        for aug in self.passes["box"]:
+            p = _Pass(model, image_bgr, aug, device)
+            identity = identity or p
+            scores, boxes = self._predict_boxes(p, aug, width, proposals)
+            if box_aug.SCALE_SIZE_DEP:
+                scores = drop_by_size(scores, boxes, aug.size_tag, box_aug.AREA_TH_LO,
+                                      box_aug.AREA_TH_HI, self.legacy_plus_one)
+            predictions.append((scores, boxes))
+        scores, boxes = combine_box_predictions(predictions, box_aug.SCORE_HEUR, box_aug.COORD_HEUR)
+        detections = self._instance_heads(identity, model.roi_heads.postprocess(scores, boxes,
+                                                                                (height, width)))
+        if self.mask_aug.ENABLED and detections.has("mask_probs") and len(detections):
+            detections.mask_probs = self._augmented_masks(image_bgr, detections, device)
+        if self.kps_aug.ENABLED and detections.has("keypoints") and len(detections):
+            detections.keypoints, detections.keypoint_probs = self._augmented_keypoints(
+                image_bgr, detections, identity, device)
+        if detections.has("mask_probs"):
+            detections.masks = model.io.paste_masks(detections, (height, width))
+        return detections
 
-@torch.no_grad()
-def run_inference_with_augmentation(model, cfg, loader, device):
-    """inference.engine.run_inference with test-time augmentation: the loader's images are read
-    again at full resolution (its resized batches are not used). Returns (results, seconds per
-    image) as run_inference does."""
-    results = []
-    seconds = 0.0
-    dataset = loader.dataset
-    with reuse_weight_casts(device.type):
-        for index in loader.sampler:
-            record = dataset.records[index]
-            start = time.perf_counter()
-            image = read_image_bgr(record["file_name"])
-            output = detect_with_augmentation(model, cfg, image, device, record.get("proposals"))
-            if output.has("mask_probs"):
-                output.masks = paste_mask_probs(output, image.shape[0], image.shape[1],
-                                                cfg.MRCNN.THRESH_BINARIZE, cfg.MRCNN.LEGACY_PASTE)
-            results.append((record["image_id"], output))
-            seconds += time.perf_counter() - start
-    return results, seconds / max(len(results), 1)
+    def _predict_boxes(self, p, aug, width, proposals):
+        """(scores (R, K+1), class boxes (R, 4C)) of one pass, boxes in the original image."""
+        model = self.model
+        if model.rpn is not None:
+            rois, _ = model.rpn([p.image_size], p.features, [p.scale])
+        elif proposals is None:
+            raise ValueError("a model without RPN needs precomputed proposals")
+        else:
+            boxes = map_boxes(proposals.to(torch.float32), aug, width, self.legacy_plus_one)
+            rois = [Instances(p.image_size, boxes=(boxes * p.scale).to(p.device))]
+        ((scores, boxes),) = model.roi_heads.predict_boxes(p.features, rois)
+        return scores, map_boxes(boxes / p.scale, aug, width, self.legacy_plus_one, inverse=True)
+
+    def _instance_heads(self, p, detections):
+        """The detections (original-image pixels) with the fields every instance head of the
+        detector adds, run on the identity pass."""
+        resized = detections[:]
+        resized.boxes = detections.boxes * p.scale
+        resized = [resized]
+        for name in self.model.instance_head_names:
+            resized, _ = getattr(self.model, name)(p.features, resized, None, [p.scale])
+        out = resized[0][:]
+        out.boxes = detections.boxes
+        return out
+
+    def _moved_pass(self, image_bgr, detections, aug, device):
+        """(pass, the detections' boxes in that pass's resized image)."""
+        p = _Pass(self.model, image_bgr, aug, device)
+        boxes = map_boxes(detections.boxes, aug, image_bgr.shape[1], self.legacy_plus_one)
+        return p, boxes * p.scale
+
+    def _augmented_masks(self, image_bgr, detections, device):
+        """Soft masks (N, M, M) of ``detections`` combined over the TEST.MASK_AUG passes."""
+        passes = self.passes["mask"]
+        heads = self.model.mask_heads
+        masks = [detections.mask_probs]  # the identity pass, already computed
+        for aug in passes[1:]:
+            p, boxes = self._moved_pass(image_bgr, detections, aug, device)
+            moved = Instances(p.image_size, boxes=boxes, classes=detections.classes)
+            (out,), _ = heads(p.features, [moved])
+            masks.append(out.mask_probs.flip(-1) if aug.hflip else out.mask_probs)
+        use = None
+        if self.mask_aug.SCALE_SIZE_DEP:
+            use = size_dependent_use([a.size_tag for a in passes],
+                                     box_area(detections.boxes, self.legacy_plus_one),
+                                     self.mask_aug.AREA_TH)
+        return combine_soft_masks(torch.stack(masks), self.mask_aug.HEUR, use)
+
+    def _augmented_keypoints(self, image_bgr, detections, identity, device):
+        """(keypoints (N, K, 3), probs (N, K)) of ``detections`` decoded from their heatmap
+        logits combined over the TEST.KPS_AUG passes (Detectron's im_detect_keypoints_aug)."""
+        passes = self.passes["keypoint"]
+        heads = self.model.keypoint_heads
+        all_heatmaps = [heads.heatmap_logits(identity.features, [detections.boxes * identity.scale])]
+        for aug in passes[1:]:
+            p, boxes = self._moved_pass(image_bgr, detections, aug, device)
+            heatmaps = heads.heatmap_logits(p.features, [boxes])
+            all_heatmaps.append(flip_heatmaps(heatmaps, self.flip_perm) if aug.hflip else heatmaps)
+        use = None
+        if self.kps_aug.SCALE_SIZE_DEP:
+            use = size_dependent_use([a.size_tag for a in passes],
+                                     box_area(detections.boxes, self.legacy_plus_one),
+                                     self.kps_aug.AREA_TH)
+        combined = combine_heatmaps(torch.stack(all_heatmaps), self.kps_aug.HEUR, use)
+        return heatmaps_to_keypoints(combined, detections.boxes, heads.inference_min_size)

@@ -36,6 +36,7 @@ from detectron_lib.modeling.anchors import AnchorGenerator, retinanet_anchor_spe
 from detectron_lib.modeling.backbone.build import body_features, build_backbone, group_norm_spec
 from detectron_lib.modeling.backbone.layers import Conv2dNorm
 from detectron_lib.modeling.backbone.precision import run_in_precision
+from detectron_lib.modeling.image_io import detector_io_from_config
 from detectron_lib.modeling.postprocess import (
     box_voting_from_config,
     class_wise_nms,
@@ -212,12 +213,13 @@ class RetinaNet(nn.Module):
     MODEL.BODY_PRECISION.
     """
 
-    def __init__(self, backbone, head, anchor_generator, in_features, *, box_coder,
+    def __init__(self, io, backbone, head, anchor_generator, in_features, *, box_coder,
                  positive_overlap=0.5, negative_overlap=0.4, focal_alpha=0.25, focal_gamma=2.0,
                  bbox_reg_beta=0.11, bbox_reg_weight=1.0, score_thresh=0.05, pre_nms_topk=1000,
                  nms_thresh=0.5, soft_nms=None, box_voting=None, detections_per_image=100,
                  bbox_reg=True, body_precision="float32"):
         super().__init__()
+        self.io = io
         self.backbone = backbone
         self.head = head
         self.anchor_generator = anchor_generator
@@ -238,18 +240,20 @@ class RetinaNet(nn.Module):
         self.bbox_reg = bbox_reg
         self.body_precision = body_precision
 
-    def forward(self, images, image_sizes, scales, targets=None, seeds=None):
-        """Run the model on a batch.
+    def forward(self, images, scales=None, targets=None, seeds=None, original_sizes=None):
+        """Run the model on a list of images.
 
-        images: (N, 3, H, W) float, normalized and padded. image_sizes: [(h, w)] of each
-        resized, unpadded image. scales: [float] resize factor from the original image.
-        targets: [Instances(boxes, classes)] in resized-image pixels, when training. seeds:
-        accepted for the trainer's sake; RetinaNet samples nothing.
+        images, scales, targets, original_sizes: as GeneralizedRCNN.forward takes them (the
+        image contract is the io's, modeling.image_io). seeds: accepted for the trainer's
+        sake; RetinaNet samples nothing.
 
         Training: {"loss_retnet_cls", "loss_retnet_bbox"}. Inference: [Instances(boxes,
         scores, classes)] per image, boxes in original-image pixels, classes in 1..K.
         """
-        features = body_features(self.backbone, images, self.body_precision)
+        if targets is not None and scales is None:
+            raise ValueError("training images come resized, with their scales")
+        batch, image_sizes, scales, resized_here = self.io.prepare(images, scales)
+        features = body_features(self.backbone, batch, self.body_precision)
         maps = [features[name] for name in self.in_features]
         cls_maps, box_maps = self.head(maps)
         anchors = self.anchor_generator([m.shape[-2:] for m in maps], maps[0].device)
@@ -258,7 +262,8 @@ class RetinaNet(nn.Module):
         if targets is not None:
             return self.losses(torch.cat(anchors), torch.cat(cls_logits, dim=1),
                                torch.cat(box_deltas, dim=1), targets)
-        return self.detect(anchors, cls_logits, box_deltas, image_sizes, scales)
+        detections = self.detect(anchors, cls_logits, box_deltas, image_sizes)
+        return self.io.postprocess(detections, scales, original_sizes or resized_here)
 
     def losses(self, anchors, cls_logits, box_deltas, targets):
         """anchors: (R, 4); cls_logits: (N, R, C); box_deltas: (N, R, B); targets per image."""
@@ -279,11 +284,11 @@ class RetinaNet(nn.Module):
             bbox_reg_weight=self.bbox_reg_weight)
 
     @torch.no_grad()
-    def detect(self, anchors, cls_logits, box_deltas, image_sizes, scales):
+    def detect(self, anchors, cls_logits, box_deltas, image_sizes):
         """Per-level anchors [(R_l, 4)], logits [(N, R_l, C)], deltas [(N, R_l, B)] ->
-        [Instances] per image (see the module docstring)."""
+        [Instances] per image in resized-image pixels (see the module docstring)."""
         results = []
-        for i, ((h, w), scale) in enumerate(zip(image_sizes, scales)):
+        for i, (h, w) in enumerate(image_sizes):
             candidates = [
                 self._level_candidates(level_anchors, logits[i], deltas[i],
                                        self.score_thresh if level + 1 < len(anchors) else 0.0)
@@ -295,7 +300,7 @@ class RetinaNet(nn.Module):
             boxes, scores, classes = class_wise_nms(
                 boxes, scores, classes, self.nms_thresh, self.soft_nms, self.box_voting,
                 self.detections_per_image, self.box_coder.legacy_plus_one)
-            results.append(Instances((h, w), boxes=boxes / scale, scores=scores,
+            results.append(Instances((h, w), boxes=boxes, scores=scores,
                                      classes=classes + 1))
         return results
 
@@ -355,7 +360,7 @@ def build_retinanet(cfg):
         tower_norm=group_norm_spec(cfg) if r.USE_GN else None,
         precision=cfg.MODEL.HEAD_PRECISION)
     return RetinaNet(
-        backbone, head, anchor_generator, in_features,
+        detector_io_from_config(cfg), backbone, head, anchor_generator, in_features,
         box_coder=BoxCoder((1.0, 1.0, 1.0, 1.0), cfg.BBOX_XFORM_CLIP, legacy),
         positive_overlap=r.POSITIVE_OVERLAP, negative_overlap=r.NEGATIVE_OVERLAP,
         focal_alpha=r.LOSS_ALPHA, focal_gamma=r.LOSS_GAMMA,

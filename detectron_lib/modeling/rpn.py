@@ -12,8 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from detectron_lib import ops
-from detectron_lib.modeling.anchors import straddle_mask
+from detectron_lib.errors import ConfigError
+from detectron_lib.modeling.anchors import AnchorGenerator, fpn_rpn_anchor_specs, straddle_mask
 from detectron_lib.modeling.backbone.precision import run_in_precision
+from detectron_lib.modeling.poolers import feature_level_names
 from detectron_lib.modeling.sampling import Matcher, sample_labels
 from detectron_lib.structures.boxes import BoxCoder, box_widths_heights, clip_boxes
 from detectron_lib.structures.instances import Instances
@@ -186,3 +188,36 @@ class RPN(nn.Module):
 def build_rpn_matcher(positive_overlap, negative_overlap):
     """Detectron's RPN assignment: fg >= POSITIVE_OVERLAP or best for a box, bg < NEGATIVE_OVERLAP."""
     return Matcher(positive_overlap, negative_overlap, 0.0, allow_low_quality_matches=True)
+
+
+def build_rpn(cfg, backbone):
+    """RPN on the FPN levels RPN_MIN_LEVEL..RPN_MAX_LEVEL, or on the single backbone output."""
+    if cfg.FPN.FPN_ON and cfg.FPN.MULTILEVEL_RPN:
+        in_features = feature_level_names(cfg.FPN.RPN_MIN_LEVEL, cfg.FPN.RPN_MAX_LEVEL,
+                                          backbone.out_channels)
+        specs = fpn_rpn_anchor_specs(cfg.FPN.RPN_MIN_LEVEL, cfg.FPN.RPN_MAX_LEVEL,
+                                     cfg.FPN.RPN_ANCHOR_START_SIZE, cfg.FPN.RPN_ASPECT_RATIOS)
+    else:
+        in_features = [list(backbone.out_channels)[-1]]
+        specs = [(cfg.RPN.STRIDE, tuple(cfg.RPN.SIZES), tuple(cfg.RPN.ASPECT_RATIOS))]
+    channels = {backbone.out_channels[f] for f in in_features}
+    if len(channels) != 1:
+        raise ConfigError(f"RPN levels {in_features} have different channel counts {channels}")
+    legacy = cfg.MODEL.BBOX_LEGACY_PLUS_ONE
+    anchor_generator = AnchorGenerator(specs, legacy_plus_one=legacy)
+    head = RPNHead(channels.pop(), anchor_generator.num_anchors[0],
+                   precision=cfg.MODEL.HEAD_PRECISION)
+    t, s = cfg.TRAIN, cfg.TEST
+    return RPN(
+        head, anchor_generator, in_features,
+        matcher=build_rpn_matcher(t.RPN_POSITIVE_OVERLAP, t.RPN_NEGATIVE_OVERLAP),
+        batch_size_per_image=t.RPN_BATCH_SIZE_PER_IM,
+        fg_fraction=t.RPN_FG_FRACTION,
+        pre_nms_topk=(t.RPN_PRE_NMS_TOP_N, s.RPN_PRE_NMS_TOP_N),
+        post_nms_topk=(t.RPN_POST_NMS_TOP_N, s.RPN_POST_NMS_TOP_N),
+        collect_topk=(t.RPN_POST_NMS_TOP_N, s.RPN_POST_NMS_TOP_N),
+        nms_thresh=(t.RPN_NMS_THRESH, s.RPN_NMS_THRESH),
+        min_size=(t.RPN_MIN_SIZE, s.RPN_MIN_SIZE),
+        straddle_thresh=t.RPN_STRADDLE_THRESH,
+        legacy_plus_one=legacy,
+    )

@@ -267,8 +267,8 @@ def paste_masks(masks, boxes, image_height, image_width):
     Boxes with non-positive width or height paste nothing.
     """
     out = masks.new_zeros((masks.size(0), image_height, image_width))
-    xs = torch.arange(image_width, dtype=masks.dtype) + 0.5
-    ys = torch.arange(image_height, dtype=masks.dtype) + 0.5
+    xs = torch.arange(image_width, dtype=masks.dtype, device=masks.device) + 0.5
+    ys = torch.arange(image_height, dtype=masks.dtype, device=masks.device) + 0.5
     for k, (mask, box) in enumerate(zip(masks, boxes)):
         x1, y1, x2, y2 = box
         if not (x2 > x1 and y2 > y1) or image_height == 0 or image_width == 0:

@@ -7,7 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from detectron_lib import ops
-from detectron_lib.modeling.postprocess import class_wise_nms
+from detectron_lib.modeling.backbone.build import build_roi_box_head
+from detectron_lib.modeling.poolers import roi_feature_names, roi_pooler_from_config
+from detectron_lib.modeling.postprocess import box_voting_from_config, class_wise_nms, soft_nms_from_config
 from detectron_lib.modeling.sampling import Matcher, sample_labels
 from detectron_lib.structures.boxes import BoxCoder, clip_boxes, nonempty_boxes
 from detectron_lib.structures.instances import Instances
@@ -245,3 +247,37 @@ class BoxROIHeads(nn.Module):
 def build_fast_rcnn_matcher(fg_thresh, bg_thresh_hi, bg_thresh_lo):
     """Detectron's RoI labels: fg IoU >= FG_THRESH, bg in [BG_THRESH_LO, BG_THRESH_HI)."""
     return Matcher(fg_thresh, bg_thresh_hi, bg_thresh_lo)
+
+
+def build_box_roi_heads(cfg, backbone):
+    """Fast R-CNN heads pooling from FPN levels ROI_MIN_LEVEL..ROI_MAX_LEVEL or the single map."""
+    in_features = roi_feature_names(cfg, backbone.out_channels)
+    in_channels = backbone.out_channels[in_features[0]]
+    box_head = build_roi_box_head(cfg, in_channels)
+    # The VGG16 fc head fixes its own input resolution (Detectron pooled it at 7x7).
+    pooler = roi_pooler_from_config(cfg, cfg.FAST_RCNN, [backbone.strides[name] for name in in_features],
+                                    resolution=getattr(box_head, "resolution", None))
+    options = box_roi_head_options(cfg)
+    return BoxROIHeads(
+        pooler, box_head,
+        FastRCNNPredictor(box_head.out_dim, cfg.MODEL.NUM_CLASSES, cfg.MODEL.CLS_AGNOSTIC_BBOX_REG),
+        in_features, **options)
+
+
+def box_roi_head_options(cfg):
+    """BoxROIHeads' keyword arguments: RoI sampling (TRAIN.*), box coding, post-processing."""
+    t, s = cfg.TRAIN, cfg.TEST
+    return dict(
+        matcher=build_fast_rcnn_matcher(t.FG_THRESH, t.BG_THRESH_HI, t.BG_THRESH_LO),
+        batch_size_per_image=t.BATCH_SIZE_PER_IM,
+        fg_fraction=t.FG_FRACTION,
+        box_coder=BoxCoder(cfg.MODEL.BBOX_REG_WEIGHTS, cfg.BBOX_XFORM_CLIP, cfg.MODEL.BBOX_LEGACY_PLUS_ONE),
+        score_thresh=s.SCORE_THRESH,
+        nms_thresh=s.NMS,
+        detections_per_image=s.DETECTIONS_PER_IM,
+        soft_nms=soft_nms_from_config(cfg),
+        box_voting=box_voting_from_config(cfg),
+        bbox_thresh=t.BBOX_THRESH,
+        bbox_reg=s.BBOX_REG,
+        dedup_boxes=0.0 if cfg.RPN.RPN_ON else cfg.DEDUP_BOXES,  # precomputed proposals only
+    )

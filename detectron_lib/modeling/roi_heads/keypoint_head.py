@@ -24,6 +24,7 @@ from detectron_lib.errors import ConfigError, DatasetError
 from detectron_lib.modeling.backbone.precision import run_in_precision
 from detectron_lib.modeling.init import constant_fill_, fill_
 from detectron_lib.modeling.poolers import roi_feature_names, roi_pooler_from_config
+from detectron_lib.modeling.roi_heads.instance_heads import register_instance_head
 from detectron_lib.modeling.roi_heads.mask_head import BilinearUpsample
 
 # Detectron's stds under GaussianFill: head convs and kps_deconv 0.01, heatmap logits 0.001
@@ -320,11 +321,13 @@ def v1convx_head_from_config(cfg, in_channels):
                             k.CONV_HEAD_KERNEL, k.CONV_INIT, precision=cfg.MODEL.HEAD_PRECISION)
 
 
-def build_keypoint_roi_heads(cfg, backbone_out_channels, backbone_strides):
+@register_instance_head("keypoint_heads", "MODEL.KEYPOINTS_ON")
+def build_keypoint_roi_heads(cfg, backbone_out_channels, backbone_strides, box_head=None):
     """KeypointROIHeads from KRCNN.* on the FPN levels ROI_MIN_LEVEL..ROI_MAX_LEVEL (FPN.FPN_ON
     and FPN.MULTILEVEL_ROIS) or on the backbone's last map.
 
-    backbone_out_channels / backbone_strides: {feature name: channels / stride}.
+    backbone_out_channels / backbone_strides: {feature name: channels / stride}; the box
+    head is not used.
     Raises ConfigError when KRCNN.NUM_KEYPOINTS is unset, KRCNN.UP_SCALE is odd, KRCNN.NMS_OKS
     is on, or KRCNN.HEATMAP_SIZE differs from what the head predicts.
     """

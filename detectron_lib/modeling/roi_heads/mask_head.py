@@ -33,6 +33,7 @@ from detectron_lib.modeling.backbone.precision import run_in_precision
 from detectron_lib.modeling.backbone.resnet import make_stage
 from detectron_lib.modeling.init import constant_fill_, fill_, gaussian_fill_
 from detectron_lib.modeling.poolers import roi_feature_names, roi_pooler_from_config
+from detectron_lib.modeling.roi_heads.instance_heads import register_instance_head
 from detectron_lib.ops.masks import paste_masks_legacy
 from detectron_lib.structures.masks import (
     bitmap_to_mask_in_box,
@@ -306,13 +307,14 @@ class MaskROIHeads(nn.Module):
             x = self.shared_res5(x)
         return self.predictor(self.head(x))
 
-    def forward(self, features, instances, gt_instances=None):
+    def forward(self, features, instances, gt_instances=None, scales=None):
         """Training (``gt_instances`` given): ``instances`` are BoxROIHeads' sampled RoIs
         [Instances(boxes, classes, matched_gt)], ``gt_instances`` [Instances(segms, ...)];
         returns (instances, {"loss_mask": scalar}).
 
         Inference: ``instances`` are detections [Instances(boxes, scores, classes)] in
         resized-image pixels; returns (copies with ``mask_probs`` (N, M, M) added, {}).
+        ``scales`` is not needed (the instance-head interface, roi_heads.instance_heads).
         """
         if gt_instances is not None:
             return instances, {"loss_mask": self.loss(features, instances, gt_instances)}
@@ -427,6 +429,7 @@ def mask_res5_from_config(cfg, in_channels):
     return res5, channels, stride
 
 
+@register_instance_head("mask_heads", "MODEL.MASK_ON")
 def build_mask_roi_heads(cfg, backbone_out_channels, backbone_strides, box_head=None):
     """MaskROIHeads from MRCNN.* on the FPN levels ROI_MIN_LEVEL..ROI_MAX_LEVEL (FPN.FPN_ON and
     FPN.MULTILEVEL_ROIS) or on the backbone's last map.

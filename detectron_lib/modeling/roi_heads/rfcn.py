@@ -14,7 +14,7 @@ from torch import nn
 
 from detectron_lib import ops
 from detectron_lib.modeling.init import init_layer_
-from detectron_lib.modeling.roi_heads.fast_rcnn import BoxROIHeads
+from detectron_lib.modeling.roi_heads.fast_rcnn import BoxROIHeads, box_roi_head_options
 
 
 class RFCNPredictor(nn.Module):
@@ -70,3 +70,16 @@ class RFCNROIHeads(BoxROIHeads):
 
     def predict(self, features, boxes_per_image):
         return self.predictor(features[self.in_features[0]], boxes_per_image)
+
+
+def build_rfcn_roi_heads(cfg, backbone):
+    """R-FCN heads on the backbone's last map: RFCN.PS_GRID_SIZE, MODEL.NUM_CLASSES and
+    CLS_AGNOSTIC_BBOX_REG; FAST_RCNN.ROI_XFORM_METHOD picks PS-RoIPool (RoIPoolF, Detectron's)
+    or PS-RoIAlign (RoIAlign, with ROI_XFORM_SAMPLING_RATIO)."""
+    in_feature = list(backbone.out_channels)[-1]
+    options = box_roi_head_options(cfg)
+    predictor = RFCNPredictor(
+        backbone.out_channels[in_feature], cfg.MODEL.NUM_CLASSES, cfg.RFCN.PS_GRID_SIZE,
+        1.0 / backbone.strides[in_feature], cfg.MODEL.CLS_AGNOSTIC_BBOX_REG,
+        method=cfg.FAST_RCNN.ROI_XFORM_METHOD, sampling_ratio=cfg.FAST_RCNN.ROI_XFORM_SAMPLING_RATIO)
+    return RFCNROIHeads(predictor, in_feature, **options)
