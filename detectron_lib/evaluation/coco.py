@@ -29,6 +29,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from detectron_lib.errors import ConfigError, DatasetError
+from detectron_lib.structures.boxes import xyxy_to_xywh
 
 logger = logging.getLogger(__name__)
 
@@ -66,10 +67,7 @@ def boxes_to_coco_xywh(boxes, legacy_plus_one=False):
     ``x2 - x1 + 1`` (Detectron's inclusive-pixel convention), else ``x2 - x1``.
     Returns (N, 4) float64.
     """
-    boxes = _to_numpy(boxes, np.float64).reshape(-1, 4)
-    offset = 1.0 if legacy_plus_one else 0.0
-    widths_heights = boxes[:, 2:4] - boxes[:, 0:2] + offset
-    return np.concatenate([boxes[:, 0:2], widths_heights], axis=1)
+    return xyxy_to_xywh(_to_numpy(boxes, np.float64).reshape(-1, 4), legacy_plus_one)
 
 
 def _json_category_ids(classes, label_to_json_id):

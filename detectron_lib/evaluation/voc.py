@@ -9,8 +9,10 @@ positive. Recall counts non-difficult objects only.
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from detectron_lib.errors import DatasetError
+from detectron_lib.ops.boxes import box_iou
 
 
 @dataclass(frozen=True)
@@ -68,17 +70,6 @@ def voc_ap(recall, precision, use_07_metric):
     return float(np.sum((recall[changes + 1] - recall[changes]) * envelope[changes + 1]))
 
 
-def _iou_one_to_many(box, boxes, legacy_plus_one):
-    """IoU of box (4,) with boxes (G, 4), x1y1x2y2; +1 widths when ``legacy_plus_one``."""
-    offset = 1.0 if legacy_plus_one else 0.0
-    widths = np.maximum(np.minimum(boxes[:, 2], box[2]) - np.maximum(boxes[:, 0], box[0]) + offset, 0.0)
-    heights = np.maximum(np.minimum(boxes[:, 3], box[3]) - np.maximum(boxes[:, 1], box[1]) + offset, 0.0)
-    intersection = widths * heights
-    area = (box[2] - box[0] + offset) * (box[3] - box[1] + offset)
-    areas = (boxes[:, 2] - boxes[:, 0] + offset) * (boxes[:, 3] - boxes[:, 1] + offset)
-    return intersection / (area + areas - intersection)
-
-
 def voc_precision_recall(detections, ground_truth_by_image, class_id, iou_threshold=0.5, legacy_plus_one=True):
     """Cumulative recall and precision of one class's detections, in descending score order.
 
@@ -111,7 +102,8 @@ def voc_precision_recall(detections, ground_truth_by_image, class_id, iou_thresh
         gt_boxes = class_boxes[image_id]
         best_iou, best = -np.inf, -1
         if len(gt_boxes):
-            ious = _iou_one_to_many(np.asarray(box, dtype=np.float64), gt_boxes, legacy_plus_one)
+            ious = box_iou(torch.as_tensor([box], dtype=torch.float64),
+                           torch.as_tensor(gt_boxes, dtype=torch.float64), legacy_plus_one)[0].numpy()
             best = int(ious.argmax())
             best_iou = ious[best]
         if best_iou > iou_threshold:
