@@ -25,6 +25,7 @@ from detectron_lib.data.coco import load_dataset
 from detectron_lib.data.transforms import ImageReadError, read_image_bgr
 from detectron_lib.errors import DatasetError
 from detectron_lib.utils.io import write_json_atomic
+from detectron_lib.utils.ranks import is_main_process
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +168,7 @@ def find_image_problems(records, cache_file=None, use_cache=True, workers=None, 
         for height, width in sorted(expected[path] - {tuple(size)}):
             problems.append((path, f"is {size[1]}x{size[0]} but its annotation says "
                                    f"{width}x{height}"))
-    if cache_file is not None and decoded and (not distributed or rank == 0):
+    if cache_file is not None and decoded and (not distributed or is_main_process(rank)):
         entries = dict(cached)
         entries.update({path: stats[path] + list(size) for path, size in decoded.items()})
         _save_cache(cache_file, entries)

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from detectron_lib.utils.ranks import is_main_process
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -19,7 +21,14 @@ class DistInfo:
     @property
     def is_main(self):
         """Rank 0 alone writes files and logs to MLflow."""
-        return self.rank == 0
+        return is_main_process(self.rank)
+
+
+def resolve_device(name):
+    """torch.device for the config's DEVICE ('auto' picks CUDA when available)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 def init_distributed(device_type="cpu"):

@@ -28,7 +28,7 @@ from detectron_lib.data.catalog import register_datasets_from_cfg
 from detectron_lib.data.loader import load_datasets
 from detectron_lib.data.transforms import image_tensor, read_image_bgr
 from detectron_lib.engine.optim import lr_at_iter, parameter_groups, set_lr, sgd
-from detectron_lib.engine.trainer import resolve_device
+from detectron_lib.engine.distributed import resolve_device
 from detectron_lib.errors import ConfigError
 from detectron_lib.modeling.backbone import body_features, detectron_blob_names
 from detectron_lib.modeling.backbone.build import resnet_body_from_config, resnet_depth

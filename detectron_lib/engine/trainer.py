@@ -25,7 +25,7 @@ from detectron_lib.engine.checkpoint import (
     snapshot_name,
 )
 from detectron_lib.engine.checkpoint_formats import load_weights
-from detectron_lib.engine.distributed import all_reduce_mean, barrier, init_distributed
+from detectron_lib.engine.distributed import all_reduce_mean, barrier, init_distributed, resolve_device
 from detectron_lib.engine.optim import build_optimizer, lr_schedule_from_cfg, set_lr
 from detectron_lib.engine.provenance import claim_output_dir
 from detectron_lib.engine.train_log import read_train_log_lines
@@ -41,13 +41,6 @@ TRAIN_LOG = "train_log.jsonl"
 
 class TrainingError(DetectronError):
     """Training cannot go on (e.g. the loss diverged)."""
-
-
-def resolve_device(name):
-    """torch.device for the config's DEVICE ('auto' picks CUDA when available)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def train(cfg, output_dir=None, log_period=20, overwrite=False):

@@ -15,9 +15,7 @@ from detectron_lib.data.catalog import get_dataset, materialize_dataset, registe
 from detectron_lib.data.loader import build_test_loader
 from detectron_lib.data.proposals import save_proposals
 from detectron_lib.engine.checkpoint_formats import DETECTRON, DETECTRON2, TORCHVISION, load_weights
-from detectron_lib.engine.distributed import all_gather_objects, init_distributed
-from detectron_lib.engine.train_log import read_train_log
-from detectron_lib.engine.trainer import TRAIN_LOG, resolve_device
+from detectron_lib.engine.distributed import all_gather_objects, init_distributed, resolve_device
 from detectron_lib.evaluation.coco import (
     detections_to_coco_results,
     evaluate_coco,
@@ -115,15 +113,6 @@ def coco_results(results, label_to_json_id, legacy_plus_one, keypoint_confidence
     return by_type
 
 
-def training_timings(output_dir):
-    """train_time_s_per_iter (median) and train_time_total_s from a run's train_log.jsonl."""
-    times = [record["time"] for record in read_train_log(Path(output_dir) / TRAIN_LOG)]
-    if not times:
-        return {}
-    per_iter = statistics.median(times)
-    return {"train_time_s_per_iter": per_iter}
-
-
 def test(cfg, weights, output_dir=None):
     """Evaluate ``weights`` on every TEST.DATASETS entry; returns the metrics of the first.
 
@@ -171,9 +160,8 @@ def _drop_unknown_labels(results, label_map):
 
 
 def _write_dataset_metrics(output_dir, index, dataset_name, metrics):
-    """Add the run's training timings to one test dataset's metrics and write them:
-    metrics.json for the first TEST.DATASETS entry, metrics_<dataset>.json for the others."""
-    metrics = {**metrics, **training_timings(output_dir)}
+    """Write one test dataset's metrics: metrics.json for the first TEST.DATASETS entry,
+    metrics_<dataset>.json for the others."""
     name = METRICS_FILE if index == 0 else f"metrics_{dataset_name}.json"
     write_metrics(Path(output_dir) / name, metrics)
     logger.info("%s: %s", dataset_name, {k: round(v, 4) for k, v in metrics.items() if "/AP" in k[:9] or "AR@" in k})

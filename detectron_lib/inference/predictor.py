@@ -11,7 +11,7 @@ import torch
 
 from detectron_lib.data.catalog import get_dataset
 from detectron_lib.data.transforms import ImageReadError, image_tensor, read_image_bgr
-from detectron_lib.engine.trainer import resolve_device
+from detectron_lib.engine.distributed import resolve_device
 from detectron_lib.errors import DatasetError, DetectronError
 from detectron_lib.evaluation.coco import encode_masks_rle
 from detectron_lib.inference.engine import load_model_for_inference

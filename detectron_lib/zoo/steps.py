@@ -173,7 +173,8 @@ def train(zoo, name, threads=None, log_file=None, tracking=True):
     params, the per-iteration losses/lr/time with their iteration as step, and config,
     train log and job log as artifacts.
     """
-    from detectron_lib.engine.trainer import TRAIN_LOG, resolve_device
+    from detectron_lib.engine.distributed import resolve_device
+    from detectron_lib.engine.trainer import TRAIN_LOG
     from detectron_lib.engine.trainer import train as run_training
     from detectron_lib.tracking import make_tracker, stage_run, start_parent_run
     from detectron_lib.zoo.table import model_type
