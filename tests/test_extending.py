@@ -57,8 +57,8 @@ def build_tiny_conv_body(cfg):
 
 
 def test_worked_example_backbone(repo_root):
-    """EXTENDING.md, 'A backbone': register a builder under a MODEL.CONV_BODY name (in the
-    library: decorate it in modeling/backbone/, imported by that package's __init__)."""
+    """EXTENDING.md, 'A backbone': a builder under a MODEL.CONV_BODY name (in the library an
+    entry of config/names.py; here, as code outside it does, registered at run time)."""
     if "TinyConv.add_tiny_conv4_body" not in CONV_BODY:
         CONV_BODY.register("TinyConv.add_tiny_conv4_body")(build_tiny_conv_body)
     cfg = load_config(repo_root / "configs/shapes/e2e_faster_rcnn_R-18-C4_1x.yaml", [

@@ -9,8 +9,9 @@ import sys
 import pytest
 import yaml
 
-from detectron_lib.config import names
+from detectron_lib.config import load_config, names
 from detectron_lib.config.registry import Registry
+from detectron_lib.engine.optim import lr_schedule_from_cfg
 from detectron_lib.errors import ConfigError
 
 
@@ -105,11 +106,36 @@ def test_every_function_name_in_the_reference_configs_is_known(reference_dir):
         (names.RESNET_SHORTCUT_FUNC, "basic_gn_shortcut"),
         (names.MODEL_TYPE, "retinanet"),
         (names.MODEL_TYPE, "mask_rcnn"),  # Detectron's deprecated alias of generalized_rcnn
-        (names.LR_POLICY, "steps_with_decay"),
     ],
 )
 def test_detectron_and_baseline_names_are_declared(registry, name):
     assert registry.is_known(name)
+
+
+def test_every_provided_builder_imports_and_a_declared_name_says_it_has_none():
+    for registry in names.FUNCTION_NAME_KEYS.values():
+        for name in registry.names():
+            assert callable(registry.get(name)), f"{registry.config_key}: {name}"
+    with pytest.raises(ConfigError, match="known Detectron name, but its builder is not available"):
+        names.CONV_BODY.get("VGG_CNN_M_1024.add_VGG_CNN_M_1024_conv5_body")
+
+
+def test_provided_name_takes_no_second_builder():
+    registry = Registry("MODEL.CONV_BODY")
+    registry.provide("tiny", "builtins:print")
+    assert "tiny" in registry and registry.get("tiny") is print
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register("tiny")(lambda cfg: None)
+    with pytest.raises(ValueError, match="already has a builder"):
+        registry.provide("tiny", "builtins:len")
+
+
+@pytest.mark.parametrize("policy", names.LR_POLICIES)
+def test_every_lr_policy_validates_and_runs(policy):
+    cfg = load_config(None, ["SOLVER.LR_POLICY", policy, "SOLVER.STEPS", "(0, 10)",
+                             "SOLVER.LRS", "(1.0, 0.1)", "SOLVER.MAX_ITER", "20"])
+    schedule = lr_schedule_from_cfg(cfg)
+    assert all(schedule(it) > 0 for it in (0, 15))
 
 
 def test_deprecated_model_types_map_to_generalized_rcnn():

@@ -2,20 +2,24 @@
 
 Detectron's configs name model pieces by the Python function that built them in Caffe2,
 e.g. ``MODEL.CONV_BODY: FPN.add_fpn_ResNet50_conv5_body``. Each component kind has one
-``Registry``; a builder registers under Detectron's name(s) and any short names:
+``Registry``, and ``config/names.py`` is the one list of the names each accepts:
 
-    BACKBONES = Registry("MODEL.CONV_BODY")
+    CONV_BODY = Registry("MODEL.CONV_BODY")
+    CONV_BODY.provide("FPN.add_fpn_ResNet50_conv5_body",
+                      "detectron_lib.modeling.backbone.build:fpn_from_config", depth=50)
+    CONV_BODY.declare("VGG_CNN_M_1024.add_VGG_CNN_M_1024_conv5_body")  # no builder here
 
-    @BACKBONES.register("FPN.add_fpn_ResNet50_conv5_body", "R-50-FPN")
-    def build_resnet50_fpn(cfg): ...
-
-A registry also knows the names Detectron accepted (``declare``), before any builder is
-registered: config validation checks a name against them without importing modeling code,
-and ``get`` on a known name whose builder is missing says so instead of "unknown".
+A provided builder is named by "module:function" (plus keyword arguments bound to it) and
+imported when first built, so config validation checks names without importing modeling
+code. ``declare`` lists Detectron names that have no builder here: the config accepts them,
+and building one says so. Code outside the library adds builders at run time with the
+``register`` decorator.
 
 ``get`` maps legacy names (those Detectron itself renamed) to current ones first.
 """
 import difflib
+import functools
+import importlib
 
 from detectron_lib.errors import ConfigError
 
@@ -31,11 +35,21 @@ class Registry:
         self.config_key = config_key
         self.legacy_names = dict(legacy_names or {})
         self._builders = {}
+        self._provided = {}  # name -> (module:function, keyword arguments)
         self._declared = set()
 
     def declare(self, *names):
-        """Record ``names`` as valid values of the config key (builders may come later)."""
+        """Accept ``names`` as values of the config key that have no builder here (Detectron
+        names not carried over): building one says so instead of "unknown"."""
         self._declared.update(self.canonical_name(name) for name in names)
+
+    def provide(self, name, target, **kwargs):
+        """The library's builder of ``name``: the function ``target`` ("module:function"),
+        called with ``kwargs`` bound, imported when first built."""
+        name = self.canonical_name(name)
+        if name in self:
+            raise ValueError(f"{self.config_key}: '{name}' already has a builder")
+        self._provided[name] = (target, kwargs)
 
     def register(self, *names):
         """Decorator registering a builder under each of ``names`` (legacy names are remapped)."""
@@ -44,7 +58,8 @@ class Registry:
 
         def decorator(builder):
             for name in map(self.canonical_name, names):
-                if name in self._builders and self._builders[name] is not builder:
+                if name in self._provided or (name in self._builders
+                                              and self._builders[name] is not builder):
                     raise ValueError(f"{self.config_key}: '{name}' is already registered")
                 self._builders[name] = builder
             return builder
@@ -56,21 +71,21 @@ class Registry:
         return self.legacy_names.get(name, name)
 
     def __contains__(self, name):
-        """Whether a builder is registered for ``name`` (i.e. it can be built now)."""
-        return self.canonical_name(name) in self._builders
+        """Whether ``name`` has a builder (provided or registered)."""
+        name = self.canonical_name(name)
+        return name in self._builders or name in self._provided
 
     def is_known(self, name):
-        """Whether ``name`` is a valid value of the config key (declared or registered)."""
-        name = self.canonical_name(name)
-        return name in self._declared or name in self._builders
+        """Whether ``name`` is a valid value of the config key (with or without a builder)."""
+        return name in self or self.canonical_name(name) in self._declared
 
     def names(self):
-        """Names with a registered builder."""
-        return sorted(self._builders)
+        """Names with a builder."""
+        return sorted(set(self._builders) | set(self._provided))
 
     def known_names(self):
-        """Every valid value: declared Detectron names and registered names."""
-        return sorted(self._declared | set(self._builders))
+        """Every valid value: names with a builder and declared Detectron names."""
+        return sorted(self._declared | set(self.names()))
 
     def check_known(self, name):
         """Raise a ConfigError naming the key and the closest valid value if ``name`` is unknown."""
@@ -82,7 +97,13 @@ class Registry:
 
     def get(self, name):
         """The builder registered under ``name``; a ConfigError naming the key otherwise."""
-        builder = self._builders.get(self.canonical_name(name))
+        name = self.canonical_name(name)
+        if name in self._provided:
+            target, kwargs = self._provided[name]
+            module, function = target.split(":")
+            builder = getattr(importlib.import_module(module), function)
+            return functools.partial(builder, **kwargs) if kwargs else builder
+        builder = self._builders.get(name)
         if builder is not None:
             return builder
         if not name:

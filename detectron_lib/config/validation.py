@@ -6,7 +6,7 @@ a mistake fails before any data is read, with a message naming the key.
 """
 import math
 
-from detectron_lib.config.names import FUNCTION_NAME_KEYS
+from detectron_lib.config.names import FUNCTION_NAME_KEYS, LR_POLICIES
 from detectron_lib.errors import ConfigError
 
 # String options with a fixed set of values (the values Detectron's code handled).
@@ -27,8 +27,7 @@ CHOICE_KEYS = {
     ),
     "MODEL.BODY_PRECISION": ("auto", "float32", "float16", "bfloat16"),
     "MODEL.HEAD_PRECISION": ("auto", "float32", "float16", "bfloat16"),
-    "SOLVER.LR_POLICY": ("step", "steps_with_decay", "steps_with_lrs", "steps_with_relative_lrs",
-                         "cosine_decay", "exp_decay"),
+    "SOLVER.LR_POLICY": LR_POLICIES,
 }
 
 # Numeric keys and the values they may take: (test, what the value must be). A tuple key's

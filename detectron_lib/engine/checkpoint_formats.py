@@ -46,7 +46,6 @@ import torch
 from torch import nn
 
 from detectron_lib.engine.checkpoint import CheckpointError, CheckpointRefusedError, load_torch_file
-from detectron_lib.modeling.backbone.layers import Conv2dNorm
 from detectron_lib.modeling.backbone.norms import FrozenBatchNorm2d
 from detectron_lib.utils import safe_pickle
 from detectron_lib.utils.download import DownloadError, cached_path

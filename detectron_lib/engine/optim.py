@@ -14,10 +14,8 @@ import math
 import torch
 from torch import nn
 
+from detectron_lib.config.names import LR_POLICIES
 from detectron_lib.errors import ConfigError
-
-LR_POLICIES = ("step", "steps_with_decay", "steps_with_lrs", "steps_with_relative_lrs",
-               "cosine_decay", "exp_decay")
 
 
 def lr_at_iter(it, *, policy, base_lr, gamma, step_size, steps, lrs, max_iter,

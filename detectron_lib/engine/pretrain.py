@@ -18,7 +18,6 @@ import pickle
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F

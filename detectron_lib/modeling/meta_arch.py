@@ -8,9 +8,7 @@ training it returns a dict of named scalar losses.
 import torch
 from torch import nn
 
-import detectron_lib.modeling.backbone  # noqa: F401  (registers the backbones)
-import detectron_lib.modeling.retinanet  # noqa: F401  (registers MODEL.TYPE retinanet)
-import detectron_lib.modeling.roi_heads  # noqa: F401  (registers the RoI head kinds)
+import detectron_lib.modeling.roi_heads  # noqa: F401  (registers the instance-head kinds)
 from detectron_lib.config.names import MODEL_TYPE
 from detectron_lib.errors import ConfigError
 from detectron_lib.modeling.backbone.build import body_features, build_backbone
@@ -105,7 +103,6 @@ def _scaled_boxes(instances, scale):
     return out
 
 
-@MODEL_TYPE.register("generalized_rcnn")
 def build_generalized_rcnn(cfg):
     backbone = build_backbone(cfg)
     rpn = build_rpn(cfg, backbone) if cfg.RPN.RPN_ON else None
@@ -122,7 +119,6 @@ def build_generalized_rcnn(cfg):
                            cfg.MODEL.BODY_PRECISION)
 
 
-@MODEL_TYPE.register("rfcn")
 def build_rfcn(cfg):
     """R-FCN: backbone -> (RPN, when RPN.RPN_ON) -> R-FCN heads; without an RPN it runs on
     precomputed proposals. Detectron's R-FCN body is a ResNet conv5 body with

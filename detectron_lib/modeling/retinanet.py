@@ -30,7 +30,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from detectron_lib import ops
-from detectron_lib.config.names import MODEL_TYPE
 from detectron_lib.errors import ConfigError
 from detectron_lib.modeling.anchors import AnchorGenerator, retinanet_anchor_specs
 from detectron_lib.modeling.backbone.build import body_features, build_backbone, group_norm_spec
@@ -328,7 +327,6 @@ class RetinaNet(nn.Module):
         return boxes, scores, classes
 
 
-@MODEL_TYPE.register("retinanet")
 def build_retinanet(cfg):
     """RetinaNet from RETINANET.*, its levels FPN.RPN_MIN_LEVEL..RPN_MAX_LEVEL."""
     r = cfg.RETINANET

@@ -1,7 +1,7 @@
 """Backbones (ResNet / ResNeXt / VGG16 bodies, FPN), their RoI body heads and norms.
 
-Importing this package registers the builders under Detectron's MODEL.CONV_BODY,
-FAST_RCNN.ROI_BOX_HEAD and RESNETS.*_FUNC names (see build.py).
+config/names.py maps Detectron's MODEL.CONV_BODY, FAST_RCNN.ROI_BOX_HEAD and RESNETS.*_FUNC
+names to the builders of build.py.
 """
 from detectron_lib.modeling.backbone.build import (
     body_features,

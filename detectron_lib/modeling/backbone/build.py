@@ -1,4 +1,4 @@
-"""Config -> backbone and RoI body head, registered under Detectron's function names.
+"""Config -> backbone and RoI body head: the builders config/names.py names.
 
 ``build_backbone(cfg)`` resolves MODEL.CONV_BODY (e.g. "FPN.add_fpn_ResNet50_conv5_body") and
 ``build_roi_box_head(cfg, in_channels)`` resolves FAST_RCNN.ROI_BOX_HEAD through the registries
@@ -17,9 +17,6 @@ TRAIN.FREEZE_AT, and FPN.* (levels as Detectron's get_min_max_levels, DIM, EXTRA
 ZERO_INIT_LATERAL, USE_GN).
 """
 import re
-from functools import partial
-
-import torch
 
 from detectron_lib.config.names import (
     CONV_BODY,
@@ -59,51 +56,39 @@ def group_norm_spec(cfg):
 
 
 # ---- RESNETS.TRANS_FUNC: cfg -> (block type, norm) ------------------------------------------
-@RESNET_TRANS_FUNC.register("bottleneck_transformation")
 def bottleneck_transformation(cfg):
     return BOTTLENECK, NormSpec(FROZEN_BN)
 
 
-@RESNET_TRANS_FUNC.register("bottleneck_gn_transformation")
 def bottleneck_gn_transformation(cfg):
     return BOTTLENECK, group_norm_spec(cfg)
 
 
-@RESNET_TRANS_FUNC.register("bottleneck_trainable_bn_transformation")
 def bottleneck_trainable_bn_transformation(cfg):
     return BOTTLENECK, NormSpec(BATCH_NORM)
 
 
-@RESNET_TRANS_FUNC.register("basic_transformation")
 def basic_transformation(cfg):
     return BASIC, NormSpec(FROZEN_BN)
 
 
-@RESNET_TRANS_FUNC.register("basic_gn_transformation")
 def basic_gn_transformation(cfg):
     return BASIC, group_norm_spec(cfg)
 
 
-@RESNET_TRANS_FUNC.register("basic_trainable_bn_transformation")
 def basic_trainable_bn_transformation(cfg):
     return BASIC, NormSpec(BATCH_NORM)
 
 
 # ---- RESNETS.STEM_FUNC / SHORTCUT_FUNC: cfg -> norm ------------------------------------------
-@RESNET_STEM_FUNC.register("basic_bn_stem")
-@RESNET_SHORTCUT_FUNC.register("basic_bn_shortcut")
 def frozen_bn_norm(cfg):
     return NormSpec(FROZEN_BN)
 
 
-@RESNET_STEM_FUNC.register("basic_gn_stem")
-@RESNET_SHORTCUT_FUNC.register("basic_gn_shortcut")
 def gn_norm(cfg):
     return group_norm_spec(cfg)
 
 
-@RESNET_STEM_FUNC.register("basic_trainable_bn_stem")
-@RESNET_SHORTCUT_FUNC.register("basic_trainable_bn_shortcut")
 def trainable_bn_norm(cfg):
     return NormSpec(BATCH_NORM)
 
@@ -188,32 +173,18 @@ def fpn_from_config(cfg, depth, finest_only=False):
     )
 
 
-for _depth in RESNET_BLOCK_COUNTS:
-    CONV_BODY.register(f"ResNet.add_ResNet{_depth}_conv4_body")(
-        partial(resnet_body_from_config, depth=_depth, num_stages=3))
-    CONV_BODY.register(f"ResNet.add_ResNet{_depth}_conv5_body")(
-        partial(resnet_body_from_config, depth=_depth, num_stages=4))
-    CONV_BODY.register(f"FPN.add_fpn_ResNet{_depth}_conv5_body")(
-        partial(fpn_from_config, depth=_depth))
-    CONV_BODY.register(f"FPN.add_fpn_ResNet{_depth}_conv5_P2only_body")(
-        partial(fpn_from_config, depth=_depth, finest_only=True))
-
-
-@CONV_BODY.register("VGG16.add_VGG16_conv5_body")
 def vgg16_body_from_config(cfg):
     """VGG16 conv5 body; conv blocks 1..TRAIN.FREEZE_AT are frozen (the default 2 is Detectron's
     gradient stop at pool2)."""
     return VGG16Body(frozen_blocks=cfg.TRAIN.FREEZE_AT)
 
 
-@CONV_BODY.register("VGG16.add_VGG16_gn_conv5_body")
 def vgg16_gn_body_from_config(cfg):
     """VGG16 conv5 body with GroupNorm (GROUP_NORM.*) after every conv (this project's, for
     training from scratch, where TRAIN.FREEZE_AT 0 trains every block)."""
     return VGG16Body(frozen_blocks=cfg.TRAIN.FREEZE_AT, norm=group_norm_spec(cfg))
 
 
-@ROI_BOX_HEAD.register("ResNet.add_ResNet_roi_conv5_head")
 def resnet_roi_head_from_config(cfg, in_channels):
     """res5 head on RoIs pooled at FAST_RCNN.ROI_XFORM_RESOLUTION (first stride = it // 7).
 
@@ -236,7 +207,6 @@ def resnet_roi_head_from_config(cfg, in_channels):
     )
 
 
-@ROI_BOX_HEAD.register("VGG16.add_VGG16_roi_fc_head")
 def vgg16_roi_head_from_config(cfg, in_channels):
     """fc6/fc7 head, in MODEL.BODY_PRECISION like the body; Detectron pools its RoIs at 7x7
     whatever ROI_XFORM_RESOLUTION says."""

@@ -10,7 +10,6 @@ MODEL.HEAD_PRECISION (``precision``) and returns float32 for the predictor.
 import torch.nn.functional as F
 from torch import nn
 
-from detectron_lib.config.names import ROI_BOX_HEAD
 from detectron_lib.modeling.backbone.build import group_norm_spec
 from detectron_lib.modeling.backbone.precision import run_in_precision
 from detectron_lib.modeling.init import msra_fill_, xavier_fill_
@@ -72,20 +71,17 @@ class ConvFCHead(nn.Module):
         return F.relu(self.fc6(self.convs(x).flatten(1)))
 
 
-@ROI_BOX_HEAD.register("fast_rcnn_heads.add_roi_2mlp_head")
 def mlp_head_from_config(cfg, in_channels):
     return MLPHead(in_channels, cfg.FAST_RCNN.ROI_XFORM_RESOLUTION, cfg.FAST_RCNN.MLP_HEAD_DIM,
                    precision=cfg.MODEL.HEAD_PRECISION)
 
 
-@ROI_BOX_HEAD.register("fast_rcnn_heads.add_roi_Xconv1fc_head")
 def conv_fc_head_from_config(cfg, in_channels):
     f = cfg.FAST_RCNN
     return ConvFCHead(in_channels, f.ROI_XFORM_RESOLUTION, f.NUM_STACKED_CONVS, f.CONV_HEAD_DIM,
                       f.MLP_HEAD_DIM, precision=cfg.MODEL.HEAD_PRECISION)
 
 
-@ROI_BOX_HEAD.register("fast_rcnn_heads.add_roi_Xconv1fc_gn_head")
 def conv_fc_gn_head_from_config(cfg, in_channels):
     f = cfg.FAST_RCNN
     return ConvFCHead(in_channels, f.ROI_XFORM_RESOLUTION, f.NUM_STACKED_CONVS, f.CONV_HEAD_DIM,

@@ -314,7 +314,6 @@ class KeypointROIHeads(nn.Module):
 
 
 # ---- config ---------------------------------------------------------------------------------
-@ROI_KEYPOINTS_HEAD.register("keypoint_rcnn_heads.add_roi_pose_head_v1convX")
 def v1convx_head_from_config(cfg, in_channels):
     k = cfg.KRCNN
     return KeypointConvHead(in_channels, k.NUM_STACKED_CONVS, k.CONV_HEAD_DIM,

@@ -372,14 +372,12 @@ class MaskROIHeads(nn.Module):
 
 
 # ---- config ---------------------------------------------------------------------------------
-@ROI_MASK_HEAD.register("mask_rcnn_heads.mask_rcnn_fcn_head_v1up4convs")
 def v1up4convs_head_from_config(cfg, in_channels):
     m = cfg.MRCNN
     return MaskConvUpsampleHead(in_channels, 4, m.DIM_REDUCED, m.DILATION, m.CONV_INIT,
                                 precision=cfg.MODEL.HEAD_PRECISION)
 
 
-@ROI_MASK_HEAD.register("mask_rcnn_heads.mask_rcnn_fcn_head_v1up4convs_gn")
 def v1up4convs_gn_head_from_config(cfg, in_channels):
     m = cfg.MRCNN
     return MaskConvUpsampleHead(in_channels, 4, m.DIM_REDUCED, m.DILATION, m.CONV_INIT,
@@ -387,14 +385,12 @@ def v1up4convs_gn_head_from_config(cfg, in_channels):
                                 precision=cfg.MODEL.HEAD_PRECISION)
 
 
-@ROI_MASK_HEAD.register("mask_rcnn_heads.mask_rcnn_fcn_head_v1up")
 def v1up_head_from_config(cfg, in_channels):
     m = cfg.MRCNN
     return MaskConvUpsampleHead(in_channels, 2, m.DIM_REDUCED, m.DILATION, m.CONV_INIT,
                                 precision=cfg.MODEL.HEAD_PRECISION)
 
 
-@ROI_MASK_HEAD.register("mask_rcnn_heads.mask_rcnn_fcn_head_v0up")
 def v0up_head_from_config(cfg, in_channels):
     """Own res5 (Detectron's add_ResNet_roi_conv5_head_for_masks) + transposed conv, whose
     weights Detectron always fills with GaussianFill whatever MRCNN.CONV_INIT says."""
@@ -403,7 +399,6 @@ def v0up_head_from_config(cfg, in_channels):
                                 res5=res5, res5_stride=res5_stride)
 
 
-@ROI_MASK_HEAD.register(SHARED_RES5_HEAD)
 def v0upshare_head_from_config(cfg, in_channels):
     """Transposed conv on the box head's res5 map; ``in_channels``: that map's channels."""
     return MaskRes5UpsampleHead(in_channels, cfg.MRCNN.DIM_REDUCED, cfg.MRCNN.CONV_INIT)
