@@ -1,2 +1,3 @@
-"""The model zoo: manifests of baselines (``manifest``) and the MODEL_ZOO.md table rendered
-from the metrics files the DAG produced (``table``)."""
+"""The model zoo: manifests of baselines (``manifest``), the DAG's jobs run as ``detectron zoo
+STEP`` (``steps``) and the MODEL_ZOO.md table rendered from the files they produced
+(``table``)."""
