@@ -74,11 +74,17 @@ class DetectorIO(nn.Module):
         self.legacy_paste = legacy_paste
 
     def resize(self, image, target_size=None, max_size=None):
-        """(3, H, W) uint8 image -> (resized image, scale) at ``target_size`` / ``max_size``
-        (default TEST.SCALE / TEST.MAX_SIZE), by the same bilinear resize as training."""
+        """(3, H, W) image -> (resized image, scale) at ``target_size`` / ``max_size`` (default
+        TEST.SCALE / TEST.MAX_SIZE), by the same 8-bit bilinear resize as training: a float
+        image that changes size is rounded to 8 bits first; one that keeps it is returned."""
         target_size = target_size or self.test_scale
         max_size = max_size or self.test_max_size
-        scale = compute_resize_scale(image.shape[1], image.shape[2], target_size, max_size)
+        height, width = image.shape[1:]
+        scale = compute_resize_scale(height, width, target_size, max_size)
+        if (round(height * scale), round(width * scale)) == (height, width):
+            return image, scale
+        if image.is_floating_point():
+            image = image.round().clamp(0, 255)
         hwc = image.permute(1, 2, 0).to("cpu", torch.uint8).numpy()
         resized = image_tensor(resize_image(np.ascontiguousarray(hwc), scale))
         return resized.to(image.device), scale
