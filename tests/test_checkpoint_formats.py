@@ -551,3 +551,66 @@ def test_download_with_a_wrong_hash_in_its_name_is_rejected(http_server, tmp_pat
     with pytest.raises(DownloadError, match="SHA-256 prefix 0123abcd"):
         cached_path(f"{base}/resnet50-0123abcd.pth", tmp_path / "cache")
     assert not cache_path_for(f"{base}/resnet50-0123abcd.pth", tmp_path / "cache").exists()
+
+
+def detectron2_retinanet_state(model, num_convs=4):
+    """detectron2's names for an R-50-FPN RetinaNet (its RetinaNet, FPN with LastLevelP6P7 and
+    RetinaNetHead): with GroupNorm each tower layer is conv, GN, ReLU, so conv i is
+    cls_subnet.{3i} and its norm cls_subnet.{3i + 1}; without it conv, ReLU (cls_subnet.{2i})."""
+    sd = model.state_dict()
+    out = {}
+    body = "backbone.bottom_up."
+    for key, value in sd.items():
+        if key.startswith("backbone.bottom_up."):
+            theirs = key
+            for ours, name in (("branch2a", "conv1"), ("branch2b", "conv2"), ("branch2c", "conv3"),
+                               ("branch1", "shortcut")):
+                theirs = theirs.replace(f".{ours}.", f".{name}.")
+            out[theirs] = value
+    names = {f"backbone.fpn_lateral{s}": f"backbone.lateral_convs.res{s}" for s in (3, 4, 5)}
+    names.update({f"backbone.fpn_output{s}": f"backbone.output_convs.res{s}" for s in (3, 4, 5)})
+    names.update({"backbone.top_block.p6": "backbone.extra_convs.p6",
+                  "backbone.top_block.p7": "backbone.extra_convs.p7",
+                  "head.cls_score": "head.cls_pred", "head.bbox_pred": "head.box_pred"})
+    with_norm = "head.cls_tower.0.norm.weight" in sd
+    for i in range(num_convs):
+        for theirs, ours in (("cls_subnet", "cls_tower"), ("bbox_subnet", "box_tower")):
+            names[f"head.{theirs}.{(3 if with_norm else 2) * i}"] = f"head.{ours}.{i}"
+            if with_norm:
+                for suffix in ("weight", "bias"):
+                    out[f"head.{theirs}.{3 * i + 1}.{suffix}"] = sd[f"head.{ours}.{i}.norm.{suffix}"]
+    for theirs, ours in names.items():
+        out[theirs + ".weight"], out[theirs + ".bias"] = sd[ours + ".weight"], sd[ours + ".bias"]
+    assert not any(k.startswith(body) and (".branch" in k) for k in out)
+    return out
+
+
+@pytest.mark.parametrize("gn", [False, True])
+def test_detectron2_retinanet_loads_every_tensor(reference_dir, tmp_path, gn):
+    # detectron2's GN towers keep their conv bias (RETINANET.TOWER_CONV_BIAS); 6 classes as in
+    # a detectron2 RetinaNet trained on shapes (no background row: sigmoid classes).
+    switches = ["RETINANET.USE_GN", "True", "RETINANET.TOWER_CONV_BIAS", "True"] if gn else []
+    cfg = _config(reference_dir, "retinanet_R-50-FPN_1x.yaml", *NARROW, "MODEL.NUM_CLASSES", "7",
+                  *switches)
+    reference = _randomized(build_model(cfg))
+    assert "head.cls_tower.0.bias" in reference.state_dict()
+    path = tmp_path / "model_final.pth"
+    torch.save({"model": detectron2_retinanet_state(reference), "iteration": 720}, path)
+    assert read_weights_file(path).format == DETECTRON2
+    model = build_model(cfg)
+    report = load_weights(model, path)
+    assert report.missing == [] and report.unused == [] and report.mis_shaped == []
+    _assert_same_state(model, reference)
+
+
+def test_gn_tower_without_its_conv_bias_leaves_detectron2_biases_unused(reference_dir, tmp_path):
+    gn = [*NARROW, "MODEL.NUM_CLASSES", "7", "RETINANET.USE_GN", "True"]
+    with_bias = _config(reference_dir, "retinanet_R-50-FPN_1x.yaml", *gn,
+                        "RETINANET.TOWER_CONV_BIAS", "True")
+    path = tmp_path / "model_final.pth"
+    torch.save({"model": detectron2_retinanet_state(_randomized(build_model(with_bias)))}, path)
+    without = _config(reference_dir, "retinanet_R-50-FPN_1x.yaml", *gn)
+    report = load_weights(build_model(without), path, for_training=True)
+    assert report.missing == []
+    assert report.unused == sorted(f"head.{tower}.{3 * i}.bias" for tower in ("bbox_subnet", "cls_subnet")
+                                   for i in range(4))

@@ -633,6 +633,9 @@ _C.RETINANET.RATIO_MAJOR_ANCHORS = False
 # GroupNorm (GROUP_NORM.*) after every conv of the RetinaNet class and box towers, as
 # detectron2's RetinaNet head offers; Detectron's towers have no norm
 _C.RETINANET.USE_GN = False
+# The tower convs keep their bias before the norm (detectron2's RetinaNet head with GN); False:
+# the norm's shift replaces it, as in Detectron's ConvGN. No effect without RETINANET.USE_GN
+_C.RETINANET.TOWER_CONV_BIAS = False
 # Precision of the convolutional body (backbone and FPN) in training and inference: 'auto'
 # (float16 autocast on CUDA, float32 on the CPU), 'float32', 'float16' or 'bfloat16'. Heads,
 # box coding and losses always run in float32. bfloat16 pays on CPUs with native bf16

@@ -422,9 +422,13 @@ def _detectron2_prefixes(path, layout):
         return [f"roi_heads.keypoint_head.conv_fcn{layout.conv_number[path]}"]
     if path == "keypoint_heads.predictor.score":
         return ["roi_heads.keypoint_head.score_lowres"]
-    match = re.fullmatch(r"head\.(cls|box)_tower\.(\d+)", path)
-    if match:  # RetinaNet towers: conv/ReLU pairs
-        return [f"head.{'cls' if match[1] == 'cls' else 'bbox'}_subnet.{2 * int(match[2])}"]
+    match = re.fullmatch(r"head\.(cls|box)_tower\.(\d+)(\.norm)?", path)
+    if match:  # RetinaNet towers: conv, ReLU or (with a norm) conv, norm, ReLU per layer
+        subnet, index = f"head.{'cls' if match[1] == 'cls' else 'bbox'}_subnet", int(match[2])
+        if match[3]:
+            return [f"{subnet}.{3 * index + 1}"]
+        with_norm = getattr(layout.model.get_submodule(path), "norm", None) is not None
+        return [f"{subnet}.{3 * index if with_norm else 2 * index}"]
     if path in ("head.cls_pred", "head.box_pred"):
         return ["head.cls_score" if path == "head.cls_pred" else "head.bbox_pred"]
     return []

@@ -84,8 +84,9 @@ class RetinaNetHead(nn.Module):
     Args: in_channels (FPN.DIM); num_anchors A per location; num_classes K, foreground classes;
     class_specific_bbox: 4K deltas per anchor instead of 4 (RETINANET.CLASS_SPECIFIC_BBOX);
     share_tower: the box predictor reads the class tower (SHARE_CLS_BBOX_TOWER); softmax: K + 1
-    logits per anchor, index 0 background (RETINANET.SOFTMAX); precision: MODEL.HEAD_PRECISION
-    of the towers (the predictors run in float32).
+    logits per anchor, index 0 background (RETINANET.SOFTMAX); tower_conv_bias: the tower convs
+    keep a bias before their norm (RETINANET.TOWER_CONV_BIAS, detectron2's GN head);
+    precision: MODEL.HEAD_PRECISION of the towers (the predictors run in float32).
 
     forward([(N, in_channels, H, W)] per level) -> (class logits [(N, A * C, H, W)], deltas
     [(N, A * B, H, W)]), C = K (K + 1 with softmax), B = 4 (4K class-specific), channels
@@ -94,7 +95,7 @@ class RetinaNetHead(nn.Module):
 
     def __init__(self, in_channels, num_anchors, num_classes, num_convs=4, prior_prob=0.01,
                  class_specific_bbox=False, share_tower=False, softmax=False, min_level=3,
-                 tower_norm=None, precision="float32"):
+                 tower_norm=None, tower_conv_bias=False, precision="float32"):
         super().__init__()
         self.precision = precision
         self.num_anchors = num_anchors
@@ -105,7 +106,8 @@ class RetinaNetHead(nn.Module):
 
         def conv(out_channels, name, norm=None):
             return Conv2dNorm(in_channels, out_channels, 3, padding=1, weight_fill="GaussianFill",
-                              norm=norm, detectron_name=f"retnet_{name}_fpn{min_level}")
+                              norm=norm, bias=True if tower_conv_bias else None,
+                              detectron_name=f"retnet_{name}_fpn{min_level}")
 
         self.cls_tower = nn.ModuleList(
             conv(in_channels, f"cls_conv_n{i}", tower_norm) for i in range(num_convs))
@@ -355,7 +357,7 @@ def build_retinanet(cfg):
         cfg.MODEL.NUM_CLASSES - 1, num_convs=r.NUM_CONVS, prior_prob=r.PRIOR_PROB,
         class_specific_bbox=r.CLASS_SPECIFIC_BBOX, share_tower=r.SHARE_CLS_BBOX_TOWER,
         softmax=r.SOFTMAX, min_level=min_level,
-        tower_norm=group_norm_spec(cfg) if r.USE_GN else None,
+        tower_norm=group_norm_spec(cfg) if r.USE_GN else None, tower_conv_bias=r.TOWER_CONV_BIAS,
         precision=cfg.MODEL.HEAD_PRECISION)
     return RetinaNet(
         detector_io_from_config(cfg), backbone, head, anchor_generator, in_features,
