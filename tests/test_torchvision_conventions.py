@@ -1,7 +1,10 @@
 """The config switches for torchvision's conventions, each against torchvision's own code:
 pixel normalization (PIXEL_ORDER, PIXEL_MEANS, PIXEL_STDS), mask pasting (MRCNN.LEGACY_PASTE)
 keypoint heatmap upsampling (KRCNN.UP_SCALE_INTERPOLATE) and RetinaNet's anchors
-(RETINANET.INTEGER_ANCHOR_SIZES, RATIO_MAJOR_ANCHORS)."""
+(RETINANET.INTEGER_ANCHOR_SIZES, RATIO_MAJOR_ANCHORS), and detectron2's exact, size-first anchors
+(MODEL.ROUND_ANCHORS, RPN.SIZE_MAJOR_ANCHORS) against its formula."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -93,3 +96,44 @@ def test_retinanet_anchor_switches_give_torchvisions_cell_anchors():
         torch.testing.assert_close(ours._cell_anchors[level], expected, rtol=0, atol=0)
     detectron_order = AnchorGenerator(specs, legacy_plus_one=False, sizes_first=True)
     assert not torch.equal(detectron_order._cell_anchors[0], reference.cell_anchors[0])
+
+
+# ---- detectron2's anchors --------------------------------------------------------------------
+def detectron2_cell_anchors(sizes, aspect_ratios):
+    """detectron2's DefaultAnchorGenerator.generate_cell_anchors, written from its formula:
+    sizes outer, aspect ratios inner; w = sqrt(size^2 / ratio), h = ratio * w; no rounding."""
+    anchors = []
+    for size in sizes:
+        for ratio in aspect_ratios:
+            w = math.sqrt(size * size / ratio)
+            h = ratio * w
+            anchors.append([-w / 2.0, -h / 2.0, w / 2.0, h / 2.0])
+    return torch.tensor(anchors)
+
+
+def test_exact_size_first_anchors_are_detectron2s(repo_root):
+    # C4's single-level RPN: five sizes, three ratios (detectron2's ANCHOR_GENERATOR defaults)
+    cfg = load_config(repo_root / "configs/torchvision/fasterrcnn_resnet50_fpn.yaml", [
+        "MODEL.NUM_CLASSES", "3", "MODEL.ROUND_ANCHORS", "False", "RPN.SIZE_MAJOR_ANCHORS", "True",
+        "FPN.FPN_ON", "False", "MODEL.CONV_BODY", "ResNet.add_ResNet50_conv4_body",
+        "FAST_RCNN.ROI_BOX_HEAD", "ResNet.add_ResNet_roi_conv5_head", "RPN.STRIDE", "16",
+        "RPN.SIZES", "(32, 64, 128, 256, 512)", "RPN.ASPECT_RATIOS", "(0.5, 1.0, 2.0)",
+        "TRAIN.WEIGHTS", ""])
+    from detectron_lib.modeling.meta_arch import build_model
+
+    (cell,) = build_model(cfg).rpn.anchor_generator._cell_anchors
+    expected = detectron2_cell_anchors((32, 64, 128, 256, 512), (0.5, 1.0, 2.0))
+    torch.testing.assert_close(cell, expected, rtol=0, atol=1e-5)
+    assert cell[0, 2] - cell[0, 0] == pytest.approx(45.2548, abs=1e-4)  # not rounded to 45
+
+
+def test_exact_retinanet_anchors_are_detectron2s():
+    sizes = tuple(32 * 2 ** (o / 3) for o in range(3))
+    cell = AnchorGenerator(retinanet_anchor_specs(3, 3, 3, 4, (0.5, 1.0, 2.0)),
+                           legacy_plus_one=False, sizes_first=True, round_to_pixels=False)._cell_anchors[0]
+    torch.testing.assert_close(cell, detectron2_cell_anchors(sizes, (0.5, 1.0, 2.0)), rtol=0, atol=1e-5)
+
+
+def test_exact_anchors_need_the_continuous_geometry():
+    with pytest.raises(ConfigError, match=r"MODEL.ROUND_ANCHORS False.*MODEL.BBOX_LEGACY_PLUS_ONE False"):
+        load_config(None, ["MODEL.ROUND_ANCHORS", "False"])

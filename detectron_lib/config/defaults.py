@@ -630,6 +630,13 @@ _C.RETINANET.INTEGER_ANCHOR_SIZES = False
 # Order a cell's RetinaNet anchors aspect ratio first, then size (torchvision); False: size
 # (octave scale) first, then aspect ratio (Detectron). The predictors' channels follow it
 _C.RETINANET.RATIO_MAJOR_ANCHORS = False
+# Round the cell anchors of the continuous box geometry (MODEL.BBOX_LEGACY_PLUS_ONE False) to
+# whole pixels, as torchvision does; False keeps detectron2's exact anchors (22.63 x 11.31,
+# not 23 x 11). Detectron's own geometry always rounds: False needs BBOX_LEGACY_PLUS_ONE False
+_C.MODEL.ROUND_ANCHORS = True
+# Order a cell's RPN anchors size first, then aspect ratio (detectron2); False: ratio first
+# (Detectron, torchvision). It matters for a single-level RPN with several RPN.SIZES (C4)
+_C.RPN.SIZE_MAJOR_ANCHORS = False
 # GroupNorm (GROUP_NORM.*) after every conv of the RetinaNet class and box towers, as
 # detectron2's RetinaNet head offers; Detectron's towers have no norm
 _C.RETINANET.USE_GN = False

@@ -127,6 +127,7 @@ def finalize(cfg):
             )
     _check_ranges(flat)
     _check_retinanet_switch(cfg)
+    _check_anchor_rounding(cfg)
     _check_num_classes(cfg)
     _check_fpn_levels(cfg)
     _check_backbone_freezing(cfg)
@@ -195,6 +196,13 @@ def _check_retinanet_switch(cfg):
             f"MODEL.TYPE is '{cfg.MODEL.TYPE}' but RETINANET.RETINANET_ON is "
             f"{cfg.RETINANET.RETINANET_ON}; a RetinaNet sets MODEL.TYPE retinanet and "
             "RETINANET.RETINANET_ON True, any other model neither")
+
+
+def _check_anchor_rounding(cfg):
+    if not cfg.MODEL.ROUND_ANCHORS and cfg.MODEL.BBOX_LEGACY_PLUS_ONE:
+        raise ConfigError("MODEL.ROUND_ANCHORS False (detectron2's exact anchors) needs the "
+                          "continuous box geometry: set MODEL.BBOX_LEGACY_PLUS_ONE False too; "
+                          "Detectron's +1 geometry always rounds its anchors")
 
 
 def _check_fpn_levels(cfg):

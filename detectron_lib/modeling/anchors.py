@@ -8,20 +8,26 @@ Two geometries exist, selected by ``legacy_plus_one``:
 
 - Detectron's (``True``): a cell's base box is ``[0, 0, stride - 1, stride - 1]``, widths count
   pixels inclusively and ratios are rounded to whole pixels before scaling.
-- torchvision / detectron2's (``False``): anchors centred on the cell's top-left corner,
-  ``round([-w/2, -h/2, w/2, h/2])`` with ``w = size / sqrt(ratio)``.
+- torchvision's and detectron2's (``False``): anchors centred on the cell's top-left corner,
+  ``[-w/2, -h/2, w/2, h/2]`` with ``w = size / sqrt(ratio)``, ``h = size * sqrt(ratio)``;
+  torchvision rounds them to whole pixels (``round_to_pixels``), detectron2 keeps them exact
+  (22.63 x 11.31 for size 16, ratio 0.5, where torchvision has 23 x 11).
 """
 import numpy as np
 import torch
 
 
-def generate_cell_anchors(stride, sizes, aspect_ratios, legacy_plus_one=True, sizes_first=False):
+def generate_cell_anchors(stride, sizes, aspect_ratios, legacy_plus_one=True, sizes_first=False,
+                          round_to_pixels=True):
     """Anchors of one feature-map cell: (len(aspect_ratios) * len(sizes), 4) float32 tensor.
 
     stride: the feature map's stride in input pixels. sizes: anchor sizes (sqrt of area) in
     input pixels. aspect_ratios: height / width. Anchor ``r * len(sizes) + s`` has ratio r and
     size s; with ``sizes_first`` it is anchor ``s * len(aspect_ratios) + r`` instead (the
-    order of Detectron's RetinaNet: octave scales outer, aspect ratios inner).
+    order of Detectron's RetinaNet and of detectron2: sizes outer, aspect ratios inner).
+    round_to_pixels: round the non-legacy geometry to whole pixels (torchvision; False:
+    detectron2). Detectron's geometry always rounds its ratios (MODEL.ROUND_ANCHORS is checked
+    against it in config validation).
     """
     sizes = np.asarray(sizes, dtype=np.float64)
     ratios = np.asarray(aspect_ratios, dtype=np.float64)
@@ -43,7 +49,9 @@ def generate_cell_anchors(stride, sizes, aspect_ratios, legacy_plus_one=True, si
         h_ratios = np.sqrt(ratios)
         ws = _flatten_grid(sizes[None, :] / h_ratios[:, None], sizes_first)
         hs = _flatten_grid(sizes[None, :] * h_ratios[:, None], sizes_first)
-        anchors = np.round(np.stack((-ws, -hs, ws, hs), axis=1) / 2)
+        anchors = np.stack((-ws, -hs, ws, hs), axis=1) / 2
+        if round_to_pixels:
+            anchors = np.round(anchors)
     return torch.as_tensor(anchors, dtype=torch.float32)
 
 
@@ -97,16 +105,17 @@ class AnchorGenerator(torch.nn.Module):
     """Anchors for a list of feature maps, one (stride, sizes, aspect_ratios) spec per map.
 
     Cell anchors are computed once; grids are cached per feature-map size since training
-    images take only a few distinct padded sizes. ``sizes_first``: the cell order of
-    generate_cell_anchors (True for RetinaNet).
+    images take only a few distinct padded sizes. ``sizes_first``, ``round_to_pixels``: as for
+    generate_cell_anchors.
     """
 
-    def __init__(self, specs, legacy_plus_one=True, sizes_first=False):
+    def __init__(self, specs, legacy_plus_one=True, sizes_first=False, round_to_pixels=True):
         super().__init__()
         self.strides = [stride for stride, _, _ in specs]
         self.num_anchors = [len(sizes) * len(ratios) for _, sizes, ratios in specs]
         self._cell_anchors = [
-            generate_cell_anchors(stride, sizes, ratios, legacy_plus_one, sizes_first)
+            generate_cell_anchors(stride, sizes, ratios, legacy_plus_one, sizes_first,
+                                  round_to_pixels)
             for stride, sizes, ratios in specs
         ]
         self._cache = {}

@@ -351,7 +351,8 @@ def build_retinanet(cfg):
                                    r.ASPECT_RATIOS, r.INTEGER_ANCHOR_SIZES)
     legacy = cfg.MODEL.BBOX_LEGACY_PLUS_ONE
     anchor_generator = AnchorGenerator(specs, legacy_plus_one=legacy,
-                                       sizes_first=not r.RATIO_MAJOR_ANCHORS)
+                                       sizes_first=not r.RATIO_MAJOR_ANCHORS,
+                                       round_to_pixels=cfg.MODEL.ROUND_ANCHORS)
     head = RetinaNetHead(
         backbone.out_channels[in_features[0]], anchor_generator.num_anchors[0],
         cfg.MODEL.NUM_CLASSES - 1, num_convs=r.NUM_CONVS, prior_prob=r.PRIOR_PROB,

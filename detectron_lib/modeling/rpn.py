@@ -204,7 +204,9 @@ def build_rpn(cfg, backbone):
     if len(channels) != 1:
         raise ConfigError(f"RPN levels {in_features} have different channel counts {channels}")
     legacy = cfg.MODEL.BBOX_LEGACY_PLUS_ONE
-    anchor_generator = AnchorGenerator(specs, legacy_plus_one=legacy)
+    anchor_generator = AnchorGenerator(specs, legacy_plus_one=legacy,
+                                       sizes_first=cfg.RPN.SIZE_MAJOR_ANCHORS,
+                                       round_to_pixels=cfg.MODEL.ROUND_ANCHORS)
     head = RPNHead(channels.pop(), anchor_generator.num_anchors[0],
                    precision=cfg.MODEL.HEAD_PRECISION)
     t, s = cfg.TRAIN, cfg.TEST
