@@ -223,6 +223,37 @@ def test_detect_decodes_clips_and_soft_nms_decays():
     assert result.scores.tolist() == pytest.approx([0.9, 0.8])
 
 
+def test_detectron2_thresholds_every_level():
+    """RETINANET.THRESH_ALL_LEVELS: the coarsest level's weak candidates go too (detectron2)."""
+    model = _toy_retinanet(score_thresh=0.3, pre_nms_topk=2, nms_thresh=0.5,
+                           detections_per_image=10, thresh_all_levels=True)
+    anchors = [torch.tensor([[0.0, 0, 16, 16]]), torch.tensor([[0.0, 0, 32, 32]])]
+    levels = [torch.logit(torch.tensor([[[0.9, 0.1]]])), torch.logit(torch.tensor([[[0.05, 0.01]]]))]
+    (result,) = model.detect(anchors, levels, [torch.zeros(1, 1, 4), torch.zeros(1, 1, 4)],
+                             [(64, 64)])
+    assert result.scores.tolist() == pytest.approx([0.9])
+
+
+@pytest.mark.parametrize("clip_after_nms,expected_boxes", [
+    # Detectron: clipped first, B coincides with A and is suppressed; C is kept, empty
+    (False, [[10.0, 0.0, 20.0, 10.0], [20.0, 0.0, 20.0, 10.0]]),
+    # detectron2: NMS sees IoU(A, B) = 100 / 300 and keeps both, then clips; C, empty, goes
+    (True, [[10.0, 0.0, 20.0, 10.0], [10.0, 0.0, 20.0, 10.0]]),
+])
+def test_clip_before_or_after_nms(clip_after_nms, expected_boxes):
+    model = _toy_retinanet(score_thresh=0.05, pre_nms_topk=10, nms_thresh=0.5,
+                           detections_per_image=10, clip_after_nms=clip_after_nms)
+    # anchors as boxes (zero deltas) in a 20 x 20 image: A runs out to the right, B inside,
+    # C wholly right of the image
+    anchors = [torch.tensor([[10.0, 0, 40, 10], [10.0, 0, 20, 10], [30.0, 0, 40, 10]]),
+               torch.zeros(0, 4)]
+    level0 = torch.logit(torch.tensor([[[0.9, 0.01], [0.8, 0.01], [0.7, 0.01]]]))
+    (result,) = model.detect(anchors, [level0, torch.zeros(1, 0, 2)],
+                             [torch.zeros(1, 3, 4), torch.zeros(1, 0, 4)], [(20, 20)])
+    keep = result.classes == 1
+    assert result.boxes[keep].tolist() == expected_boxes
+
+
 # ---- models from configs ----------------------------------------------------------------------
 def _targets(sizes):
     return [

@@ -643,6 +643,11 @@ _C.RETINANET.USE_GN = False
 # The tower convs keep their bias before the norm (detectron2's RetinaNet head with GN); False:
 # the norm's shift replaces it, as in Detectron's ConvGN. No effect without RETINANET.USE_GN
 _C.RETINANET.TOWER_CONV_BIAS = False
+# Apply INFERENCE_TH on every level (detectron2); False: not on the coarsest level (Detectron)
+_C.RETINANET.THRESH_ALL_LEVELS = False
+# NMS on unclipped boxes, then clip them and drop the empty ones (detectron2); False: clip
+# before NMS and keep every box (Detectron)
+_C.RETINANET.CLIP_AFTER_NMS = False
 # Precision of the convolutional body (backbone and FPN) in training and inference: 'auto'
 # (float16 autocast on CUDA, float32 on the CPU), 'float32', 'float16' or 'bfloat16'. Heads,
 # box coding and losses always run in float32. bfloat16 pays on CPUs with native bf16

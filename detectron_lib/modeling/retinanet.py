@@ -18,9 +18,12 @@ are summed and divided by the number of foreground anchors plus one per image (D
 retnet_fg_num).
 
 Inference per image: on each level the PRE_NMS_TOP_N best (anchor, class) scores above
-INFERENCE_TH (0 on the coarsest level, as Detectron, so that some candidates always exist),
-decoded (TEST.BBOX_REG) and clipped; over all levels, class-wise NMS (TEST.NMS) or soft-NMS
-(TEST.SOFT_NMS), box voting when TEST.BBOX_VOTE is on, and the best TEST.DETECTIONS_PER_IM.
+INFERENCE_TH (0 on the coarsest level, as Detectron, so that some candidates always exist;
+every level with RETINANET.THRESH_ALL_LEVELS, as detectron2), decoded (TEST.BBOX_REG) and
+clipped; over all levels, class-wise NMS (TEST.NMS) or soft-NMS (TEST.SOFT_NMS), box voting
+when TEST.BBOX_VOTE is on, and the best TEST.DETECTIONS_PER_IM. With
+RETINANET.CLIP_AFTER_NMS the boxes are clipped after NMS instead and the empty ones dropped,
+as detectron2 does.
 """
 import math
 from functools import partial
@@ -41,7 +44,7 @@ from detectron_lib.modeling.postprocess import (
     class_wise_nms,
     soft_nms_from_config,
 )
-from detectron_lib.structures.boxes import BoxCoder, clip_boxes
+from detectron_lib.structures.boxes import BoxCoder, clip_boxes, nonempty_boxes
 from detectron_lib.structures.instances import Instances
 
 
@@ -210,15 +213,17 @@ class RetinaNet(nn.Module):
     bbox_reg_weight (RETINANET.*). Inference: score_thresh (INFERENCE_TH), pre_nms_topk
     (PRE_NMS_TOP_N, per level), nms_thresh (TEST.NMS), soft_nms / box_voting
     (modeling.postprocess options, None: off), detections_per_image (TEST.DETECTIONS_PER_IM),
-    bbox_reg (TEST.BBOX_REG: False keeps the anchors as boxes). body_precision:
-    MODEL.BODY_PRECISION.
+    bbox_reg (TEST.BBOX_REG: False keeps the anchors as boxes), thresh_all_levels,
+    clip_after_nms (RETINANET.THRESH_ALL_LEVELS, CLIP_AFTER_NMS: detectron2's order, see the
+    module docstring). body_precision: MODEL.BODY_PRECISION.
     """
 
     def __init__(self, io, backbone, head, anchor_generator, in_features, *, box_coder,
                  positive_overlap=0.5, negative_overlap=0.4, focal_alpha=0.25, focal_gamma=2.0,
                  bbox_reg_beta=0.11, bbox_reg_weight=1.0, score_thresh=0.05, pre_nms_topk=1000,
                  nms_thresh=0.5, soft_nms=None, box_voting=None, detections_per_image=100,
-                 bbox_reg=True, body_precision="float32"):
+                 bbox_reg=True, thresh_all_levels=False, clip_after_nms=False,
+                 body_precision="float32"):
         super().__init__()
         self.io = io
         self.backbone = backbone
@@ -239,6 +244,8 @@ class RetinaNet(nn.Module):
         self.box_voting = box_voting
         self.detections_per_image = detections_per_image
         self.bbox_reg = bbox_reg
+        self.thresh_all_levels = thresh_all_levels
+        self.clip_after_nms = clip_after_nms
         self.body_precision = body_precision
 
     def forward(self, images, scales=None, targets=None, seeds=None, original_sizes=None):
@@ -288,21 +295,27 @@ class RetinaNet(nn.Module):
     def detect(self, anchors, cls_logits, box_deltas, image_sizes):
         """Per-level anchors [(R_l, 4)], logits [(N, R_l, C)], deltas [(N, R_l, B)] ->
         [Instances] per image in resized-image pixels (see the module docstring)."""
+        legacy = self.box_coder.legacy_plus_one
         results = []
         for i, (h, w) in enumerate(image_sizes):
             candidates = [
                 self._level_candidates(level_anchors, logits[i], deltas[i],
-                                       self.score_thresh if level + 1 < len(anchors) else 0.0)
+                                       self.score_thresh
+                                       if self.thresh_all_levels or level + 1 < len(anchors) else 0.0)
                 for level, (level_anchors, logits, deltas)
                 in enumerate(zip(anchors, cls_logits, box_deltas))
             ]
             boxes, scores, classes = (torch.cat(parts) for parts in zip(*candidates))
-            boxes = clip_boxes(boxes, h, w, self.box_coder.legacy_plus_one)
+            if not self.clip_after_nms:
+                boxes = clip_boxes(boxes, h, w, legacy)
             boxes, scores, classes = class_wise_nms(
                 boxes, scores, classes, self.nms_thresh, self.soft_nms, self.box_voting,
-                self.detections_per_image, self.box_coder.legacy_plus_one)
-            results.append(Instances((h, w), boxes=boxes, scores=scores,
-                                     classes=classes + 1))
+                self.detections_per_image, legacy)
+            detections = Instances((h, w), boxes=boxes, scores=scores, classes=classes + 1)
+            if self.clip_after_nms:
+                detections.boxes = clip_boxes(boxes, h, w, legacy)
+                detections = detections[nonempty_boxes(detections.boxes, legacy_plus_one=legacy)]
+            results.append(detections)
         return results
 
     def _level_candidates(self, anchors, logits, deltas, score_thresh):
@@ -369,4 +382,5 @@ def build_retinanet(cfg):
         score_thresh=r.INFERENCE_TH, pre_nms_topk=r.PRE_NMS_TOP_N, nms_thresh=cfg.TEST.NMS,
         soft_nms=soft_nms_from_config(cfg), box_voting=box_voting_from_config(cfg),
         detections_per_image=cfg.TEST.DETECTIONS_PER_IM, bbox_reg=cfg.TEST.BBOX_REG,
+        thresh_all_levels=r.THRESH_ALL_LEVELS, clip_after_nms=r.CLIP_AFTER_NMS,
         body_precision=cfg.MODEL.BODY_PRECISION)
