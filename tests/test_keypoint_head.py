@@ -126,6 +126,27 @@ def test_decoding_matches_torchvision_heatmaps_to_keypoints():
     assert torch.allclose(probs[2], resized.flatten(1).softmax(1).max(1).values, atol=1e-6)
 
 
+def test_normalized_scores_are_detectron2s():
+    """KRCNN.NORMALIZED_KEYPOINT_SCORES, against detectron2's heatmaps_to_keypoints written
+    out: exp(resized map - its max) at the argmax over the sum of exp(heatmap - that max)
+    over the heatmap's own cells; locations unchanged."""
+    g = torch.Generator().manual_seed(2)
+    maps = torch.randn(3, 4, 14, 14, generator=g) * 3
+    boxes = torch.tensor([[3.0, 5.0, 40.2, 30.7], [0.0, 0.0, 9.5, 60.0], [10.0, 10.0, 10.4, 12.0]])
+    plain, _ = heatmaps_to_keypoints(maps, boxes)
+    keypoints, _ = heatmaps_to_keypoints(maps, boxes, normalized_scores=True)
+    assert torch.equal(keypoints[:, :, :2], plain[:, :, :2])
+    for i, box in enumerate(boxes):
+        w = int(math.ceil(max(box[2] - box[0], 1)))
+        h = int(math.ceil(max(box[3] - box[1], 1)))
+        resized = torch.nn.functional.interpolate(maps[i:i + 1], size=(h, w), mode="bicubic",
+                                                  align_corners=False)[0]
+        top = resized.flatten(1).max(1).values
+        expected = 1.0 / (maps[i] - top[:, None, None]).exp().sum((1, 2))
+        torch.testing.assert_close(keypoints[i, :, 2], expected, rtol=1e-5, atol=0)
+    assert (keypoints[:, :, 2] > 0).all()
+
+
 def test_decoding_inference_min_size_upsamples_small_boxes_further():
     maps = torch.zeros(1, 1, 4, 4)
     maps[0, 0, 1, 2] = 10.0

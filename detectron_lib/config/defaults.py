@@ -648,6 +648,9 @@ _C.RETINANET.THRESH_ALL_LEVELS = False
 # NMS on unclipped boxes, then clip them and drop the empty ones (detectron2); False: clip
 # before NMS and keep every box (Detectron)
 _C.RETINANET.CLIP_AFTER_NMS = False
+# A keypoint's third value is detectron2's score, the spatial softmax at its argmax normalized
+# over the predicted heatmap's cells; False: the heatmap logit at the argmax (Detectron)
+_C.KRCNN.NORMALIZED_KEYPOINT_SCORES = False
 # Precision of the convolutional body (backbone and FPN) in training and inference: 'auto'
 # (float16 autocast on CUDA, float32 on the CPU), 'float32', 'float16' or 'bfloat16'. Heads,
 # box coding and losses always run in float32. bfloat16 pays on CPUs with native bf16

@@ -383,4 +383,5 @@ class DetectorWithTTA(nn.Module):
                                      box_area(detections.boxes, self.legacy_plus_one),
                                      self.kps_aug.AREA_TH)
         combined = combine_heatmaps(torch.stack(all_heatmaps), self.kps_aug.HEUR, use)
-        return heatmaps_to_keypoints(combined, detections.boxes, heads.inference_min_size)
+        return heatmaps_to_keypoints(combined, detections.boxes, heads.inference_min_size,
+                                     heads.normalized_scores)

@@ -166,7 +166,7 @@ def keypoint_rcnn_loss(heatmap_logits, labels, valid, normalizer=None, weight=1.
     return weight * total / normalizer
 
 
-def heatmaps_to_keypoints(heatmaps, boxes, min_size=0):
+def heatmaps_to_keypoints(heatmaps, boxes, min_size=0, normalized_scores=False):
     """Detectron's heatmaps_to_keypoints: keypoint locations from heatmap logits.
 
     heatmaps: (N, K, M, M) logits. boxes: (N, 4) x1y1x2y2 in the pixels to predict in.
@@ -174,6 +174,9 @@ def heatmaps_to_keypoints(heatmaps, boxes, min_size=0):
     ``min_size``, KRCNN.INFERENCE_MIN_SIZE), its argmax cell taken, and the cell centre (+0.5)
     mapped back into the box. Returns (keypoints (N, K, 3) float32 (x, y, logit at the
     argmax), probs (N, K) float32: the spatial softmax of the resized map at the argmax).
+    With ``normalized_scores`` (KRCNN.NORMALIZED_KEYPOINT_SCORES) the third value is
+    detectron2's score instead: exp(0) / sum of exp(heatmap - the resized map's maximum) over
+    the M x M heatmap, comparable between objects of different sizes.
     """
     n, k = heatmaps.shape[:2]
     keypoints = heatmaps.new_zeros((n, k, 3), dtype=torch.float32)
@@ -195,6 +198,9 @@ def heatmaps_to_keypoints(heatmaps, boxes, min_size=0):
         keypoints[i, :, 2] = best
         # softmax at the maximum: exp(0) / sum(exp(map - max))
         probs[i] = 1.0 / torch.exp(roi_map - best[:, None]).sum(dim=1)
+        if normalized_scores:
+            keypoints[i, :, 2] = 1.0 / torch.exp(heatmaps[i].float().flatten(1)
+                                                 - best[:, None]).sum(dim=1)
     return keypoints, probs
 
 
@@ -208,11 +214,12 @@ class KeypointROIHeads(nn.Module):
     TRAIN.BATCH_SIZE_PER_IM x TRAIN.FG_FRACTION, so that the loss is divided by images x
     fg_rois_per_image x num_keypoints. inference_min_size: KRCNN.INFERENCE_MIN_SIZE.
     min_keypoint_count: KRCNN.MIN_KEYPOINT_COUNT_FOR_VALID_MINIBATCH, or None for no check
-    (see ``loss``).
+    (see ``loss``). normalized_scores: KRCNN.NORMALIZED_KEYPOINT_SCORES (heatmaps_to_keypoints).
     """
 
     def __init__(self, pooler, head, predictor, in_features, num_keypoints, *, loss_weight=1.0,
-                 fg_rois_per_image=None, inference_min_size=0, min_keypoint_count=None):
+                 fg_rois_per_image=None, inference_min_size=0, min_keypoint_count=None,
+                 normalized_scores=False):
         super().__init__()
         self.pooler = pooler
         self.head = head
@@ -222,6 +229,7 @@ class KeypointROIHeads(nn.Module):
         self.loss_weight = loss_weight
         self.fg_rois_per_image = fg_rois_per_image
         self.inference_min_size = inference_min_size
+        self.normalized_scores = normalized_scores
         self.min_keypoint_count = min_keypoint_count
 
     def heatmap_logits(self, features, boxes_per_image):
@@ -305,7 +313,7 @@ class KeypointROIHeads(nn.Module):
         per_image = logits.split([len(d) for d in detections])
         for image_detections, image_logits, scale in zip(detections, per_image, scales):
             keypoints, probs = heatmaps_to_keypoints(image_logits, image_detections.boxes / scale,
-                                                     self.inference_min_size)
+                                                     self.inference_min_size, self.normalized_scores)
             out = image_detections[:]
             out.keypoints = keypoints
             out.keypoint_probs = probs
@@ -365,4 +373,5 @@ def build_keypoint_roi_heads(cfg, backbone_out_channels, backbone_strides, box_h
     return KeypointROIHeads(pooler, head, predictor, in_features, k.NUM_KEYPOINTS,
                             loss_weight=k.LOSS_WEIGHT, fg_rois_per_image=fg_rois_per_image,
                             inference_min_size=k.INFERENCE_MIN_SIZE,
-                            min_keypoint_count=min_keypoint_count)
+                            min_keypoint_count=min_keypoint_count,
+                            normalized_scores=k.NORMALIZED_KEYPOINT_SCORES)
