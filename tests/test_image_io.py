@@ -44,3 +44,18 @@ def test_results_come_back_in_original_pixels_with_pasted_masks():
     assert result.masks[0, :5, :5].all() and result.masks.sum() == 25
     (unknown,) = io.postprocess([detections], [2.0])         # original size unknown: no masks
     assert not unknown.has("masks")
+
+
+def test_per_axis_rescale_is_detectron2s_detector_postprocess():
+    # MODEL.RESCALE_PER_AXIS: a 20 x 30 original seen as 40 x 62 (x factor 30 / 62, y 1 / 2);
+    # boxes and keypoints scaled per axis, clipped to the original, empty boxes dropped
+    io = DetectorIO((0.0, 0.0, 0.0), rescale_per_axis=True)
+    detections = Instances((40, 62), boxes=torch.tensor([[31.0, 10.0, 62.0, 30.0],
+                                                         [62.0, 0.0, 70.0, 10.0]]),
+                           keypoints=torch.tensor([[[31.0, 20.0, 0.5]], [[65.0, 5.0, 0.1]]]),
+                           scores=torch.tensor([0.9, 0.8]))
+    (result,) = io.postprocess([detections], [2.0], [(20, 30)])
+    assert result.boxes.tolist() == [[15.0, 5.0, 30.0, 15.0]]     # the second is empty once clipped
+    assert result.keypoints.tolist() == [[[15.0, 10.0, 0.5]]] and len(result.scores) == 1
+    (uniform,) = DetectorIO((0.0, 0.0, 0.0)).postprocess([detections], [2.0], [(20, 30)])
+    assert uniform.boxes[0].tolist() == [15.5, 5.0, 31.0, 15.0] and len(uniform) == 2

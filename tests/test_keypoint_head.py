@@ -511,3 +511,22 @@ def test_keypoint_training_keeps_images_with_a_visible_keypoint_only():
     records = [record(2), record(0), record(1)]
     assert len(filter_for_training(records)) == 3
     assert [r["keypoints"][0, 0, 2] for r in filter_for_training(records, True)] == [2, 1]
+
+
+def test_detectron2_postprocess_keeps_keypoints_in_their_boxes(reference_dir):
+    """MODEL.RESCALE_PER_AXIS: keypoints are decoded in the resized image and scaled per axis
+    with their boxes, so they land inside them in the original image."""
+    torch.manual_seed(0)
+    model = build_model(_detectron_cfg(reference_dir, "MODEL.RESCALE_PER_AXIS", "True",
+                                       "MODEL.BBOX_LEGACY_PLUS_ONE", "False")).eval()
+    assert model.keypoint_heads.decode_in_input_pixels
+    sizes, originals = [(96, 120), (90, 128)], [(48, 60), (180, 256)]
+    with torch.no_grad():
+        results = model(noise_images(model, sizes), [0.5, 2.0], original_sizes=originals)
+    for result, (h, w) in zip(results, originals):
+        assert len(result) > 0
+        assert (result.boxes[:, 2] <= w).all() and (result.boxes[:, 3] <= h).all()
+        kx, ky = result.keypoints[..., 0], result.keypoints[..., 1]
+        b = result.boxes[:, None, :]
+        assert ((kx >= b[..., 0] - 1e-4) & (kx <= b[..., 2] + 1e-4)).all()
+        assert ((ky >= b[..., 1] - 1e-4) & (ky <= b[..., 3] + 1e-4)).all()

@@ -137,3 +137,13 @@ def test_exact_retinanet_anchors_are_detectron2s():
 def test_exact_anchors_need_the_continuous_geometry():
     with pytest.raises(ConfigError, match=r"MODEL.ROUND_ANCHORS False.*MODEL.BBOX_LEGACY_PLUS_ONE False"):
         load_config(None, ["MODEL.ROUND_ANCHORS", "False"])
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["MODEL.RESCALE_PER_AXIS", "True"], r"MODEL.RESCALE_PER_AXIS.*MODEL.BBOX_LEGACY_PLUS_ONE False"),
+    (["MODEL.RESCALE_PER_AXIS", "True", "MODEL.BBOX_LEGACY_PLUS_ONE", "False",
+      "TEST.BBOX_AUG.ENABLED", "True"], "turn them off or set MODEL.RESCALE_PER_AXIS False"),
+])
+def test_detectron2_postprocess_needs_its_geometry_and_no_detectron_tta(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)

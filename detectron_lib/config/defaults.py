@@ -634,6 +634,11 @@ _C.RETINANET.RATIO_MAJOR_ANCHORS = False
 # whole pixels, as torchvision does; False keeps detectron2's exact anchors (22.63 x 11.31,
 # not 23 x 11). Detectron's own geometry always rounds: False needs BBOX_LEGACY_PLUS_ONE False
 _C.MODEL.ROUND_ANCHORS = True
+# Map results back to the original image as detectron2's detector_postprocess does: boxes and
+# keypoints (decoded in the resized image) scaled by the original / resized width and height,
+# boxes clipped to the original image, empty ones dropped. False: boxes divided by the resize
+# factor, keypoints decoded in the original image (Detectron). Needs BBOX_LEGACY_PLUS_ONE False
+_C.MODEL.RESCALE_PER_AXIS = False
 # Order a cell's RPN anchors size first, then aspect ratio (detectron2); False: ratio first
 # (Detectron, torchvision). It matters for a single-level RPN with several RPN.SIZES (C4)
 _C.RPN.SIZE_MAJOR_ANCHORS = False

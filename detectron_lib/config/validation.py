@@ -127,7 +127,7 @@ def finalize(cfg):
             )
     _check_ranges(flat)
     _check_retinanet_switch(cfg)
-    _check_anchor_rounding(cfg)
+    _check_detectron2_switches(cfg)
     _check_num_classes(cfg)
     _check_fpn_levels(cfg)
     _check_backbone_freezing(cfg)
@@ -198,11 +198,21 @@ def _check_retinanet_switch(cfg):
             "RETINANET.RETINANET_ON True, any other model neither")
 
 
-def _check_anchor_rounding(cfg):
+def _check_detectron2_switches(cfg):
+    """detectron2's conventions that only exist in its continuous box geometry."""
     if not cfg.MODEL.ROUND_ANCHORS and cfg.MODEL.BBOX_LEGACY_PLUS_ONE:
         raise ConfigError("MODEL.ROUND_ANCHORS False (detectron2's exact anchors) needs the "
                           "continuous box geometry: set MODEL.BBOX_LEGACY_PLUS_ONE False too; "
                           "Detectron's +1 geometry always rounds its anchors")
+    if cfg.MODEL.RESCALE_PER_AXIS and cfg.MODEL.BBOX_LEGACY_PLUS_ONE:
+        raise ConfigError("MODEL.RESCALE_PER_AXIS (detectron2's detector_postprocess) needs the "
+                          "continuous box geometry: set MODEL.BBOX_LEGACY_PLUS_ONE False too")
+    augmented = (cfg.TEST.BBOX_AUG.ENABLED or cfg.TEST.MASK_AUG.ENABLED
+                 or cfg.TEST.KPS_AUG.ENABLED)
+    if cfg.MODEL.RESCALE_PER_AXIS and augmented:
+        raise ConfigError("TEST.BBOX_AUG / MASK_AUG / KPS_AUG (Detectron's test-time "
+                          "augmentation) map results back by Detectron's rule; turn them off "
+                          "or set MODEL.RESCALE_PER_AXIS False")
 
 
 def _check_fpn_levels(cfg):

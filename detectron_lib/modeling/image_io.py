@@ -8,8 +8,10 @@ between, ``DetectorIO``:
   resizes in its workers and says by how much; ``Predictor`` and TTA pass the original),
 - normalizes (PIXEL_ORDER, PIXEL_MEANS, PIXEL_STDS) and zero-pads the batch to a multiple of
   the coarsest FPN stride (zero is the pixel mean after normalization, as in Detectron),
-- maps results back: boxes divided by the resize factor, soft masks pasted into the original
-  image and binarized (MRCNN.THRESH_BINARIZE, MRCNN.LEGACY_PASTE).
+- maps results back: boxes divided by the resize factor (with MODEL.RESCALE_PER_AXIS, as
+  detectron2's detector_postprocess: boxes and keypoints scaled by the original / resized
+  width and height, boxes clipped to the original image and the empty ones dropped), soft
+  masks pasted into the original image and binarized (MRCNN.THRESH_BINARIZE, LEGACY_PASTE).
 
 Training, dataset evaluation, ``Predictor``, ``detectron infer`` and test-time augmentation
 all go through it; none of them redoes a step.
@@ -20,6 +22,7 @@ from torch import nn
 
 from detectron_lib.data.transforms import compute_resize_scale, image_tensor, resize_image
 from detectron_lib.modeling.roi_heads.mask_head import paste_mask_probs
+from detectron_lib.structures.boxes import clip_boxes, nonempty_boxes
 
 
 def normalize_image(image, pixel_means, pixel_stds=(1.0, 1.0, 1.0), channel_order="BGR"):
@@ -57,12 +60,14 @@ class DetectorIO(nn.Module):
     test_scale, test_max_size: TEST.SCALE, TEST.MAX_SIZE (for images not resized already).
     size_divisibility: pad multiple (FPN.COARSEST_STRIDE with FPN, else 0).
     mask_thresh, legacy_paste: MRCNN.THRESH_BINARIZE, MRCNN.LEGACY_PASTE.
+    rescale_per_axis: MODEL.RESCALE_PER_AXIS (see the module docstring; the heads then give
+    keypoints in resized-image pixels too).
     It has no weights: a checkpoint never holds it.
     """
 
     def __init__(self, pixel_means, pixel_stds=(1.0, 1.0, 1.0), channel_order="BGR",
                  test_scale=800, test_max_size=1333, size_divisibility=0, mask_thresh=0.5,
-                 legacy_paste=False):
+                 legacy_paste=False, rescale_per_axis=False):
         super().__init__()
         self.pixel_means = tuple(float(m) for m in pixel_means)
         self.pixel_stds = tuple(float(s) for s in pixel_stds)
@@ -72,6 +77,7 @@ class DetectorIO(nn.Module):
         self.size_divisibility = int(size_divisibility)
         self.mask_thresh = mask_thresh
         self.legacy_paste = legacy_paste
+        self.rescale_per_axis = rescale_per_axis
 
     def resize(self, image, target_size=None, max_size=None):
         """(3, H, W) image -> (resized image, scale) at ``target_size`` / ``max_size`` (default
@@ -113,8 +119,11 @@ class DetectorIO(nn.Module):
         (N, H, W) bool pasted into the original images."""
         out = []
         for result, scale, size in zip(results, scales, original_sizes or [None] * len(results)):
-            result = result[:]
-            result.boxes = result.boxes / scale
+            if self.rescale_per_axis and size is not None:
+                result = _rescaled_per_axis(result, size)
+            else:
+                result = result[:]
+                result.boxes = result.boxes / scale
             if size is not None and result.has("mask_probs"):
                 result.masks = self.paste_masks(result, size)
             out.append(result)
@@ -126,8 +135,24 @@ class DetectorIO(nn.Module):
         return paste_mask_probs(detections, *image_size, self.mask_thresh, self.legacy_paste)
 
 
+def _rescaled_per_axis(result, size):
+    """detectron2's detector_postprocess of one image's results (resized-image pixels, the
+    continuous box geometry) onto its original ``size``."""
+    (height, width), (resized_height, resized_width) = size, result.image_size
+    scale_x, scale_y = width / resized_width, height / resized_height
+    result = result[:]
+    result.boxes = clip_boxes(result.boxes * result.boxes.new_tensor([scale_x, scale_y] * 2),
+                              height, width)
+    if result.has("keypoints"):
+        keypoints = result.keypoints.clone()
+        keypoints[..., 0] *= scale_x
+        keypoints[..., 1] *= scale_y
+        result.keypoints = keypoints
+    return result[nonempty_boxes(result.boxes)]
+
+
 def detector_io_from_config(cfg):
     """The DetectorIO of a finalized config."""
     return DetectorIO(cfg.PIXEL_MEANS, cfg.PIXEL_STDS, cfg.PIXEL_ORDER, cfg.TEST.SCALE,
                       cfg.TEST.MAX_SIZE, int(cfg.FPN.COARSEST_STRIDE) if cfg.FPN.FPN_ON else 0,
-                      cfg.MRCNN.THRESH_BINARIZE, cfg.MRCNN.LEGACY_PASTE)
+                      cfg.MRCNN.THRESH_BINARIZE, cfg.MRCNN.LEGACY_PASTE, cfg.MODEL.RESCALE_PER_AXIS)

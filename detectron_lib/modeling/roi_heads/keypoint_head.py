@@ -215,11 +215,14 @@ class KeypointROIHeads(nn.Module):
     fg_rois_per_image x num_keypoints. inference_min_size: KRCNN.INFERENCE_MIN_SIZE.
     min_keypoint_count: KRCNN.MIN_KEYPOINT_COUNT_FOR_VALID_MINIBATCH, or None for no check
     (see ``loss``). normalized_scores: KRCNN.NORMALIZED_KEYPOINT_SCORES (heatmaps_to_keypoints).
+    decode_in_input_pixels: decode keypoints in the pixels of the image the model saw, which
+    the model's io maps back (MODEL.RESCALE_PER_AXIS, detectron2); False: in the original
+    image's (Detectron).
     """
 
     def __init__(self, pooler, head, predictor, in_features, num_keypoints, *, loss_weight=1.0,
                  fg_rois_per_image=None, inference_min_size=0, min_keypoint_count=None,
-                 normalized_scores=False):
+                 normalized_scores=False, decode_in_input_pixels=False):
         super().__init__()
         self.pooler = pooler
         self.head = head
@@ -230,6 +233,7 @@ class KeypointROIHeads(nn.Module):
         self.fg_rois_per_image = fg_rois_per_image
         self.inference_min_size = inference_min_size
         self.normalized_scores = normalized_scores
+        self.decode_in_input_pixels = decode_in_input_pixels
         self.min_keypoint_count = min_keypoint_count
 
     def heatmap_logits(self, features, boxes_per_image):
@@ -312,8 +316,11 @@ class KeypointROIHeads(nn.Module):
         results = []
         per_image = logits.split([len(d) for d in detections])
         for image_detections, image_logits, scale in zip(detections, per_image, scales):
-            keypoints, probs = heatmaps_to_keypoints(image_logits, image_detections.boxes / scale,
-                                                     self.inference_min_size, self.normalized_scores)
+            boxes = image_detections.boxes
+            if not self.decode_in_input_pixels:
+                boxes = boxes / scale
+            keypoints, probs = heatmaps_to_keypoints(image_logits, boxes, self.inference_min_size,
+                                                     self.normalized_scores)
             out = image_detections[:]
             out.keypoints = keypoints
             out.keypoint_probs = probs
@@ -374,4 +381,5 @@ def build_keypoint_roi_heads(cfg, backbone_out_channels, backbone_strides, box_h
                             loss_weight=k.LOSS_WEIGHT, fg_rois_per_image=fg_rois_per_image,
                             inference_min_size=k.INFERENCE_MIN_SIZE,
                             min_keypoint_count=min_keypoint_count,
-                            normalized_scores=k.NORMALIZED_KEYPOINT_SCORES)
+                            normalized_scores=k.NORMALIZED_KEYPOINT_SCORES,
+                            decode_in_input_pixels=cfg.MODEL.RESCALE_PER_AXIS)
