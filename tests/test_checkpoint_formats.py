@@ -614,3 +614,27 @@ def test_gn_tower_without_its_conv_bias_leaves_detectron2_biases_unused(referenc
     assert report.missing == []
     assert report.unused == sorted(f"head.{tower}.{3 * i}.bias" for tower in ("bbox_subnet", "cls_subnet")
                                    for i in range(4))
+
+
+@pytest.mark.parametrize("config,state", [
+    ("configs/detectron2/mask_rcnn_R_50_FPN_1x.yaml", detectron2_state),
+    ("configs/detectron2/retinanet_R_50_FPN_1x.yaml", detectron2_retinanet_state),
+])
+def test_detectron2_configs_take_detectron2_checkpoints_whole(repo_root, tmp_path, config, state):
+    """The configs/detectron2 family builds the network detectron2's checkpoints describe:
+    every tensor of a detectron2-named state dict lands, none is left over."""
+    cfg = load_config(repo_root / config, ["MODEL.BODY_PRECISION", "float32", *NARROW,
+                                           "MODEL.NUM_CLASSES", "5", "TRAIN.WEIGHTS", ""])
+    reference = _randomized(build_model(cfg))
+    if cfg.MODEL.MASK_ON:  # detectron2 has no background rows; they come back as zeros
+        with torch.no_grad():
+            reference.roi_heads.predictor.bbox_pred.weight[:4] = 0
+            reference.roi_heads.predictor.bbox_pred.bias[:4] = 0
+            reference.mask_heads.predictor.logits.weight[:1] = 0
+            reference.mask_heads.predictor.logits.bias[:1] = 0
+    path = tmp_path / "model_final.pth"
+    torch.save({"model": state(reference)}, path)
+    model = build_model(cfg)
+    report = load_weights(model, path)
+    assert report.missing == [] and report.unused == [] and report.mis_shaped == []
+    _assert_same_state(model, reference)
