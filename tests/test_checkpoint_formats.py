@@ -263,9 +263,10 @@ def test_detectron_c4_and_mask_res5_follow_the_shared_initialization_rule(refere
 
 # ---- detectron2 -----------------------------------------------------------------------------
 def detectron2_state(model):
-    """detectron2's names and class layout for an R-50-FPN Mask R-CNN (its GeneralizedRCNN,
-    FPN, StandardRPNHead, FastRCNNConvFCHead, FastRCNNOutputLayers, MaskRCNNConvUpsampleHead):
-    background is the last cls_score row and has no bbox_pred rows or mask channel."""
+    """detectron2's names and class layout for an R-50-FPN Mask or Keypoint R-CNN (its
+    GeneralizedRCNN, FPN, StandardRPNHead, FastRCNNConvFCHead, FastRCNNOutputLayers,
+    MaskRCNNConvUpsampleHead, KRCNNConvDeconvUpsampleHead): background is the last cls_score
+    row and has no bbox_pred rows or mask channel."""
     sd = model.state_dict()
     out = {}
     body = "backbone.bottom_up."
@@ -286,19 +287,23 @@ def detectron2_state(model):
         "proposal_generator.rpn_head.objectness_logits": "rpn.head.cls_logits",
         "proposal_generator.rpn_head.anchor_deltas": "rpn.head.bbox_pred",
         "roi_heads.box_head.fc1": "roi_heads.box_head.fc6", "roi_heads.box_head.fc2": "roi_heads.box_head.fc7",
-        "roi_heads.mask_head.mask_fcn1": "mask_heads.head.convs.0",
-        "roi_heads.mask_head.mask_fcn2": "mask_heads.head.convs.2",
-        "roi_heads.mask_head.mask_fcn3": "mask_heads.head.convs.4",
-        "roi_heads.mask_head.mask_fcn4": "mask_heads.head.convs.6",
-        "roi_heads.mask_head.deconv": "mask_heads.head.upsample",
     })
+    if "mask_heads.head.upsample.weight" in sd:
+        names.update({f"roi_heads.mask_head.mask_fcn{n}": f"mask_heads.head.convs.{2 * (n - 1)}"
+                      for n in range(1, 5)})
+        names["roi_heads.mask_head.deconv"] = "mask_heads.head.upsample"
+    if "keypoint_heads.predictor.score.weight" in sd:
+        names.update({f"roi_heads.keypoint_head.conv_fcn{n}": f"keypoint_heads.head.convs.{2 * (n - 1)}"
+                      for n in range(1, 9)})
+        names["roi_heads.keypoint_head.score_lowres"] = "keypoint_heads.predictor.score"
     for theirs, ours in names.items():
         out[theirs + ".weight"], out[theirs + ".bias"] = sd[ours + ".weight"], sd[ours + ".bias"]
     for suffix in ("weight", "bias"):
         cls = sd[f"roi_heads.predictor.cls_score.{suffix}"]
         out[f"roi_heads.box_predictor.cls_score.{suffix}"] = torch.cat([cls[1:], cls[:1]])
         out[f"roi_heads.box_predictor.bbox_pred.{suffix}"] = sd[f"roi_heads.predictor.bbox_pred.{suffix}"][4:]
-        out[f"roi_heads.mask_head.predictor.{suffix}"] = sd[f"mask_heads.predictor.logits.{suffix}"][1:]
+        if f"mask_heads.predictor.logits.{suffix}" in sd:
+            out[f"roi_heads.mask_head.predictor.{suffix}"] = sd[f"mask_heads.predictor.logits.{suffix}"][1:]
     out["pixel_mean"] = torch.tensor([103.53, 116.28, 123.675]).view(3, 1, 1)
     out["pixel_std"] = torch.ones(3, 1, 1)
     return out
@@ -616,20 +621,45 @@ def test_gn_tower_without_its_conv_bias_leaves_detectron2_biases_unused(referenc
                                    for i in range(4))
 
 
+def detectron2_c4_state(model):
+    """detectron2's names for an R-50-C4 Faster R-CNN (ResNet under backbone., res5 under
+    roi_heads.res5 in its Res5ROIHeads, StandardRPNHead on res4); background last, as above."""
+    blocks = {"branch2a": "conv1", "branch2b": "conv2", "branch2c": "conv3", "branch1": "shortcut"}
+    out = {}
+    for key, value in model.state_dict().items():
+        theirs = key.replace("roi_heads.box_head.res5.", "roi_heads.res5.")
+        for ours, name in blocks.items():
+            theirs = theirs.replace(f".{ours}.", f".{name}.")
+        theirs = theirs.replace("rpn.head.conv.", "proposal_generator.rpn_head.conv.")
+        theirs = theirs.replace("rpn.head.cls_logits.", "proposal_generator.rpn_head.objectness_logits.")
+        theirs = theirs.replace("rpn.head.bbox_pred.", "proposal_generator.rpn_head.anchor_deltas.")
+        if key.startswith("roi_heads.predictor.cls_score."):
+            theirs, value = key.replace("roi_heads.predictor.", "roi_heads.box_predictor."), torch.cat(
+                [value[1:], value[:1]])
+        elif key.startswith("roi_heads.predictor.bbox_pred."):
+            theirs, value = key.replace("roi_heads.predictor.", "roi_heads.box_predictor."), value[4:]
+        out[theirs] = value
+    return out
+
+
 @pytest.mark.parametrize("config,state", [
     ("configs/detectron2/mask_rcnn_R_50_FPN_1x.yaml", detectron2_state),
+    ("configs/detectron2/keypoint_rcnn_R_50_FPN_1x.yaml", detectron2_state),
+    ("configs/detectron2/faster_rcnn_R_50_C4_1x.yaml", detectron2_c4_state),
     ("configs/detectron2/retinanet_R_50_FPN_1x.yaml", detectron2_retinanet_state),
 ])
 def test_detectron2_configs_take_detectron2_checkpoints_whole(repo_root, tmp_path, config, state):
     """The configs/detectron2 family builds the network detectron2's checkpoints describe:
     every tensor of a detectron2-named state dict lands, none is left over."""
+    classes = "2" if "keypoint" in config else "5"
     cfg = load_config(repo_root / config, ["MODEL.BODY_PRECISION", "float32", *NARROW,
-                                           "MODEL.NUM_CLASSES", "5", "TRAIN.WEIGHTS", ""])
+                                           "MODEL.NUM_CLASSES", classes, "TRAIN.WEIGHTS", ""])
     reference = _randomized(build_model(cfg))
-    if cfg.MODEL.MASK_ON:  # detectron2 has no background rows; they come back as zeros
-        with torch.no_grad():
+    with torch.no_grad():  # detectron2 has no background rows; they come back as zeros
+        if cfg.MODEL.TYPE == "generalized_rcnn":
             reference.roi_heads.predictor.bbox_pred.weight[:4] = 0
             reference.roi_heads.predictor.bbox_pred.bias[:4] = 0
+        if cfg.MODEL.MASK_ON:
             reference.mask_heads.predictor.logits.weight[:1] = 0
             reference.mask_heads.predictor.logits.bias[:1] = 0
     path = tmp_path / "model_final.pth"
