@@ -608,7 +608,8 @@ def test_detectron2_retinanet_loads_every_tensor(reference_dir, tmp_path, gn):
     _assert_same_state(model, reference)
 
 
-def test_gn_tower_without_its_conv_bias_leaves_detectron2_biases_unused(reference_dir, tmp_path):
+def test_gn_tower_without_its_conv_bias_leaves_detectron2_biases_unused(reference_dir, tmp_path,
+                                                                        caplog):
     gn = [*NARROW, "MODEL.NUM_CLASSES", "7", "RETINANET.USE_GN", "True"]
     with_bias = _config(reference_dir, "retinanet_R-50-FPN_1x.yaml", *gn,
                         "RETINANET.TOWER_CONV_BIAS", "True")
@@ -619,6 +620,7 @@ def test_gn_tower_without_its_conv_bias_leaves_detectron2_biases_unused(referenc
     assert report.missing == []
     assert report.unused == sorted(f"head.{tower}.{3 * i}.bias" for tower in ("bbox_subnet", "cls_subnet")
                                    for i in range(4))
+    assert "set RETINANET.TOWER_CONV_BIAS True" in caplog.text
 
 
 def detectron2_c4_state(model):

@@ -572,7 +572,7 @@ def load_weights(model, weights, for_training=False, cache_dir="/tmp/detectron-d
         warnings = []
     # our own checkpoints fit their config exactly, so extra tensors mean another model
     (errors if report.format == OURS and not for_training else warnings).extend(
-        _describe(report, "unused"))
+        _describe(report, "unused") + _switch_hints(report))
     head = f"weights '{report.source}' ({report.format} format)"
     if errors:
         raise CheckpointError(f"{head} do not fit the model:\n" + "\n".join(errors + warnings))
@@ -594,6 +594,20 @@ _DESCRIPTIONS = {
                 "class count", "not loaded; they start from their initialization for fine-tuning"),
     "unused": ("in the file but taken by no layer of the model", "not loaded"),
 }
+
+
+# Unused file tensors that a convention switch of the config would take: (pattern, hint).
+_SWITCH_HINTS = (
+    (re.compile(r"head\.(cls|bbox)_subnet\.\d+\.bias"),
+     "the unused *_subnet biases are detectron2's RetinaNet tower conv biases before GroupNorm: "
+     "set RETINANET.TOWER_CONV_BIAS True (configs/detectron2/ says which switches its models need)"),
+)
+
+
+def _switch_hints(report):
+    """Lines naming the config switch that would take some of the report's unused tensors."""
+    return [f"  {hint}" for pattern, hint in _SWITCH_HINTS
+            if any(pattern.fullmatch(name) for name in report.unused)]
 
 
 def _describe(report, kind):
