@@ -119,42 +119,16 @@ def cmd_zoo_table(args):
     print(write_model_zoo(_load_zoo(args), args.output))
 
 
-def cmd_zoo_prepare_dataset(args):
+def cmd_zoo_step(args):
+    """Run the zoo step ``args.step_function`` (detectron_lib.zoo.steps) on the manifest and
+    the names the step's positional arguments give, with the job options it takes."""
     from detectron_lib.zoo import steps
 
-    steps.prepare_dataset(_load_zoo(args), args.dataset)
-
-
-def cmd_zoo_mlflow_init(args):
-    from detectron_lib.zoo import steps
-
-    steps.init_tracking(_load_zoo(args), tracking=not args.no_tracking)
-
-
-def cmd_zoo_pretrain(args):
-    from detectron_lib.zoo import steps
-
-    steps.pretrain(_load_zoo(args), args.name, args.threads, args.log_file, not args.no_tracking)
-
-
-def cmd_zoo_train(args):
-    from detectron_lib.zoo import steps
-
-    steps.train(_load_zoo(args), args.baseline, args.threads, args.log_file, not args.no_tracking)
-
-
-def cmd_zoo_dump_proposals(args):
-    from detectron_lib.zoo import steps
-
-    steps.dump_proposals(_load_zoo(args), args.rpn, args.dataset, args.threads, args.log_file,
-                         not args.no_tracking)
-
-
-def cmd_zoo_evaluate(args):
-    from detectron_lib.zoo import steps
-
-    steps.evaluate(_load_zoo(args), args.baseline, args.threads, args.log_file,
-                   not args.no_tracking)
+    names = [getattr(args, name) for name in args.step_names]
+    options = {key: getattr(args, key) for key in ("threads", "log_file") if hasattr(args, key)}
+    if hasattr(args, "no_tracking"):
+        options["tracking"] = not args.no_tracking
+    getattr(steps, args.step_function)(_load_zoo(args), *names, **options)
 
 
 def _add_zoo_parser(sub):
@@ -179,30 +153,31 @@ def _add_zoo_parser(sub):
     p = steps.add_parser("prepare-dataset", parents=[manifest],
                          help="materialize and verify a dataset, write its marker file")
     p.add_argument("dataset", help="catalog dataset name, e.g. shapes_train")
-    p.set_defaults(func=cmd_zoo_prepare_dataset)
+    p.set_defaults(func=cmd_zoo_step, step_function="prepare_dataset", step_names=["dataset"])
 
     p = steps.add_parser("mlflow-init", parents=[manifest, tracking],
                          help="create the tracking store and the zoo's experiment")
-    p.set_defaults(func=cmd_zoo_mlflow_init)
+    p.set_defaults(func=cmd_zoo_step, step_function="init_tracking", step_names=[])
 
     p = steps.add_parser("pretrain", parents=[job], help="pretrain a body of the manifest")
     p.add_argument("name", help="entry of the manifest's 'pretrained' section")
-    p.set_defaults(func=cmd_zoo_pretrain)
+    p.set_defaults(func=cmd_zoo_step, step_function="pretrain", step_names=["name"])
 
     p = steps.add_parser("train", parents=[job], help="train a baseline, measure its time, "
                                                       "memory and hardware")
     p.add_argument("baseline", help="baseline name in the manifest")
-    p.set_defaults(func=cmd_zoo_train)
+    p.set_defaults(func=cmd_zoo_step, step_function="train", step_names=["baseline"])
 
     p = steps.add_parser("dump-proposals", parents=[job],
                          help="write an RPN baseline's proposals for a dataset")
     p.add_argument("rpn", help="RPN baseline name in the manifest")
     p.add_argument("dataset", help="catalog dataset name")
-    p.set_defaults(func=cmd_zoo_dump_proposals)
+    p.set_defaults(func=cmd_zoo_step, step_function="dump_proposals",
+                   step_names=["rpn", "dataset"])
 
     p = steps.add_parser("evaluate", parents=[job], help="evaluate a baseline into metrics.json")
     p.add_argument("baseline", help="baseline name in the manifest")
-    p.set_defaults(func=cmd_zoo_evaluate)
+    p.set_defaults(func=cmd_zoo_step, step_function="evaluate", step_names=["baseline"])
 
     p = steps.add_parser("table", parents=[manifest],
                          help="render MODEL_ZOO.md from the zoo's metrics files")
