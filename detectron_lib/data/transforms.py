@@ -111,18 +111,30 @@ def compute_resize_scale(height, width, target_size, max_size):
     return scale
 
 
+def resized_size(height, width, scale):
+    """(round(H * scale), round(W * scale)), at least 1 pixel each: the size of an image
+    resized by ``scale``."""
+    return max(int(round(height * scale)), 1), max(int(round(width * scale)), 1)
+
+
 def resize_image(image, scale):
-    """Bilinear resize of an (H, W, 3) uint8 image to (round(H*scale), round(W*scale))."""
+    """Bilinear resize of an (H, W, 3) uint8 image to resized_size(H, W, scale)."""
     height, width = image.shape[:2]
-    size = (max(int(round(width * scale)), 1), max(int(round(height * scale)), 1))
-    if size == (width, height):
+    new_height, new_width = resized_size(height, width, scale)
+    if (new_height, new_width) == (height, width):
         return image
-    return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+    return np.asarray(Image.fromarray(image).resize((new_width, new_height), Image.BILINEAR))
 
 
 def image_tensor(image_bgr):
     """(H, W, 3) uint8 BGR array -> the (3, H, W) uint8 tensor a detector takes."""
     return torch.from_numpy(np.ascontiguousarray(image_bgr.transpose(2, 0, 1)))
+
+
+def image_array(image):
+    """The inverse of image_tensor: a (3, H, W) tensor of 0..255 values (on any device) ->
+    (H, W, 3) uint8 contiguous array."""
+    return np.ascontiguousarray(image.permute(1, 2, 0).to("cpu", torch.uint8).numpy())
 
 
 def boxes_in_model_convention(boxes, legacy_plus_one):
@@ -148,7 +160,7 @@ def transform_annotations(record, scale, flip, keypoint_flip_perm=None, legacy_p
     precomputed proposals, proposals (P, 4) float32 and proposal_scores (P,).
     """
     height, width = record["height"], record["width"]
-    new_height, new_width = max(int(round(height * scale)), 1), max(int(round(width * scale)), 1)
+    new_height, new_width = resized_size(height, width, scale)
     boxes = boxes_in_model_convention(record["boxes"], legacy_plus_one)
     segms = record.get("segms")
     keypoints = record.get("keypoints")

@@ -33,7 +33,7 @@ from PIL import Image
 from torch import nn
 
 from detectron_lib.data.catalog import get_dataset
-from detectron_lib.data.transforms import image_tensor
+from detectron_lib.data.transforms import image_array, image_tensor
 from detectron_lib.errors import ConfigError
 from detectron_lib.modeling.backbone.build import body_features
 from detectron_lib.modeling.roi_heads.keypoint_head import heatmaps_to_keypoints
@@ -288,7 +288,7 @@ class DetectorWithTTA(nn.Module):
             raise ValueError("test-time augmentation resizes the original images itself; "
                              "build the test loader with resize=False")
         proposals = proposals or [None] * len(images)
-        return [self.detect(image.permute(1, 2, 0).to("cpu", torch.uint8).numpy(), image.device,
+        return [self.detect(image_array(image), image.device,
                             None if p is None else p.boxes.cpu())
                 for image, p in zip(images, proposals)]
 

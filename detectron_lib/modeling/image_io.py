@@ -16,11 +16,16 @@ between, ``DetectorIO``:
 Training, dataset evaluation, ``Predictor``, ``detectron infer`` and test-time augmentation
 all go through it; none of them redoes a step.
 """
-import numpy as np
 import torch
 from torch import nn
 
-from detectron_lib.data.transforms import compute_resize_scale, image_tensor, resize_image
+from detectron_lib.data.transforms import (
+    compute_resize_scale,
+    image_array,
+    image_tensor,
+    resize_image,
+    resized_size,
+)
 from detectron_lib.modeling.roi_heads.mask_head import paste_mask_probs
 from detectron_lib.structures.boxes import clip_boxes, nonempty_boxes
 
@@ -87,12 +92,11 @@ class DetectorIO(nn.Module):
         max_size = max_size or self.test_max_size
         height, width = image.shape[1:]
         scale = compute_resize_scale(height, width, target_size, max_size)
-        if (round(height * scale), round(width * scale)) == (height, width):
+        if resized_size(height, width, scale) == (height, width):
             return image, scale
         if image.is_floating_point():
             image = image.round().clamp(0, 255)
-        hwc = image.permute(1, 2, 0).to("cpu", torch.uint8).numpy()
-        resized = image_tensor(resize_image(np.ascontiguousarray(hwc), scale))
+        resized = image_tensor(resize_image(image_array(image), scale))
         return resized.to(image.device), scale
 
     def batch(self, images):
@@ -102,13 +106,16 @@ class DetectorIO(nn.Module):
                       for image in images]
         return pad_to_batch(normalized, self.size_divisibility), [tuple(i.shape[1:]) for i in images]
 
-    def prepare(self, images, scales=None):
+    def prepare(self, images, scales=None, original_sizes=None, training=False):
         """The model's input side: (batch, image sizes, scales, original sizes or None).
 
-        Images resized already come with their ``scales`` (original sizes unknown here);
-        without ``scales`` each image is an original, resized here to TEST.SCALE."""
+        Images resized already come with their ``scales`` (and ``original_sizes`` when the
+        caller knows them); without ``scales`` each image is an original, resized here to
+        TEST.SCALE, which ``training`` refuses: training images come resized."""
         if scales is not None:
-            return (*self.batch(images), list(scales), None)
+            return (*self.batch(images), list(scales), original_sizes)
+        if training:
+            raise ValueError("training images come resized, with their scales")
         original_sizes = [tuple(image.shape[1:]) for image in images]
         resized, scales = zip(*(self.resize(image) for image in images))
         return (*self.batch(resized), list(scales), original_sizes)

@@ -66,10 +66,10 @@ class GeneralizedRCNN(nn.Module):
         ``masks`` (N, H, W) bool; with keypoint heads ``keypoints`` (N, K, 3) (x, y, logit) and
         ``keypoint_probs`` (N, K).
         """
-        if targets is not None and scales is None:
-            raise ValueError("training images come resized, with their scales")
-        batch, image_sizes, scales, resized_here = self.io.prepare(images, scales)
-        if resized_here is not None and proposals is not None:
+        resized_here = scales is None
+        batch, image_sizes, scales, original_sizes = self.io.prepare(
+            images, scales, original_sizes, training=targets is not None)
+        if resized_here and proposals is not None:
             proposals = [_scaled_boxes(p, s) for p, s in zip(proposals, scales)]
         features = body_features(self.backbone, batch, self.body_precision)
         generators = None
@@ -86,7 +86,7 @@ class GeneralizedRCNN(nn.Module):
                 return losses
             for p in proposals:
                 p.scores = torch.sigmoid(p.objectness_logits)
-            return self.io.postprocess(proposals, scales, original_sizes or resized_here)
+            return self.io.postprocess(proposals, scales, original_sizes)
         detections, roi_losses = self.roi_heads(features, proposals, targets, generators)
         for name in self.instance_head_names:
             detections, head_losses = getattr(self, name)(features, detections, targets, scales)
@@ -94,7 +94,7 @@ class GeneralizedRCNN(nn.Module):
         if targets is not None:
             losses.update(roi_losses)
             return losses
-        return self.io.postprocess(detections, scales, original_sizes or resized_here)
+        return self.io.postprocess(detections, scales, original_sizes)
 
 
 def _scaled_boxes(instances, scale):

@@ -258,9 +258,8 @@ class RetinaNet(nn.Module):
         Training: {"loss_retnet_cls", "loss_retnet_bbox"}. Inference: [Instances(boxes,
         scores, classes)] per image, boxes in original-image pixels, classes in 1..K.
         """
-        if targets is not None and scales is None:
-            raise ValueError("training images come resized, with their scales")
-        batch, image_sizes, scales, resized_here = self.io.prepare(images, scales)
+        batch, image_sizes, scales, original_sizes = self.io.prepare(
+            images, scales, original_sizes, training=targets is not None)
         features = body_features(self.backbone, batch, self.body_precision)
         maps = [features[name] for name in self.in_features]
         cls_maps, box_maps = self.head(maps)
@@ -271,7 +270,7 @@ class RetinaNet(nn.Module):
             return self.losses(torch.cat(anchors), torch.cat(cls_logits, dim=1),
                                torch.cat(box_deltas, dim=1), targets)
         detections = self.detect(anchors, cls_logits, box_deltas, image_sizes)
-        return self.io.postprocess(detections, scales, original_sizes or resized_here)
+        return self.io.postprocess(detections, scales, original_sizes)
 
     def losses(self, anchors, cls_logits, box_deltas, targets):
         """anchors: (R, 4); cls_logits: (N, R, C); box_deltas: (N, R, B); targets per image."""
