@@ -20,6 +20,7 @@ from detectron_lib.data.proposals import (
 from detectron_lib.data.transforms import read_image_bgr
 from detectron_lib.data.voc import convert_voc_to_coco
 from detectron_lib.errors import DatasetError
+from detectron_lib.structures.boxes import CONTINUOUS, PIXEL_INDICES
 
 KP_NAMES = ["tip", "left", "right"]
 
@@ -213,7 +214,7 @@ def test_proposals_round_trip_top_k_and_clip(tmp_path):
     assert records[0]["proposal_scores"].tolist() == pytest.approx([0.9, 0.5])
     assert records[1]["proposals"].shape == (0, 4)
     # Detectron's convention clips to the last pixel index, width - 1.
-    legacy = attach_proposals(_records((10, 20)), proposals, top_k=1, legacy_plus_one=True)
+    legacy = attach_proposals(_records((10, 20)), proposals, top_k=1, convention=PIXEL_INDICES)
     assert legacy[0]["proposals"].tolist() == [[1, 1, 19, 9]]
 
 
@@ -225,19 +226,20 @@ def _crowd_record(proposals):
             "proposal_scores": np.arange(len(proposals), dtype=np.float32)}
 
 
-@pytest.mark.parametrize("legacy_plus_one", [False, True])
-def test_crowd_filter_drops_proposals_mostly_inside_a_crowd_region(legacy_plus_one):
+@pytest.mark.parametrize("convention", [CONTINUOUS, PIXEL_INDICES])
+def test_crowd_filter_drops_proposals_mostly_inside_a_crowd_region(convention):
     """Detectron's _filter_crowd_proposals (TRAIN.CROWD_FILTER_THRESH 0.7): a proposal goes
     when more than 70% of its area is inside the crowd box; hand-computed fractions, checked
     against pycocotools' iou with iscrowd=1 as Detectron computed them."""
-    off = 1 if legacy_plus_one else 0  # Detectron's boxes end at the last pixel index
+    off = convention.offset  # Detectron's boxes end at the last pixel index
     proposals = [[0, 0, 10 - off, 10 - off],    # the crowd box itself: 1.0
                  [5, 0, 15 - off, 10 - off],    # half inside: 0.5
                  [3, 0, 13 - off, 10 - off],    # 7 of 10 columns: 0.7, not more
                  [-2, 0, 8 - off, 10 - off],    # 8 of 10 columns: 0.8
                  [20, 20, 30 - off, 30 - off]]  # on the non-crowd object: 0
     crowd = [[0, 0, 10 - off, 10 - off]]
-    fractions = area_fraction_inside(np.array(proposals), np.array(crowd), legacy_plus_one)
+    fractions = area_fraction_inside(convention.regions(np.array(proposals, np.float64)),
+                                     convention.regions(np.array(crowd, np.float64)))
     assert fractions[:, 0].tolist() == pytest.approx([1.0, 0.5, 0.7, 0.8, 0.0])
     as_xywh = np.array(proposals, np.float64)
     as_xywh[:, 2:] -= as_xywh[:, :2] - off
@@ -245,12 +247,12 @@ def test_crowd_filter_drops_proposals_mostly_inside_a_crowd_region(legacy_plus_o
         fractions[:, 0])
 
     records = [_crowd_record(proposals), {**_crowd_record(proposals), "is_crowd": np.zeros(2, bool)}]
-    assert filter_crowd_proposals(records, 0.7, legacy_plus_one) == 2
+    assert filter_crowd_proposals(records, 0.7, convention) == 2
     assert records[0]["proposals"].tolist() == [proposals[i] for i in (1, 2, 4)]
     assert records[0]["proposal_scores"].tolist() == [1, 2, 4]
     assert len(records[1]["proposals"]) == 5  # no crowd region: nothing to filter
     unfiltered = [_crowd_record(proposals)]
-    assert filter_crowd_proposals(unfiltered, 0.0, legacy_plus_one) == 0  # 0 keeps all
+    assert filter_crowd_proposals(unfiltered, 0.0, convention) == 0  # 0 keeps all
     assert len(unfiltered[0]["proposals"]) == 5
 
 

@@ -74,9 +74,9 @@ def test_flips_match_numpy_fliplr():
     assert np.array_equal(masks.polygons_to_bitmap(flipped, 20, 20),
                           masks.polygons_to_bitmap(polygon, 20, 20)[:, ::-1])
     # Detectron's pixel-index convention: x -> 20 - 1 - x, as its flip_segms.
-    assert masks.flip_polygons(polygon, 20, legacy_plus_one=True) == [[17, 3, 7, 3, 7, 8, 17, 8]]
-    assert masks.flip_segm(polygon, 20, legacy_plus_one=True) == [[17, 3, 7, 3, 7, 8, 17, 8]]
-    assert masks.flip_segm(rle, 20, legacy_plus_one=True) == masks.flip_rle(rle)
+    assert masks.flip_polygons(polygon, 20 - 1) == [[17, 3, 7, 3, 7, 8, 17, 8]]
+    assert masks.flip_segm(polygon, 20 - 1) == [[17, 3, 7, 3, 7, 8, 17, 8]]
+    assert masks.flip_segm(rle, 20 - 1) == masks.flip_rle(rle)
 
 
 def test_resize_rle_nearest():
@@ -116,7 +116,7 @@ def test_keypoint_flip_with_flip_map_hand_computed():
     assert flipped[0].tolist() == [[5, 1, 2], [3, 2, 1], [7, 2, 2]]
     assert flipped[1].tolist() == [[0, 0, 0], [0, 0, 0], [6, 4, 2]]
     # Detectron's convention (pixel indices): x -> 10 - 1 - x, as its flip_keypoints.
-    legacy = flip_keypoints(keypoints, 10, perm, legacy_plus_one=True)
+    legacy = flip_keypoints(keypoints, 10 - 1, perm)
     assert legacy[0].tolist() == [[4, 1, 2], [2, 2, 1], [6, 2, 2]]
     assert legacy[1].tolist() == [[0, 0, 0], [0, 0, 0], [5, 4, 2]]
     assert scale_keypoints(keypoints, 2.0)[0, 1].tolist() == [6, 4, 2]

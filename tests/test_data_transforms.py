@@ -15,6 +15,7 @@ from detectron_lib.data.transforms import (
     resize_image,
 )
 from detectron_lib.evaluation import boxes_to_coco_xywh
+from detectron_lib.structures.boxes import CONTINUOUS, PIXEL_INDICES
 from detectron_lib.modeling.image_io import DetectorIO, pad_to_batch
 from detectron_lib.structures.keypoints import flip_permutation
 
@@ -85,25 +86,25 @@ def test_flip_with_keypoint_flip_map_hand_computed(record):
     assert t["segms"][0] == [[36, 2, 30, 2, 30, 12, 36, 12]]
 
 
-def test_legacy_plus_one_targets_are_pixel_indices_hand_computed(record):
+def test_pixel_index_targets_hand_computed(record):
     # Detectron's loader: COCO [4, 2, 6, 10] -> x2 = 4 + 6 - 1; flipped x -> 40 - 1 - x.
     record = {**record, "keypoints": None}
-    plain = prepare_sample(record, 20, 1000, legacy_plus_one=True)
+    plain = prepare_sample(record, 20, 1000, convention=PIXEL_INDICES)
     assert plain["targets"]["boxes"].tolist() == [[4, 2, 9, 11], [0, 0, 39, 19]]
-    flipped = prepare_sample(record, 20, 1000, flip=True, legacy_plus_one=True)
+    flipped = prepare_sample(record, 20, 1000, flip=True, convention=PIXEL_INDICES)
     assert flipped["targets"]["boxes"].tolist() == [[30, 2, 35, 11], [0, 0, 39, 19]]
 
 
-@pytest.mark.parametrize("legacy", [False, True])
+@pytest.mark.parametrize("convention", [CONTINUOUS, PIXEL_INDICES])
 @pytest.mark.parametrize("flip", [False, True])
-def test_target_boxes_written_back_as_coco_results_are_the_annotations(record, legacy, flip):
+def test_target_boxes_written_back_as_coco_results_are_the_annotations(record, convention, flip):
     # A model that learned its targets exactly and whose boxes are written out as evaluation
     # writes them (in the same convention) reproduces the annotation's [x, y, w, h].
     record = {**record, "keypoints": None}
-    sample = prepare_sample(record, 40, 1000, flip=flip, legacy_plus_one=legacy)
+    sample = prepare_sample(record, 40, 1000, flip=flip, convention=convention)
     boxes = sample["targets"]["boxes"] / sample["im_scale"]
     expected = [[30, 2, 6, 10] if flip else [4, 2, 6, 10], [0, 0, 40, 20]]
-    np.testing.assert_allclose(boxes_to_coco_xywh(boxes, legacy), expected, atol=1e-5)
+    np.testing.assert_allclose(boxes_to_coco_xywh(convention.regions(boxes)), expected, atol=1e-5)
 
 
 def test_pad_to_divisibility_32():

@@ -25,6 +25,7 @@ from detectron_lib.evaluation import (
     keypoints_to_coco_results,
     masks_to_coco_results,
 )
+from detectron_lib.structures.boxes import PIXEL_INDICES
 
 DETECTION_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR@1", "AR@10", "AR@100", "ARs", "ARm", "ARl")
 
@@ -82,7 +83,7 @@ def test_boxes_to_xywh_with_and_without_detectron_plus_one():
     # Hand-computed: x2 - x1 = 30 - 10 = 20, y2 - y1 = 60 - 20 = 40; +1 gives 21 x 41.
     boxes = np.array([[10.0, 20.0, 30.0, 60.0]])
     assert boxes_to_coco_xywh(boxes).tolist() == [[10, 20, 20, 40]]
-    assert boxes_to_coco_xywh(boxes, legacy_plus_one=True).tolist() == [[10, 20, 21, 41]]
+    assert boxes_to_coco_xywh(PIXEL_INDICES.regions(boxes)).tolist() == [[10, 20, 21, 41]]
     assert boxes_to_coco_xywh(torch.tensor(boxes)).tolist() == [[10, 20, 20, 40]]
 
 
@@ -135,6 +136,7 @@ def test_keypoint_results_follow_detectron_score_convention():
     assert by_logit[0]["score"] == pytest.approx((1.0 + 2.0 + 6.0) / 3)  # mean keypoint score = 3
     with pytest.raises(ConfigError, match="KEYPOINT_CONFIDENCE"):
         keypoints_to_coco_results(8, keypoints, [0.75], [1], CONTIGUOUS_TO_JSON, keypoint_confidence="heatmap")
+
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import pytest
 
 from detectron_lib.errors import DatasetError
 from detectron_lib.evaluation import VocGroundTruth, evaluate_voc, voc_ap, voc_precision_recall
+from detectron_lib.structures.boxes import CONTINUOUS, PIXEL_INDICES
 
 CAT, DOG = 1, 2
 NAMES = {CAT: "cat", DOG: "dog"}
@@ -94,8 +95,8 @@ def test_plus_one_pixel_convention_switch():
     #   no +1: areas 4 and 2, intersection 2 -> IoU 2/4 = 0.5, not > 0.5: FP.
     ground_truth = {"x": VocGroundTruth(boxes=[[0, 0, 2, 2]], classes=[CAT])}
     detections = {CAT: [("x", 1.0, [0, 0, 2, 1])]}
-    with_plus_one = evaluate_voc(detections, ground_truth, {CAT: "cat"}, use_07_metric=False, legacy_plus_one=True)
-    without = evaluate_voc(detections, ground_truth, {CAT: "cat"}, use_07_metric=False, legacy_plus_one=False)
+    with_plus_one = evaluate_voc(detections, ground_truth, {CAT: "cat"}, use_07_metric=False, convention=PIXEL_INDICES)
+    without = evaluate_voc(detections, ground_truth, {CAT: "cat"}, use_07_metric=False, convention=CONTINUOUS)
     assert with_plus_one["voc/AP-cat"] == pytest.approx(1.0)
     assert without["voc/AP-cat"] == pytest.approx(0.0)
 

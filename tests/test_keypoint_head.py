@@ -30,6 +30,7 @@ from detectron_lib.modeling.roi_heads.keypoint_head import (
     keypoints_to_heatmap_labels,
     visible_keypoint_in_box,
 )
+from detectron_lib.structures.boxes import CONTINUOUS
 from detectron_lib.structures.instances import Instances
 from detectron_lib.structures.keypoints import flip_permutation
 
@@ -449,12 +450,12 @@ def test_coco_keypoint_results_use_the_configured_confidence():
                      classes=torch.tensor([1]),
                      keypoints=torch.tensor([[[1.0, 2, 4.0], [3, 4, 6.0]]]),
                      keypoint_probs=torch.tensor([[0.2, 0.4]]))
-    by_bbox = coco_results([(7, inst)], {1: 1}, False, "bbox")
+    by_bbox = coco_results([(7, inst)], {1: 1}, CONTINUOUS, "bbox")
     assert by_bbox["keypoints"] == [{"image_id": 7, "category_id": 1,
                                      "keypoints": [1.0, 2.0, 1.0, 3.0, 4.0, 1.0],
                                      "score": pytest.approx(0.9)}]
-    assert coco_results([(7, inst)], {1: 1}, False, "logit")["keypoints"][0]["score"] == 5.0
-    assert coco_results([(7, inst)], {1: 1}, False, "prob")["keypoints"][0]["score"] == \
+    assert coco_results([(7, inst)], {1: 1}, CONTINUOUS, "logit")["keypoints"][0]["score"] == 5.0
+    assert coco_results([(7, inst)], {1: 1}, CONTINUOUS, "prob")["keypoints"][0]["score"] == \
         pytest.approx(0.3)
 
 
@@ -491,7 +492,7 @@ def test_ground_truth_keypoints_score_ap_one_with_the_dataset_sigmas(tmp_path):
                 (record["height"], record["width"]), boxes=torch.from_numpy(record["boxes"]),
                 scores=torch.ones(n), classes=torch.from_numpy(record["classes"]),
                 keypoints=keypoints, keypoint_probs=torch.ones(n, 5))))
-        by_type = coco_results(results, loaded.categories.contiguous_to_json_id, False)
+        by_type = coco_results(results, loaded.categories.contiguous_to_json_id, CONTINUOUS)
         metrics = evaluate_coco(str(annotation_file), {"keypoints": by_type["keypoints"]},
                                 kpt_oks_sigmas=shapes.STAR_KEYPOINT_OKS_SIGMAS)
         ap[shift] = metrics["keypoints/AP"]

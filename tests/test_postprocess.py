@@ -22,7 +22,7 @@ from detectron_lib.modeling.postprocess import (
     soft_nms_from_config,
 )
 from detectron_lib.modeling.roi_heads.fast_rcnn import box_results_with_nms_and_limit
-from detectron_lib.structures.boxes import extent_boxes
+from detectron_lib.structures.boxes import CONTINUOUS, PIXEL_INDICES
 
 # Two boxes overlapping with IoU 50 / 150 = 1/3 (same height, shifted by half the width).
 A = [0.0, 0.0, 10.0, 10.0]
@@ -226,10 +226,11 @@ def test_legacy_box_iou_is_detectron_iou():
     rng = np.random.default_rng(0)
     corners = rng.uniform(0, 40, (30, 2, 2)).round()
     boxes = torch.tensor(np.concatenate([corners.min(1), corners.max(1)], axis=1))
-    ours = ops.box_iou(boxes, boxes, legacy_plus_one=True)
+    ours = PIXEL_INDICES.iou(boxes, boxes)
     expected = [[_legacy_iou(a, b) for b in boxes.tolist()] for a in boxes.tolist()]
     torch.testing.assert_close(ours, torch.tensor(expected, dtype=ours.dtype))
-    assert extent_boxes(boxes, False) is boxes
+    assert CONTINUOUS.regions(boxes) is boxes
+    torch.testing.assert_close(CONTINUOUS.iou(boxes, boxes), ops.box_iou(boxes, boxes), equal_nan=True)
 
 
 def test_legacy_nms_soft_nms_and_voting_use_plus_one_iou():
@@ -238,17 +239,18 @@ def test_legacy_nms_soft_nms_and_voting_use_plus_one_iou():
     scores = torch.tensor([0.9, 0.6])
     classes = torch.tensor([0, 0])
     assert len(class_wise_nms(boxes, scores, classes, 0.3)[0]) == 2
-    kept, _, _ = class_wise_nms(boxes, scores, classes, 0.3, legacy_plus_one=True)
+    kept, _, _ = class_wise_nms(boxes, scores, classes, 0.3, convention=PIXEL_INDICES)
     assert kept.tolist() == [[0.0, 0.0, 9.0, 9.0]]
     kept, decayed, _ = class_wise_nms(boxes, scores, classes, 0.3, SoftNMS("linear", 0.5),
-                                      legacy_plus_one=True)
+                                      convention=PIXEL_INDICES)
     assert decayed.tolist() == pytest.approx([0.9, 0.6 * (1 - 1 / 3)])
     assert torch.equal(kept, boxes)  # the boxes come back in their own convention
     # Voting at VOTE_TH 0.825: pixel boxes 0..9 and 0..11 have legacy IoU 100/120 (a voter)
     # and plain IoU 81/99 (not one); the vote averages y2 to (0.9 * 9 + 0.6 * 11) / 1.5.
     tall = torch.tensor([[0.0, 0.0, 9.0, 9.0], [0.0, 0.0, 9.0, 11.0]])
     voting = BoxVoting(0.825, "ID")
-    voted, _, _ = class_wise_nms(tall, scores, classes, 0.5, None, voting, legacy_plus_one=True)
+    voted, _, _ = class_wise_nms(tall, scores, classes, 0.5, None, voting,
+                                 convention=PIXEL_INDICES)
     torch.testing.assert_close(voted, torch.tensor([[0.0, 0.0, 9.0, (8.1 + 6.6) / 1.5]]))
     plain, _, _ = class_wise_nms(tall, scores, classes, 0.5, None, voting)
     assert plain.tolist() == [[0.0, 0.0, 9.0, 9.0]]

@@ -31,7 +31,7 @@ from detectron_lib.modeling.retinanet import (
     sigmoid_focal_loss,
     softmax_focal_loss,
 )
-from detectron_lib.structures.boxes import BoxCoder
+from detectron_lib.structures.boxes import CONTINUOUS, PIXEL_INDICES, BoxCoder
 from detectron_lib.structures.instances import Instances
 
 RETINANET_CONFIG = "12_2017_baselines/retinanet_R-50-FPN_1x.yaml"
@@ -80,7 +80,7 @@ def test_softmax_focal_loss_hand_computed_and_cross_entropy():
 def test_cell_anchors_in_detectron_retinanet_order_hand_computed():
     # P3 (stride 8), ANCHOR_SCALE 4, 3 octaves, ratios (1, 2, 0.5) as Detectron's config.
     specs = retinanet_anchor_specs(3, 7, 3, 4, (1.0, 2.0, 0.5))
-    gen = AnchorGenerator(specs, legacy_plus_one=True, sizes_first=True)
+    gen = AnchorGenerator(specs, PIXEL_INDICES, sizes_first=True)
     cell = gen([(1, 1)] * 5)[0]
     assert cell.shape == (9, 4)
     # Detectron's generate_anchors, base box [0, 0, 7, 7] (centre 3.5):
@@ -93,14 +93,14 @@ def test_cell_anchors_in_detectron_retinanet_order_hand_computed():
     # The same order as Detectron's test_retinanet._create_cell_anchors loop: octave outer,
     # aspect ratio inner, one generate_anchors call each.
     for level, (stride, sizes, ratios) in enumerate(specs):
-        loop = torch.cat([generate_cell_anchors(stride, (size,), (ratio,), legacy_plus_one=True)
+        loop = torch.cat([generate_cell_anchors(stride, (size,), (ratio,), PIXEL_INDICES)
                           for size in sizes for ratio in ratios])
         assert torch.equal(gen([(1, 1)] * 5)[level], loop)
 
 
 def test_cell_anchors_without_plus_one_hand_computed():
     gen = AnchorGenerator(retinanet_anchor_specs(3, 3, 3, 4, (1.0, 2.0, 0.5)),
-                          legacy_plus_one=False, sizes_first=True)
+                          CONTINUOUS, sizes_first=True)
     cell = gen([(1, 1)])[0]
     # Centred on 0: size 32 ratio 1 -> +-16; ratio 2 -> w 32/sqrt2 = 22.6, h 45.3 -> round(+-11.3),
     # round(+-22.6); octave 1 (40.3 px) ratio 1 -> round(+-20.2).
@@ -111,7 +111,7 @@ def test_cell_anchors_without_plus_one_hand_computed():
 
 def test_anchor_counts_per_level_and_grid_order():
     gen = AnchorGenerator(retinanet_anchor_specs(3, 7, 3, 4, (1.0, 2.0, 0.5)),
-                          legacy_plus_one=False, sizes_first=True)
+                          CONTINUOUS, sizes_first=True)
     shapes = [(12, 16), (6, 8), (3, 4), (2, 2), (1, 1)]  # a 96 x 128 image, strides 8..128
     anchors = gen(shapes)
     assert [len(a) for a in anchors] == [9 * h * w for h, w in shapes]
@@ -184,7 +184,7 @@ def test_class_specific_box_loss_uses_the_anchor_class():
 # ---- inference --------------------------------------------------------------------------------
 def _toy_retinanet(**options):
     head = RetinaNetHead(in_channels=4, num_anchors=1, num_classes=2, num_convs=0)
-    gen = AnchorGenerator([(8, (16.0,), (1.0,)), (16, (32.0,), (1.0,))], legacy_plus_one=False)
+    gen = AnchorGenerator([(8, (16.0,), (1.0,)), (16, (32.0,), (1.0,))], CONTINUOUS)
     return RetinaNet(DetectorIO((0.0, 0.0, 0.0)), torch.nn.Identity(), head, gen, ["p3", "p4"],
                      box_coder=BoxCoder(), **options)
 

@@ -1,5 +1,6 @@
 """Boxes, the box coder, anchors and Instances against hand-computed cases and torchvision."""
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,21 +16,14 @@ from detectron_lib.modeling.anchors import (
     retinanet_anchor_specs,
     straddle_mask,
 )
-from detectron_lib.structures.boxes import (
-    BoxCoder,
-    box_area,
-    clip_boxes,
-    nonempty_boxes,
-    xywh_to_xyxy,
-    xyxy_to_xywh,
-)
+from detectron_lib.structures.boxes import CONTINUOUS, PIXEL_INDICES, BoxCoder, BoxConvention
 from detectron_lib.structures.instances import Instances
 
 
-def test_detectron_deltas_hand_computed_legacy_plus_one():
+def test_detectron_deltas_hand_computed_pixel_indices():
     # Box [0,0,9,9] is 10 px wide (legacy +1), centre 5; gt [5,5,14,14] has centre 10.
     # dx = 10 * (10 - 5) / 10 = 5, dw = 5 * log(10 / 10) = 0.
-    coder = BoxCoder(weights=(10, 10, 5, 5), legacy_plus_one=True)
+    coder = BoxCoder(weights=(10, 10, 5, 5), convention=PIXEL_INDICES)
     deltas = coder.encode(torch.tensor([[0.0, 0, 9, 9]]), torch.tensor([[5.0, 5, 14, 14]]))
     assert torch.allclose(deltas, torch.tensor([[5.0, 5.0, 0.0, 0.0]]))
 
@@ -42,14 +36,14 @@ def test_deltas_hand_computed_without_plus_one():
     assert torch.allclose(deltas, torch.tensor([[0.7, 0.2, math.log(2.0), 0.0]]))
 
 
-@pytest.mark.parametrize("legacy", [True, False])
-def test_decode_inverts_encode(legacy):
+@pytest.mark.parametrize("convention", [PIXEL_INDICES, CONTINUOUS])
+def test_decode_inverts_encode(convention):
     g = torch.Generator().manual_seed(0)
     ref = torch.rand(50, 2, generator=g) * 100
     ref = torch.cat([ref, ref + 5 + torch.rand(50, 2, generator=g) * 50], dim=1)
     tgt = torch.rand(50, 2, generator=g) * 100
     tgt = torch.cat([tgt, tgt + 5 + torch.rand(50, 2, generator=g) * 50], dim=1)
-    coder = BoxCoder(weights=(10, 10, 5, 5), legacy_plus_one=legacy)
+    coder = BoxCoder(weights=(10, 10, 5, 5), convention=convention)
     assert torch.allclose(coder.decode(coder.encode(ref, tgt), ref), tgt, atol=1e-4)
 
 
@@ -78,16 +72,26 @@ def test_decode_clamps_large_dw():
 
 def test_box_helpers_hand_computed():
     boxes = torch.tensor([[0.0, 0, 9, 9], [5.0, 5, 4, 20]])
-    assert box_area(boxes, legacy_plus_one=True).tolist() == [100.0, 0.0]
-    assert box_area(boxes[:1]).tolist() == [81.0]
-    assert nonempty_boxes(boxes).tolist() == [True, False]
+    assert PIXEL_INDICES.area(boxes).tolist() == [100.0, 0.0]
+    assert CONTINUOUS.area(boxes[:1]).tolist() == [81.0]
+    assert CONTINUOUS.nonempty(boxes).tolist() == [True, False]
     xywh = torch.tensor([[10.0, 20, 30, 40]])
-    assert xywh_to_xyxy(xywh).tolist() == [[10, 20, 40, 60]]
-    assert xywh_to_xyxy(xywh, legacy_plus_one=True).tolist() == [[10, 20, 39, 59]]
-    assert xyxy_to_xywh(xywh_to_xyxy(xywh, True), True).tolist() == xywh.tolist()
-    clipped = clip_boxes(torch.tensor([[-5.0, -1, 120, 90]]), height=80, width=100)
+    assert CONTINUOUS.from_xywh(xywh).tolist() == [[10, 20, 40, 60]]
+    assert PIXEL_INDICES.from_xywh(xywh).tolist() == [[10, 20, 39, 59]]
+    assert PIXEL_INDICES.to_xywh(PIXEL_INDICES.from_xywh(xywh)).tolist() == xywh.tolist()
+    assert PIXEL_INDICES.from_xywh(xywh.numpy()).tolist() == [[10, 20, 39, 59]]
+    # A pixel-index box covers the region one pixel past its last index, and back.
+    assert PIXEL_INDICES.regions(boxes[:1]).tolist() == [[0, 0, 10, 10]]
+    assert PIXEL_INDICES.from_regions(PIXEL_INDICES.regions(boxes)).tolist() == boxes.tolist()
+    assert CONTINUOUS.regions(boxes) is boxes and CONTINUOUS.from_regions(boxes) is boxes
+    clipped = CONTINUOUS.clip(torch.tensor([[-5.0, -1, 120, 90]]), height=80, width=100)
     assert clipped.tolist() == [[0, 0, 100, 80]]
-    assert clip_boxes(torch.tensor([[-5.0, -1, 120, 90]]), 80, 100, legacy_plus_one=True).tolist() == [[0, 0, 99, 79]]
+    assert PIXEL_INDICES.clip(torch.tensor([[-5.0, -1, 120, 90]]), 80, 100).tolist() == [[0, 0, 99, 79]]
+    # Class boxes (N, 4k) clip box by box.
+    two = torch.tensor([[-5.0, -1, 120, 90, 3, 200, 50, 60]])
+    assert CONTINUOUS.clip(two, 80, 100).tolist() == [[0, 0, 100, 80, 3, 80, 50, 60]]
+    assert BoxConvention.of(SimpleNamespace(MODEL=SimpleNamespace(BBOX_LEGACY_PLUS_ONE=True))) \
+        is PIXEL_INDICES
 
 
 def test_detectron_cell_anchors_hand_listed():
@@ -110,7 +114,7 @@ def test_detectron_cell_anchors_hand_listed():
 
 def test_torchvision_geometry_matches_torchvision_anchor_generator():
     sizes, ratios = (32, 64), (0.5, 1.0, 2.0)
-    ours = grid_anchors(generate_cell_anchors(8, sizes, ratios, legacy_plus_one=False), 8, 5, 7)
+    ours = grid_anchors(generate_cell_anchors(8, sizes, ratios, CONTINUOUS), 8, 5, 7)
     tv = TorchvisionAnchorGenerator(sizes=(sizes,), aspect_ratios=(ratios,))
     images = ImageList(torch.zeros(1, 3, 40, 56), [(40, 56)])
     theirs = tv(images, [torch.zeros(1, 4, 5, 7)])[0]
@@ -118,7 +122,7 @@ def test_torchvision_geometry_matches_torchvision_anchor_generator():
 
 
 def test_grid_order_is_y_x_anchor():
-    cell = generate_cell_anchors(4, (8,), (1.0,), legacy_plus_one=False)  # [[-4, -4, 4, 4]]
+    cell = generate_cell_anchors(4, (8,), (1.0,), CONTINUOUS)  # [[-4, -4, 4, 4]]
     grid = grid_anchors(cell, 4, height=2, width=3)
     # (y, x) = (0, 0), (0, 1), (0, 2), (1, 0): x moves fastest.
     assert grid[:4, 0].tolist() == [-4.0, 0.0, 4.0, -4.0]

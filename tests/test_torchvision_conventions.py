@@ -19,6 +19,7 @@ from detectron_lib.modeling.anchors import AnchorGenerator, retinanet_anchor_spe
 from detectron_lib.modeling.image_io import normalize_image
 from detectron_lib.modeling.roi_heads.keypoint_head import KeypointPredictor
 from detectron_lib.ops.masks import paste_masks_legacy
+from detectron_lib.structures.boxes import CONTINUOUS
 
 
 def test_rgb_normalization_matches_torchvision_transform(repo_root):
@@ -91,10 +92,10 @@ def test_retinanet_anchor_switches_give_torchvisions_cell_anchors():
     reference = TorchvisionAnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * 5)
     reference.set_cell_anchors(torch.float32, torch.device("cpu"))
     specs = retinanet_anchor_specs(3, 7, 3, 4, (0.5, 1.0, 2.0), integer_sizes=True)
-    ours = AnchorGenerator(specs, legacy_plus_one=False, sizes_first=False)
+    ours = AnchorGenerator(specs, CONTINUOUS, sizes_first=False)
     for level, expected in enumerate(reference.cell_anchors):
         torch.testing.assert_close(ours._cell_anchors[level], expected, rtol=0, atol=0)
-    detectron_order = AnchorGenerator(specs, legacy_plus_one=False, sizes_first=True)
+    detectron_order = AnchorGenerator(specs, CONTINUOUS, sizes_first=True)
     assert not torch.equal(detectron_order._cell_anchors[0], reference.cell_anchors[0])
 
 
@@ -130,7 +131,7 @@ def test_exact_size_first_anchors_are_detectron2s(repo_root):
 def test_exact_retinanet_anchors_are_detectron2s():
     sizes = tuple(32 * 2 ** (o / 3) for o in range(3))
     cell = AnchorGenerator(retinanet_anchor_specs(3, 3, 3, 4, (0.5, 1.0, 2.0)),
-                           legacy_plus_one=False, sizes_first=True, round_to_pixels=False)._cell_anchors[0]
+                           CONTINUOUS, sizes_first=True, round_to_pixels=False)._cell_anchors[0]
     torch.testing.assert_close(cell, detectron2_cell_anchors(sizes, (0.5, 1.0, 2.0)), rtol=0, atol=1e-5)
 
 

@@ -37,7 +37,7 @@ from detectron_lib.modeling.image_io import DetectorIO
 from detectron_lib.modeling.meta_arch import build_model
 from detectron_lib.modeling.postprocess import BoxVoting
 from detectron_lib.modeling.roi_heads.fast_rcnn import box_results_with_nms_and_limit
-from detectron_lib.structures.boxes import flip_boxes
+from detectron_lib.structures.boxes import CONTINUOUS, PIXEL_INDICES
 from detectron_lib.structures.instances import Instances
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,14 +49,14 @@ SMALL_MODEL = ["FPN.DIM", "32", "FAST_RCNN.MLP_HEAD_DIM", "32", "TEST.RPN_PRE_NM
 # ---- geometry --------------------------------------------------------------------------------
 
 
-def test_flip_boxes_hand_computed_and_legacy():
+def test_flip_boxes_hand_computed_both_conventions():
     boxes = torch.tensor([[10.0, 5.0, 30.0, 20.0, 0.0, 0.0, 64.0, 8.0]])  # two boxes per row
-    assert flip_boxes(boxes, 64).tolist() == [[34.0, 5.0, 54.0, 20.0, 0.0, 0.0, 64.0, 8.0]]
+    assert CONTINUOUS.flip(boxes, 64).tolist() == [[34.0, 5.0, 54.0, 20.0, 0.0, 0.0, 64.0, 8.0]]
     # Legacy (pixel-index) boxes: x -> width - 1 - x, as Detectron's box_utils.flip_boxes.
-    assert flip_boxes(boxes[:, :4], 64, legacy_plus_one=True).tolist() == [[33.0, 5.0, 53.0, 20.0]]
+    assert PIXEL_INDICES.flip(boxes[:, :4], 64).tolist() == [[33.0, 5.0, 53.0, 20.0]]
     # The data pipeline flips numpy records with the same function, leaving its input alone.
     array = boxes[:, :4].numpy()
-    assert flip_boxes(array, 64).tolist() == [[34.0, 5.0, 54.0, 20.0]]
+    assert CONTINUOUS.flip(array, 64).tolist() == [[34.0, 5.0, 54.0, 20.0]]
     assert array.tolist() == [[10.0, 5.0, 30.0, 20.0]]
 
 
@@ -65,14 +65,14 @@ def test_flip_boxes_hand_computed_and_legacy():
     Augmentation(600, 1000, aspect_ratio=0.5),
     Augmentation(600, 1000, hflip=True, aspect_ratio=1.7),
 ])
-@pytest.mark.parametrize("legacy", [False, True])
-def test_box_mapping_round_trip(aug, legacy):
+@pytest.mark.parametrize("convention", [CONTINUOUS, PIXEL_INDICES])
+def test_box_mapping_round_trip(aug, convention):
     g = torch.Generator().manual_seed(0)
     xy = torch.rand(20, 2, generator=g) * 70
     boxes = torch.cat([xy, xy + torch.rand(20, 2, generator=g) * 30], dim=1).repeat(1, 3)
-    there = map_boxes(boxes, aug, 101, legacy)
+    there = map_boxes(boxes, aug, 101, convention)
     assert not torch.allclose(there, boxes)
-    torch.testing.assert_close(map_boxes(there, aug, 101, legacy, inverse=True), boxes)
+    torch.testing.assert_close(map_boxes(there, aug, 101, convention, inverse=True), boxes)
 
 
 def test_box_mapping_follows_the_image_transform():

@@ -22,6 +22,7 @@ from detectron_lib.data.proposals import attach_proposals, filter_crowd_proposal
 from detectron_lib.data.transforms import augmentation_for_position, collate_batch, prepare_sample
 from detectron_lib.data.verify import verify_dataset_images
 from detectron_lib.errors import ConfigError, DatasetError
+from detectron_lib.structures.boxes import CONTINUOUS, BoxConvention
 from detectron_lib.structures.keypoints import flip_permutation
 
 
@@ -112,18 +113,18 @@ class TrainingDataset(Dataset):
         use_flip: random horizontal flip with probability 0.5 (TRAIN.USE_FLIPPED).
         seed: RNG_SEED; augmentation is a pure function of (seed, position).
         keypoint_flip_perm: (K,) from structures.keypoints.flip_permutation, for keypoints.
-        legacy_plus_one: MODEL.BBOX_LEGACY_PLUS_ONE; target boxes in that convention.
+        convention: the model's structures.boxes.BoxConvention; target boxes in it.
     """
 
     def __init__(self, records, scales, max_size, use_flip, seed, keypoint_flip_perm=None,
-                 legacy_plus_one=False):
+                 convention=CONTINUOUS):
         self.records = records
         self.scales = tuple(scales)
         self.max_size = max_size
         self.use_flip = use_flip
         self.seed = seed
         self.keypoint_flip_perm = keypoint_flip_perm
-        self.legacy_plus_one = legacy_plus_one
+        self.convention = convention
 
     def __len__(self):
         return len(self.records)
@@ -133,7 +134,7 @@ class TrainingDataset(Dataset):
         target_size, flip, sample_seed = augmentation_for_position(
             self.seed, position, self.scales, self.use_flip)
         sample = prepare_sample(self.records[index], target_size, self.max_size, flip,
-                                self.keypoint_flip_perm, self.legacy_plus_one)
+                                self.keypoint_flip_perm, self.convention)
         sample["position"] = position
         sample["seed"] = sample_seed
         return sample
@@ -216,9 +217,9 @@ def make_train_loader(dataset, images_per_batch, seed, num_workers=0, aspect_gro
 
 
 def load_datasets(names, data_root=None, min_area=0.0, proposal_files=(), proposal_limit=-1,
-                  legacy_plus_one=False):
+                  convention=CONTINUOUS):
     """Load and concatenate catalog datasets that share one category (and keypoint) layout,
-    with precomputed proposals clipped in the ``legacy_plus_one`` convention if given.
+    with precomputed proposals clipped in the box ``convention`` if given.
 
     Returns (records, categories, keypoint_flip_perm or None).
     """
@@ -239,7 +240,7 @@ def load_datasets(names, data_root=None, min_area=0.0, proposal_files=(), propos
         categories = loaded.categories
         if proposal_files:
             attach_proposals(loaded.records, load_proposals(proposal_files[k]), proposal_limit,
-                             source=str(proposal_files[k]), legacy_plus_one=legacy_plus_one)
+                             source=str(proposal_files[k]), convention=convention)
         entry = get_dataset(name)
         if loaded.keypoint_names is not None and entry.keypoint_flip_map is not None:
             flip_perm = flip_permutation(loaded.keypoint_names, entry.keypoint_flip_map)
@@ -288,11 +289,12 @@ def build_train_loader(cfg, rank=0, world_size=1, start_iter=0, data_root=None,
     the decoding (``rank``, ``world_size``) and all raise the same error."""
     register_datasets_from_cfg(cfg)
     data_root = data_root or cfg.DATA_ROOT or None
+    convention = BoxConvention.of(cfg)
     records, categories, flip_perm = load_datasets(
         tuple(cfg.TRAIN.DATASETS), data_root,
         min_area=cfg.TRAIN.GT_MIN_AREA, proposal_files=tuple(cfg.TRAIN.PROPOSAL_FILES),
-        proposal_limit=-1, legacy_plus_one=cfg.MODEL.BBOX_LEGACY_PLUS_ONE)
-    filter_crowd_proposals(records, cfg.TRAIN.CROWD_FILTER_THRESH, cfg.MODEL.BBOX_LEGACY_PLUS_ONE)
+        proposal_limit=-1, convention=convention)
+    filter_crowd_proposals(records, cfg.TRAIN.CROWD_FILTER_THRESH, convention)
     check_num_classes(cfg, categories, cfg.TRAIN.DATASETS)
     if cfg.MODEL.LABELS_ARE_CATEGORY_IDS:
         records = relabel_with_category_ids(records, categories)
@@ -300,8 +302,7 @@ def build_train_loader(cfg, rank=0, world_size=1, start_iter=0, data_root=None,
     if verify_images:
         verify_dataset_images(records, data_root, rank=rank, world_size=world_size)
     dataset = TrainingDataset(records, cfg.TRAIN.SCALES, cfg.TRAIN.MAX_SIZE,
-                              cfg.TRAIN.USE_FLIPPED, cfg.RNG_SEED, flip_perm,
-                              legacy_plus_one=cfg.MODEL.BBOX_LEGACY_PLUS_ONE)
+                              cfg.TRAIN.USE_FLIPPED, cfg.RNG_SEED, flip_perm, convention)
     return make_train_loader(dataset, cfg.TRAIN.IMS_PER_BATCH, cfg.RNG_SEED,
                              num_workers=cfg.DATA_LOADER.NUM_THREADS,
                              aspect_grouping=cfg.TRAIN.ASPECT_GROUPING,
@@ -318,7 +319,7 @@ def build_test_loader(cfg, dataset_name, rank=0, world_size=1, data_root=None,
     records, categories, _ = load_datasets(
         (dataset_name,), data_root or cfg.DATA_ROOT or None,
         proposal_files=(proposal_file,) if proposal_file else (),
-        proposal_limit=cfg.TEST.PROPOSAL_LIMIT, legacy_plus_one=cfg.MODEL.BBOX_LEGACY_PLUS_ONE)
+        proposal_limit=cfg.TEST.PROPOSAL_LIMIT, convention=BoxConvention.of(cfg))
     check_num_classes(cfg, categories, (dataset_name,))
     dataset = InferenceDataset(records, cfg.TEST.SCALE if resize else None, cfg.TEST.MAX_SIZE)
     return InferenceLoader(dataset, num_workers=cfg.DATA_LOADER.NUM_THREADS, rank=rank,

@@ -14,7 +14,7 @@ import pickle
 
 import numpy as np
 
-from detectron_lib.data.transforms import boxes_in_model_convention
+from detectron_lib.structures.boxes import CONTINUOUS
 from detectron_lib.errors import DatasetError
 from detectron_lib.utils import safe_pickle
 from detectron_lib.utils.io import atomic_write
@@ -52,11 +52,11 @@ def load_proposals(path):
     return proposals
 
 
-def attach_proposals(records, proposals, top_k, source="proposals", legacy_plus_one=False):
+def attach_proposals(records, proposals, top_k, source="proposals", convention=CONTINUOUS):
     """Add each record's top-``top_k`` proposals by score, clipped to the image, in place.
 
-    The image ends at width, height or, with ``legacy_plus_one`` (MODEL.BBOX_LEGACY_PLUS_ONE),
-    at the last pixel index width - 1, height - 1, as Detectron clipped.
+    The image ends at ``convention``'s last coordinate: width, height or, for Detectron's
+    pixel indices, width - 1, height - 1, as Detectron clipped.
 
     Adds 'proposals' (P, 4) float32 and 'proposal_scores' (P,) float32; top_k <= 0 keeps all.
     A record whose image id has no proposals raises DatasetError (``source`` names the file).
@@ -71,21 +71,21 @@ def attach_proposals(records, proposals, top_k, source="proposals", legacy_plus_
         if top_k > 0:
             order = order[:top_k]
         boxes = boxes[order].copy()
-        boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, record["width"] - int(legacy_plus_one))
-        boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, record["height"] - int(legacy_plus_one))
+        boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, convention.last(record["width"]))
+        boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, convention.last(record["height"]))
         record["proposals"] = boxes
         record["proposal_scores"] = scores[order].copy()
     return records
 
 
-def filter_crowd_proposals(records, thresh, legacy_plus_one=False):
+def filter_crowd_proposals(records, thresh, convention=CONTINUOUS):
     """Drop, in place, each record's proposals that lie inside one of its crowd regions by more
     than ``thresh`` of their area (TRAIN.CROWD_FILTER_THRESH; <= 0 keeps all). Returns how
     many were dropped.
 
     Detectron's _filter_crowd_proposals: "inside" is the intersection with the crowd box over
-    the proposal's area (pycocotools' iou with iscrowd=1), boxes in the ``legacy_plus_one``
-    convention (MODEL.BBOX_LEGACY_PLUS_ONE). Detectron marked such a proposal as overlapping
+    the proposal's area (pycocotools' iou with iscrowd=1), boxes in the model's ``convention``
+    (a structures.boxes.BoxConvention). Detectron marked such a proposal as overlapping
     no ground truth (IoU -1), which kept it out of both the fg and the bg sample of the box
     head; dropping it does the same. Only training on precomputed proposals filters, as in
     Detectron (RPN proposals of end-to-end training are not filtered).
@@ -99,8 +99,8 @@ def filter_crowd_proposals(records, thresh, legacy_plus_one=False):
         crowd = boxes[np.asarray(record["is_crowd"], dtype=bool)]
         if proposals is None or not len(proposals) or not len(crowd):
             continue
-        crowd = boxes_in_model_convention(crowd, legacy_plus_one)  # as the proposals are
-        inside = area_fraction_inside(proposals, crowd, legacy_plus_one).max(axis=1)
+        inside = area_fraction_inside(convention.regions(proposals.astype(np.float64)),
+                                      crowd).max(axis=1)
         keep = ~(inside > thresh)
         dropped += int((~keep).sum())
         record["proposals"] = proposals[keep]
@@ -108,18 +108,17 @@ def filter_crowd_proposals(records, thresh, legacy_plus_one=False):
     return dropped
 
 
-def area_fraction_inside(boxes, regions, legacy_plus_one=False):
+def area_fraction_inside(boxes, regions):
     """(N, M) float64: the fraction of the area of each of ``boxes`` (N, 4) that lies inside
-    each of ``regions`` (M, 4), x1y1x2y2 in the ``legacy_plus_one`` convention (widths
-    x2 - x1 + 1); 0 for a box without area."""
+    each of ``regions`` (M, 4), both continuous x1y1x2y2 (BoxConvention.regions); 0 for a box
+    without area."""
     boxes, regions = np.asarray(boxes, np.float64), np.asarray(regions, np.float64)
-    off = 1.0 if legacy_plus_one else 0.0
     widths = (np.minimum(boxes[:, None, 2], regions[None, :, 2])
-              - np.maximum(boxes[:, None, 0], regions[None, :, 0]) + off)
+              - np.maximum(boxes[:, None, 0], regions[None, :, 0]))
     heights = (np.minimum(boxes[:, None, 3], regions[None, :, 3])
-               - np.maximum(boxes[:, None, 1], regions[None, :, 1]) + off)
+               - np.maximum(boxes[:, None, 1], regions[None, :, 1]))
     intersection = widths.clip(min=0) * heights.clip(min=0)
-    area = ((boxes[:, 2] - boxes[:, 0] + off) * (boxes[:, 3] - boxes[:, 1] + off))[:, None]
+    area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))[:, None]
     return np.where(area > 0, intersection / np.where(area > 0, area, 1.0), 0.0)
 
 

@@ -12,7 +12,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from detectron_lib.errors import DatasetError
-from detectron_lib.structures.boxes import flip_boxes
+from detectron_lib.structures.boxes import CONTINUOUS
 from detectron_lib.structures.instances import Instances
 from detectron_lib.structures.keypoints import flip_keypoints, scale_keypoints
 from detectron_lib.structures.masks import flip_segm, scale_segm
@@ -137,23 +137,11 @@ def image_array(image):
     return np.ascontiguousarray(image.permute(1, 2, 0).to("cpu", torch.uint8).numpy())
 
 
-def boxes_in_model_convention(boxes, legacy_plus_one):
-    """Records' x1y1x2y2 boxes (x2 = x + w from COCO's [x, y, w, h]) in the model's convention.
-
-    Under MODEL.BBOX_LEGACY_PLUS_ONE a box's width is x2 - x1 + 1, so its last pixel index
-    is x + w - 1, as Detectron's loader made it; without this the model learns boxes one
-    pixel too wide and tall, and its COCO results (w = x2 - x1 + 1) carry the error.
-    """
-    if not legacy_plus_one:
-        return boxes
-    return np.asarray(boxes, dtype=np.float32) - np.array([0, 0, 1, 1], dtype=np.float32)
-
-
-def transform_annotations(record, scale, flip, keypoint_flip_perm=None, legacy_plus_one=False):
+def transform_annotations(record, scale, flip, keypoint_flip_perm=None, convention=CONTINUOUS):
     """The record's annotations for its image flipped (optionally) and then scaled.
 
-    Boxes come out in the model's convention (``legacy_plus_one``: MODEL.BBOX_LEGACY_PLUS_ONE,
-    see ``boxes_in_model_convention``); precomputed proposals are taken to be in it already,
+    Boxes come out in the model's ``convention`` (a structures.boxes.BoxConvention; records'
+    boxes are continuous, x2 = x + w); precomputed proposals are taken to be in it already,
     as a model of the same convention wrote them.
     Returns a dict of boxes (N, 4) float32 tensor, classes (N,) int64, is_crowd (N,) bool,
     segms (list or None), keypoints (N, K, 3) float32 or None, and, when the record has
@@ -161,21 +149,22 @@ def transform_annotations(record, scale, flip, keypoint_flip_perm=None, legacy_p
     """
     height, width = record["height"], record["width"]
     new_height, new_width = resized_size(height, width, scale)
-    boxes = boxes_in_model_convention(record["boxes"], legacy_plus_one)
+    boxes = convention.from_regions(np.asarray(record["boxes"], dtype=np.float32))
     segms = record.get("segms")
     keypoints = record.get("keypoints")
     proposals = record.get("proposals")
     if flip:
-        boxes = flip_boxes(boxes, width, legacy_plus_one)
+        last_x = convention.last(width)
+        boxes = convention.flip(boxes, width)
         if segms is not None:
-            segms = [flip_segm(s, width, legacy_plus_one) for s in segms]
+            segms = [flip_segm(s, last_x) for s in segms]
         if keypoints is not None:
             if keypoint_flip_perm is None:
                 raise DatasetError(f"{record['file_name']}: flipping keypoints needs the "
                                    f"dataset's keypoint flip map")
-            keypoints = flip_keypoints(keypoints, width, keypoint_flip_perm, legacy_plus_one)
+            keypoints = flip_keypoints(keypoints, last_x, keypoint_flip_perm)
         if proposals is not None:
-            proposals = flip_boxes(proposals, width, legacy_plus_one)
+            proposals = convention.flip(proposals, width)
     targets = {
         "boxes": torch.from_numpy(np.asarray(boxes, dtype=np.float32) * np.float32(scale)),
         "classes": torch.from_numpy(np.asarray(record["classes"], dtype=np.int64)),
@@ -192,9 +181,9 @@ def transform_annotations(record, scale, flip, keypoint_flip_perm=None, legacy_p
 
 
 def prepare_sample(record, target_size, max_size, flip=False, keypoint_flip_perm=None,
-                   legacy_plus_one=False):
+                   convention=CONTINUOUS):
     """Read, optionally flip and resize one record's image with its annotations (boxes in the
-    model's convention: ``legacy_plus_one``, see transform_annotations). With ``target_size``
+    model's ``convention``, see transform_annotations). With ``target_size``
     None the image keeps its size: the model resizes it (modeling.image_io).
 
     Returns a dict: image (3, H', W') uint8 BGR tensor (the model normalizes it), image_size
@@ -220,7 +209,7 @@ def prepare_sample(record, target_size, max_size, flip=False, keypoint_flip_perm
         "image_id": record["image_id"],
         "flipped": bool(flip),
         "targets": transform_annotations(record, 1.0 if scale is None else scale, flip,
-                                         keypoint_flip_perm, legacy_plus_one),
+                                         keypoint_flip_perm, convention),
     }
 
 

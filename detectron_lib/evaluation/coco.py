@@ -29,7 +29,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from detectron_lib.errors import ConfigError, DatasetError
-from detectron_lib.structures.boxes import xyxy_to_xywh
+from detectron_lib.structures.boxes import CONTINUOUS
 
 logger = logging.getLogger(__name__)
 
@@ -60,14 +60,14 @@ def _to_numpy(array, dtype=None):
     return np.asarray(array, dtype=dtype)
 
 
-def boxes_to_coco_xywh(boxes, legacy_plus_one=False):
+def boxes_to_coco_xywh(boxes):
     """Convert x1y1x2y2 boxes to COCO's [x, y, width, height].
 
-    boxes: (N, 4) x1y1x2y2 in image pixels. With ``legacy_plus_one`` the width is
-    ``x2 - x1 + 1`` (Detectron's inclusive-pixel convention), else ``x2 - x1``.
+    boxes: (N, 4) x1y1x2y2 in image pixels (array, list or tensor), continuous as COCO's
+    (width x2 - x1; pixel-index boxes go through BoxConvention.regions first).
     Returns (N, 4) float64.
     """
-    return xyxy_to_xywh(_to_numpy(boxes, np.float64).reshape(-1, 4), legacy_plus_one)
+    return CONTINUOUS.to_xywh(_to_numpy(boxes, np.float64).reshape(-1, 4))
 
 
 def _json_category_ids(classes, label_to_json_id):
@@ -90,15 +90,15 @@ def _check_lengths(what, *arrays):
         raise ValueError(f"{what}: per-instance arrays have different lengths {[len(a) for a in arrays]}")
 
 
-def detections_to_coco_results(image_id, boxes, scores, classes, label_to_json_id, legacy_plus_one=False):
+def detections_to_coco_results(image_id, boxes, scores, classes, label_to_json_id):
     """COCO 'bbox' results for one image.
 
-    boxes: (N, 4) x1y1x2y2 in original-image pixels; scores: (N,); classes: (N,) class
+    boxes: (N, 4) x1y1x2y2 in original-image pixels, continuous (see boxes_to_coco_xywh); scores: (N,); classes: (N,) class
     labels; label_to_json_id: {class label: json category id} of the dataset
     (CategoryMap.label_to_json_id).
     Returns N dicts ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``.
     """
-    xywh = boxes_to_coco_xywh(boxes, legacy_plus_one).tolist()
+    xywh = boxes_to_coco_xywh(boxes).tolist()
     scores = _to_numpy(scores, np.float64).reshape(-1).tolist()
     category_ids = _json_category_ids(classes, label_to_json_id)
     _check_lengths(f"image {image_id} detections", xywh, scores, category_ids)
@@ -412,7 +412,7 @@ def evaluate_coco(coco_gt, results_by_type, kpt_oks_sigmas=None, category_names=
 # ---------------------------------------------------------------------------------------------
 
 
-def _proposal_results(coco_gt, proposals_by_image, legacy_plus_one):
+def _proposal_results(coco_gt, proposals_by_image):
     """Proposals as class-agnostic COCO bbox results (all under one ground-truth category)."""
     any_category = coco_gt.getCatIds()[0]
     results = []
@@ -429,7 +429,7 @@ def _proposal_results(coco_gt, proposals_by_image, legacy_plus_one):
             scores = proposals[:, 4]
         else:  # rank order: the first proposal is the most confident
             scores = np.arange(len(proposals), 0, -1, dtype=np.float64)
-        xywh = boxes_to_coco_xywh(proposals[:, :4], legacy_plus_one).tolist()
+        xywh = boxes_to_coco_xywh(proposals[:, :4]).tolist()
         results.extend(
             {"image_id": image_id, "category_id": any_category, "bbox": box, "score": score}
             for box, score in zip(xywh, scores.tolist())
@@ -437,11 +437,12 @@ def _proposal_results(coco_gt, proposals_by_image, legacy_plus_one):
     return results
 
 
-def evaluate_proposals(coco_gt, proposals_by_image, limits=(100, 1000), legacy_plus_one=False):
+def evaluate_proposals(coco_gt, proposals_by_image, limits=(100, 1000)):
     """Average recall of class-agnostic proposals, as Detectron reported for RPN models.
 
     coco_gt: path or COCO object. proposals_by_image: {image id: (N, 4) x1y1x2y2 boxes, most
-    confident first, or (N, 5) with an objectness score column}. Images without an entry
+    confident first, or (N, 5) with an objectness score column}, continuous (see
+    boxes_to_coco_xywh). Images without an entry
     have no proposals (their objects count as missed). Recall is pycocotools' with
     ``useCats=0`` and ``maxDets=limits``: greedy matching by score, IoU .50:.95, crowd
     ground truth ignored. AR is the mean recall over the 10 IoU thresholds.
@@ -453,7 +454,7 @@ def evaluate_proposals(coco_gt, proposals_by_image, limits=(100, 1000), legacy_p
     if not limits or limits[0] < 1:
         raise ConfigError(f"proposal limits must be positive integers; got {limits}")
     coco_gt = load_coco_gt(coco_gt)
-    results = _proposal_results(coco_gt, proposals_by_image, legacy_plus_one)
+    results = _proposal_results(coco_gt, proposals_by_image)
     _check_results(coco_gt, results, "bbox")
 
     progress = io.StringIO()

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from detectron_lib.errors import DatasetError
-from detectron_lib.ops.boxes import box_iou
+from detectron_lib.structures.boxes import PIXEL_INDICES
 
 
 @dataclass(frozen=True)
@@ -70,11 +70,13 @@ def voc_ap(recall, precision, use_07_metric):
     return float(np.sum((recall[changes + 1] - recall[changes]) * envelope[changes + 1]))
 
 
-def voc_precision_recall(detections, ground_truth_by_image, class_id, iou_threshold=0.5, legacy_plus_one=True):
+def voc_precision_recall(detections, ground_truth_by_image, class_id, iou_threshold=0.5,
+                         convention=PIXEL_INDICES):
     """Cumulative recall and precision of one class's detections, in descending score order.
 
     detections: sequence of (image id, score, box (4,) x1y1x2y2) for this class;
-    ground_truth_by_image: {image id: VocGroundTruth}. Ties in score keep input order.
+    ground_truth_by_image: {image id: VocGroundTruth}; IoUs in the box ``convention``. Ties in
+    score keep input order.
     Returns (recall (D,), precision (D,), num_positives); recall is NaN when the class has
     no non-difficult object.
     """
@@ -102,8 +104,8 @@ def voc_precision_recall(detections, ground_truth_by_image, class_id, iou_thresh
         gt_boxes = class_boxes[image_id]
         best_iou, best = -np.inf, -1
         if len(gt_boxes):
-            ious = box_iou(torch.as_tensor([box], dtype=torch.float64),
-                           torch.as_tensor(gt_boxes, dtype=torch.float64), legacy_plus_one)[0].numpy()
+            ious = convention.iou(torch.as_tensor([box], dtype=torch.float64),
+                                  torch.as_tensor(gt_boxes, dtype=torch.float64))[0].numpy()
             best = int(ious.argmax())
             best_iou = ious[best]
         if best_iou > iou_threshold:
@@ -131,7 +133,7 @@ def evaluate_voc(
     class_names,
     use_07_metric,
     iou_threshold=0.5,
-    legacy_plus_one=True,
+    convention=PIXEL_INDICES,
 ):
     """Per-class VOC AP and their mean.
 
@@ -139,8 +141,8 @@ def evaluate_voc(
     ground_truth_by_image: {image id: VocGroundTruth} for every image of the test set;
     class_names: {class id: name}, the classes to evaluate (background excluded).
     use_07_metric: True for VOC2007's 11-point AP, False for the VOC2010+ area AP.
-    legacy_plus_one: the devkit's inclusive-pixel box widths (x2 - x1 + 1), on by default
-    because the official VOC numbers use them.
+    convention: a structures.boxes.BoxConvention; the devkit's inclusive-pixel box widths
+    (x2 - x1 + 1, PIXEL_INDICES) by default because the official VOC numbers use them.
 
     Returns ``{"voc/AP-<name>": AP, "voc/mAP": mean}``. A class with no non-difficult
     object has AP NaN and is left out of the mean.
@@ -148,7 +150,7 @@ def evaluate_voc(
     metrics = {}
     for class_id, name in class_names.items():
         recall, precision, num_positives = voc_precision_recall(
-            detections_by_class.get(class_id, ()), ground_truth_by_image, class_id, iou_threshold, legacy_plus_one
+            detections_by_class.get(class_id, ()), ground_truth_by_image, class_id, iou_threshold, convention
         )
         metrics[f"voc/AP-{name}"] = voc_ap(recall, precision, use_07_metric) if num_positives else float("nan")
     defined = [ap for ap in metrics.values() if not np.isnan(ap)]

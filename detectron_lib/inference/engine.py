@@ -29,6 +29,7 @@ from detectron_lib.inference.tta import DetectorWithTTA, augmentation_enabled
 from detectron_lib.modeling.backbone.norms import fold_frozen_batchnorm_
 from detectron_lib.modeling.backbone.precision import reuse_weight_casts
 from detectron_lib.modeling.meta_arch import build_model
+from detectron_lib.structures.boxes import CONTINUOUS, PIXEL_INDICES, BoxConvention
 from detectron_lib.utils.io import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -51,20 +52,20 @@ def load_model_for_inference(cfg, weights, device):
 
 
 # The box convention each family of detection checkpoints was trained in.
-_LEGACY_PLUS_ONE_OF_FORMAT = {DETECTRON: True, DETECTRON2: False, TORCHVISION: False}
+_BOX_CONVENTION_OF_FORMAT = {DETECTRON: PIXEL_INDICES, DETECTRON2: CONTINUOUS, TORCHVISION: CONTINUOUS}
 
 
 def warn_on_box_convention_mismatch(cfg, weights_format):
     """Warn once when MODEL.BBOX_LEGACY_PLUS_ONE differs from the convention the weights were
     trained in (Detectron: x2 - x1 + 1; detectron2 and torchvision: x2 - x1): the model then
     runs, but its boxes are off by a pixel. Returns whether it warned."""
-    trained_with = _LEGACY_PLUS_ONE_OF_FORMAT.get(weights_format)
-    if trained_with is None or trained_with == cfg.MODEL.BBOX_LEGACY_PLUS_ONE:
+    trained_with = _BOX_CONVENTION_OF_FORMAT.get(weights_format)
+    if trained_with is None or trained_with == BoxConvention.of(cfg):
         return False
     logger.warning("%s weights were trained with MODEL.BBOX_LEGACY_PLUS_ONE %s but the config "
                    "sets %s: set it to %s (configs/torchvision/ shows every switch of "
-                   "torchvision's conventions)", weights_format, trained_with,
-                   cfg.MODEL.BBOX_LEGACY_PLUS_ONE, trained_with)
+                   "torchvision's conventions)", weights_format, trained_with.plus_one,
+                   cfg.MODEL.BBOX_LEGACY_PLUS_ONE, trained_with.plus_one)
     return True
 
 
@@ -93,13 +94,15 @@ def run_inference(model, loader, device):
     return results, seconds / max(len(results), 1)
 
 
-def coco_results(results, label_to_json_id, legacy_plus_one, keypoint_confidence="bbox"):
-    """COCO result lists by type: 'bbox', 'segm' when masks are present, 'keypoints' when
-    keypoints are, scored as KRCNN.KEYPOINT_CONFIDENCE ('bbox', 'logit' or 'prob') says."""
+def coco_results(results, label_to_json_id, convention, keypoint_confidence="bbox"):
+    """COCO result lists by type: 'bbox' (boxes in the model's ``convention``, written as the
+    regions they cover), 'segm' when masks are present, 'keypoints' when keypoints are, scored
+    as KRCNN.KEYPOINT_CONFIDENCE ('bbox', 'logit' or 'prob') says."""
     by_type = {"bbox": []}
     for image_id, inst in results:
         by_type["bbox"].extend(detections_to_coco_results(
-            image_id, inst.boxes, inst.scores, inst.classes, label_to_json_id, legacy_plus_one))
+            image_id, convention.regions(inst.boxes.double()), inst.scores, inst.classes,
+            label_to_json_id))
         if inst.has("masks"):
             by_type.setdefault("segm", []).extend(masks_to_coco_results(
                 image_id, inst.masks, inst.scores, inst.classes, label_to_json_id))
@@ -137,13 +140,13 @@ def test(cfg, weights, output_dir=None):
         results = [r for part, _ in gathered for r in part]
         metrics = {"inference_time_s_per_im": statistics.mean(t for _, t in gathered)}
         if cfg.MODEL.RPN_ONLY:
-            metrics.update(evaluate_proposals(str(annotation_file), _proposal_arrays(results),
-                                              legacy_plus_one=cfg.MODEL.BBOX_LEGACY_PLUS_ONE))
+            metrics.update(evaluate_proposals(str(annotation_file),
+                                              _proposal_arrays(results, BoxConvention.of(cfg))))
         else:
             label_map = loader.categories.label_to_json_id(cfg.MODEL.LABELS_ARE_CATEGORY_IDS)
             if cfg.MODEL.LABELS_ARE_CATEGORY_IDS:
                 results = _drop_unknown_labels(results, label_map)
-            by_type = coco_results(results, label_map, cfg.MODEL.BBOX_LEGACY_PLUS_ONE,
+            by_type = coco_results(results, label_map, BoxConvention.of(cfg),
                                    cfg.KRCNN.KEYPOINT_CONFIDENCE)
             write_json_atomic(output_dir / f"{dataset_name}_bbox_results.json", by_type["bbox"])
             metrics.update(evaluate_coco(str(annotation_file), by_type,
@@ -189,9 +192,11 @@ def evaluate_from_proposal_dumps(cfg, dump_metrics_files, output_dir=None):
     return all_metrics[cfg.TEST.DATASETS[0]]
 
 
-def _proposal_arrays(results):
-    """{image_id: (N, 5) [x1, y1, x2, y2, score]} in rank order, from RPN-only results."""
-    return {image_id: torch.cat([inst.boxes, inst.scores[:, None]], dim=1).numpy()
+def _proposal_arrays(results, convention):
+    """{image_id: (N, 5) [x1, y1, x2, y2, score]} in rank order, from RPN-only results, boxes
+    as the regions they cover in the model's box ``convention``."""
+    return {image_id: torch.cat([convention.regions(inst.boxes.double()),
+                                 inst.scores[:, None].double()], dim=1).numpy()
             for image_id, inst in results}
 
 
@@ -223,6 +228,6 @@ def dump_proposals(cfg, weights, dataset_name, output_path, recall=True):
                "proposals/per_image": sum(len(inst) for _, inst in results) / max(len(results), 1),
                "inference_time_s_per_im": statistics.mean(t for _, t in gathered)}
     if recall:
-        metrics.update(evaluate_proposals(str(annotation_file), _proposal_arrays(results),
-                                          legacy_plus_one=cfg.MODEL.BBOX_LEGACY_PLUS_ONE))
+        metrics.update(evaluate_proposals(str(annotation_file),
+                                          _proposal_arrays(results, BoxConvention.of(cfg))))
     return metrics

@@ -37,7 +37,7 @@ from detectron_lib.data.transforms import image_array, image_tensor
 from detectron_lib.errors import ConfigError
 from detectron_lib.modeling.backbone.build import body_features
 from detectron_lib.modeling.roi_heads.keypoint_head import heatmaps_to_keypoints
-from detectron_lib.structures.boxes import box_area, flip_boxes
+from detectron_lib.structures.boxes import CONTINUOUS, BoxConvention
 from detectron_lib.structures.instances import Instances
 from detectron_lib.structures.keypoints import flip_permutation
 
@@ -104,20 +104,21 @@ def transform_image(image_bgr, aug):
     return np.ascontiguousarray(image_bgr)
 
 
-def map_boxes(boxes, aug, width, legacy_plus_one=False, inverse=False):
+def map_boxes(boxes, aug, width, convention=CONTINUOUS, inverse=False):
     """Boxes (N, 4k) of the original image (``width`` pixels wide) in the image of pass ``aug``
-    before resizing, or, with ``inverse``, from that image back to the original."""
+    before resizing, or, with ``inverse``, from that image back to the original; flips in the
+    box ``convention``."""
     new_width = transformed_width(width, aug.aspect_ratio) if aug.aspect_ratio != 1.0 else width
     stretch = new_width / width
     if inverse:
         if aug.hflip:
-            boxes = flip_boxes(boxes, new_width, legacy_plus_one)
+            boxes = convention.flip(boxes, new_width)
         stretch = 1.0 / stretch
     if stretch != 1.0:
         boxes = boxes.clone()
         boxes[:, 0::2] *= stretch
     if aug.hflip and not inverse:
-        boxes = flip_boxes(boxes, new_width, legacy_plus_one)
+        boxes = convention.flip(boxes, new_width)
     return boxes
 
 
@@ -146,13 +147,14 @@ def _combine(values, heuristic, key):
     raise ConfigError(f"TEST.BBOX_AUG.{key}: unknown value '{heuristic}'; use ID, AVG or UNION")
 
 
-def drop_by_size(scores, boxes, size_tag, area_lo, area_hi, legacy_plus_one=False):
+def drop_by_size(scores, boxes, size_tag, area_lo, area_hi, convention=CONTINUOUS):
     """Zero the scores of class boxes a size-tagged pass should not contribute: areas below
     ``area_lo`` in a "down" pass, above ``area_hi`` in an "up" pass. scores: (R, K+1),
-    boxes: (R, 4(K+1)) or (R, 8) class-agnostic. Returns new scores."""
+    boxes: (R, 4(K+1)) or (R, 8) class-agnostic, areas in the box ``convention``. Returns
+    new scores."""
     if size_tag is None:
         return scores
-    areas = box_area(boxes.reshape(-1, 4), legacy_plus_one).view(len(boxes), -1)
+    areas = convention.area(boxes.reshape(-1, 4)).view(len(boxes), -1)
     if areas.shape[1] != scores.shape[1]:  # class-agnostic: the fg box serves every class
         areas = areas[:, 1:2].expand_as(scores)
     drop = areas < area_lo if size_tag == "down" else areas > area_hi
@@ -268,7 +270,7 @@ class DetectorWithTTA(nn.Module):
                               "only); disable them")
         self.model = model
         self.box_aug, self.mask_aug, self.kps_aug = cfg.TEST.BBOX_AUG, cfg.TEST.MASK_AUG, cfg.TEST.KPS_AUG
-        self.legacy_plus_one = cfg.MODEL.BBOX_LEGACY_PLUS_ONE
+        self.convention = BoxConvention.of(cfg)
         scale, max_size = cfg.TEST.SCALE, cfg.TEST.MAX_SIZE
         self.passes = {"box": augmentations(cfg.TEST.BBOX_AUG, scale, max_size),
                        "mask": augmentations(cfg.TEST.MASK_AUG, scale, max_size),
@@ -305,7 +307,7 @@ class DetectorWithTTA(nn.Module):
             scores, boxes = self._predict_boxes(p, aug, width, proposals)
             if box_aug.SCALE_SIZE_DEP:
                 scores = drop_by_size(scores, boxes, aug.size_tag, box_aug.AREA_TH_LO,
-                                      box_aug.AREA_TH_HI, self.legacy_plus_one)
+                                      box_aug.AREA_TH_HI, self.convention)
             predictions.append((scores, boxes))
         scores, boxes = combine_box_predictions(predictions, box_aug.SCORE_HEUR, box_aug.COORD_HEUR)
         detections = self._instance_heads(identity, model.roi_heads.postprocess(scores, boxes,
@@ -327,10 +329,10 @@ class DetectorWithTTA(nn.Module):
         elif proposals is None:
             raise ValueError("a model without RPN needs precomputed proposals")
         else:
-            boxes = map_boxes(proposals.to(torch.float32), aug, width, self.legacy_plus_one)
+            boxes = map_boxes(proposals.to(torch.float32), aug, width, self.convention)
             rois = [Instances(p.image_size, boxes=(boxes * p.scale).to(p.device))]
         ((scores, boxes),) = model.roi_heads.predict_boxes(p.features, rois)
-        return scores, map_boxes(boxes / p.scale, aug, width, self.legacy_plus_one, inverse=True)
+        return scores, map_boxes(boxes / p.scale, aug, width, self.convention, inverse=True)
 
     def _instance_heads(self, p, detections):
         """The detections (original-image pixels) with the fields every instance head of the
@@ -347,7 +349,7 @@ class DetectorWithTTA(nn.Module):
     def _moved_pass(self, image_bgr, detections, aug, device):
         """(pass, the detections' boxes in that pass's resized image)."""
         p = _Pass(self.model, image_bgr, aug, device)
-        boxes = map_boxes(detections.boxes, aug, image_bgr.shape[1], self.legacy_plus_one)
+        boxes = map_boxes(detections.boxes, aug, image_bgr.shape[1], self.convention)
         return p, boxes * p.scale
 
     def _augmented_masks(self, image_bgr, detections, device):
@@ -363,7 +365,7 @@ class DetectorWithTTA(nn.Module):
         use = None
         if self.mask_aug.SCALE_SIZE_DEP:
             use = size_dependent_use([a.size_tag for a in passes],
-                                     box_area(detections.boxes, self.legacy_plus_one),
+                                     self.convention.area(detections.boxes),
                                      self.mask_aug.AREA_TH)
         return combine_soft_masks(torch.stack(masks), self.mask_aug.HEUR, use)
 
@@ -380,7 +382,7 @@ class DetectorWithTTA(nn.Module):
         use = None
         if self.kps_aug.SCALE_SIZE_DEP:
             use = size_dependent_use([a.size_tag for a in passes],
-                                     box_area(detections.boxes, self.legacy_plus_one),
+                                     self.convention.area(detections.boxes),
                                      self.kps_aug.AREA_TH)
         combined = combine_heatmaps(torch.stack(all_heatmaps), self.kps_aug.HEUR, use)
         return heatmaps_to_keypoints(combined, detections.boxes, heads.inference_min_size,

@@ -4,11 +4,11 @@ A cell's anchors are enumerated aspect ratio first, then size, as Detectron's RP
 its RetinaNet: ``sizes_first``); ``grid_anchors`` shifts them over a feature map, ordered
 (y, x, anchor) to match predictions reshaped from ``(N, A, H, W)`` to ``(N, H, W, A)``.
 
-Two geometries exist, selected by ``legacy_plus_one``:
+Two geometries exist, one per box convention (structures.boxes.BoxConvention):
 
-- Detectron's (``True``): a cell's base box is ``[0, 0, stride - 1, stride - 1]``, widths count
+- Detectron's (PIXEL_INDICES): a cell's base box is ``[0, 0, stride - 1, stride - 1]``, widths count
   pixels inclusively and ratios are rounded to whole pixels before scaling.
-- torchvision's and detectron2's (``False``): anchors centred on the cell's top-left corner,
+- torchvision's and detectron2's (CONTINUOUS): anchors centred on the cell's top-left corner,
   ``[-w/2, -h/2, w/2, h/2]`` with ``w = size / sqrt(ratio)``, ``h = size * sqrt(ratio)``;
   torchvision rounds them to whole pixels (``round_to_pixels``), detectron2 keeps them exact
   (22.63 x 11.31 for size 16, ratio 0.5, where torchvision has 23 x 11).
@@ -16,22 +16,24 @@ Two geometries exist, selected by ``legacy_plus_one``:
 import numpy as np
 import torch
 
+from detectron_lib.structures.boxes import PIXEL_INDICES
 
-def generate_cell_anchors(stride, sizes, aspect_ratios, legacy_plus_one=True, sizes_first=False,
-                          round_to_pixels=True):
+
+def generate_cell_anchors(stride, sizes, aspect_ratios, convention=PIXEL_INDICES,
+                          sizes_first=False, round_to_pixels=True):
     """Anchors of one feature-map cell: (len(aspect_ratios) * len(sizes), 4) float32 tensor.
 
     stride: the feature map's stride in input pixels. sizes: anchor sizes (sqrt of area) in
     input pixels. aspect_ratios: height / width. Anchor ``r * len(sizes) + s`` has ratio r and
     size s; with ``sizes_first`` it is anchor ``s * len(aspect_ratios) + r`` instead (the
     order of Detectron's RetinaNet and of detectron2: sizes outer, aspect ratios inner).
-    round_to_pixels: round the non-legacy geometry to whole pixels (torchvision; False:
+    round_to_pixels: round the continuous geometry to whole pixels (torchvision; False:
     detectron2). Detectron's geometry always rounds its ratios (MODEL.ROUND_ANCHORS is checked
     against it in config validation).
     """
     sizes = np.asarray(sizes, dtype=np.float64)
     ratios = np.asarray(aspect_ratios, dtype=np.float64)
-    if legacy_plus_one:
+    if convention.plus_one:
         # Base box [0, 0, stride-1, stride-1]: width `stride`, centre (stride-1)/2.
         center = 0.5 * (stride - 1)
         area = float(stride * stride)
@@ -109,12 +111,12 @@ class AnchorGenerator(torch.nn.Module):
     generate_cell_anchors.
     """
 
-    def __init__(self, specs, legacy_plus_one=True, sizes_first=False, round_to_pixels=True):
+    def __init__(self, specs, convention=PIXEL_INDICES, sizes_first=False, round_to_pixels=True):
         super().__init__()
         self.strides = [stride for stride, _, _ in specs]
         self.num_anchors = [len(sizes) * len(ratios) for _, sizes, ratios in specs]
         self._cell_anchors = [
-            generate_cell_anchors(stride, sizes, ratios, legacy_plus_one, sizes_first,
+            generate_cell_anchors(stride, sizes, ratios, convention, sizes_first,
                                   round_to_pixels)
             for stride, sizes, ratios in specs
         ]

@@ -11,7 +11,7 @@ from torch import nn
 
 from detectron_lib import ops
 from detectron_lib.errors import ConfigError
-from detectron_lib.structures.boxes import box_area
+from detectron_lib.structures.boxes import CONTINUOUS, BoxConvention
 
 
 def feature_level_names(min_level, max_level, backbone_out_channels):
@@ -34,9 +34,10 @@ def roi_feature_names(cfg, backbone_out_channels):
 
 
 def assign_fpn_levels(boxes, min_level, max_level, canonical_level=4, canonical_scale=224,
-                      legacy_plus_one=False):
-    """(N,) int64 FPN level of each box (N, 4)."""
-    scale = box_area(boxes, legacy_plus_one).clamp(min=0).sqrt()
+                      convention=CONTINUOUS):
+    """(N,) int64 FPN level of each box (N, 4), its scale the square root of its area in the
+    box ``convention``."""
+    scale = convention.area(boxes).clamp(min=0).sqrt()
     levels = torch.floor(canonical_level + torch.log2(scale / canonical_scale + 1e-6))
     return levels.clamp(min=min_level, max=max_level).to(torch.int64)
 
@@ -46,10 +47,11 @@ class RoIPooler(nn.Module):
 
     method: 'RoIAlign' or 'RoIPoolF' (MODEL.ROI_XFORM_METHOD names). aligned: False is
     Detectron's RoIAlign, True the half-pixel-corrected one of detectron2 / torchvision.
+    convention: the boxes' structures.boxes.BoxConvention, whose areas assign FPN levels.
     """
 
     def __init__(self, output_size, strides, sampling_ratio=0, method="RoIAlign", aligned=False,
-                 canonical_level=4, canonical_scale=224, legacy_plus_one=False):
+                 canonical_level=4, canonical_scale=224, convention=CONTINUOUS):
         super().__init__()
         if method not in ("RoIAlign", "RoIPoolF"):
             raise ValueError(f"ROI_XFORM_METHOD must be RoIAlign or RoIPoolF, got '{method}'")
@@ -61,7 +63,7 @@ class RoIPooler(nn.Module):
         self.aligned = aligned
         self.canonical_level = canonical_level
         self.canonical_scale = canonical_scale
-        self.legacy_plus_one = legacy_plus_one
+        self.convention = convention
 
     def _pool(self, feature, rois, scale):
         if self.method == "RoIPoolF":
@@ -77,7 +79,7 @@ class RoIPooler(nn.Module):
         if len(features) == 1:
             return self._pool(features[0], rois, self.scales[0])
         levels = assign_fpn_levels(rois[:, 1:], self.levels[0], self.levels[-1],
-                                   self.canonical_level, self.canonical_scale, self.legacy_plus_one)
+                                   self.canonical_level, self.canonical_scale, self.convention)
         levels -= self.levels[0]
         if self.method == "RoIAlign":
             return ops.multilevel_roi_align(features, rois, levels, self.output_size, self.scales,
@@ -101,5 +103,5 @@ def roi_pooler_from_config(cfg, head_cfg, strides, resolution=None):
         aligned=cfg.MODEL.ROI_ALIGN_ALIGNED,
         canonical_level=cfg.FPN.ROI_CANONICAL_LEVEL,
         canonical_scale=cfg.FPN.ROI_CANONICAL_SCALE,
-        legacy_plus_one=cfg.MODEL.BBOX_LEGACY_PLUS_ONE,
+        convention=BoxConvention.of(cfg),
     )

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from detectron_lib import ops
+from detectron_lib.structures.boxes import CONTINUOUS
 
 # Detectron's test.py drops a box once soft-NMS has decayed its score below this.
 SOFT_NMS_SCORE_THRESH = 0.0001
@@ -47,35 +47,37 @@ def box_voting_from_config(cfg):
 
 
 def class_wise_nms(boxes, scores, classes, nms_thresh, soft_nms=None, box_voting=None,
-                   detections_per_image=0, legacy_plus_one=False):
+                   detections_per_image=0, convention=CONTINUOUS):
     """NMS (or soft-NMS) within each class, then box voting, then the top detections.
 
     boxes: (N, 4), scores: (N,), classes: (N,) int - the candidates above the score threshold.
     soft_nms: SoftNMS or None (plain NMS at IoU ``nms_thresh``). box_voting: BoxVoting or None;
     the kept boxes vote with all candidates of their class. detections_per_image: keep the
-    best that many over all classes (<= 0: keep all). legacy_plus_one: IoUs with Detectron's
-    +1 widths and areas (MODEL.BBOX_LEGACY_PLUS_ONE), as its NMS, soft-NMS and box voting.
+    best that many over all classes (<= 0: keep all). convention: the boxes'
+    structures.boxes.BoxConvention, whose IoU NMS, soft-NMS and box voting use (Detectron's
+    +1 widths and areas for its pixel indices).
     Returns (boxes, scores, classes) of the kept detections, in decreasing score order.
     """
     if soft_nms is None:
-        keep = ops.batched_nms(boxes, scores, classes, nms_thresh, legacy_plus_one)
+        keep = convention.batched_nms(boxes, scores, classes, nms_thresh)
         kept_scores = scores[keep]
     else:
         # One soft-NMS per class: the kernel is quadratic in its input, classes are few.
         parts = []
         for label in torch.unique(classes):
             members = torch.nonzero(classes == label).flatten()
-            keep, decayed = ops.soft_nms(boxes[members], scores[members], soft_nms.method,
-                                         soft_nms.sigma, nms_thresh, soft_nms.score_thresh,
-                                         legacy_plus_one)
+            keep, decayed = convention.soft_nms(
+                boxes[members], scores[members], method=soft_nms.method, sigma=soft_nms.sigma,
+                iou_threshold=nms_thresh, score_threshold=soft_nms.score_thresh)
             parts.append((members[keep], decayed.to(scores.dtype)))
         keep = torch.cat([p[0] for p in parts]) if parts else classes.new_zeros(0)
         kept_scores = torch.cat([p[1] for p in parts]) if parts else scores[:0]
     kept_boxes, kept_classes = boxes[keep], classes[keep]
     if box_voting is not None:
-        kept_boxes, kept_scores = ops.box_voting(
+        kept_boxes, kept_scores = convention.box_voting(
             kept_boxes, kept_scores, boxes, scores, box_voting.iou_thresh,
-            box_voting.scoring_method, box_voting.beta, kept_classes, classes, legacy_plus_one)
+            scoring_method=box_voting.scoring_method, beta=box_voting.beta,
+            top_labels=kept_classes, all_labels=classes)
     order = torch.sort(kept_scores, descending=True, stable=True).indices
     if detections_per_image > 0:
         order = order[:detections_per_image]

@@ -32,7 +32,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detectron_lib import ops
 from detectron_lib.errors import ConfigError
 from detectron_lib.modeling.anchors import AnchorGenerator, retinanet_anchor_specs
 from detectron_lib.modeling.backbone.build import body_features, build_backbone, group_norm_spec
@@ -44,7 +43,7 @@ from detectron_lib.modeling.postprocess import (
     class_wise_nms,
     soft_nms_from_config,
 )
-from detectron_lib.structures.boxes import BoxCoder, clip_boxes, nonempty_boxes
+from detectron_lib.structures.boxes import CONTINUOUS, BoxCoder, BoxConvention
 from detectron_lib.structures.instances import Instances
 
 
@@ -156,18 +155,18 @@ def flatten_anchor_maps(maps, dim):
 
 @torch.no_grad()
 def retinanet_anchor_labels(anchors, gt_boxes, gt_classes, positive_overlap, negative_overlap,
-                            legacy_plus_one=False):
+                            convention=CONTINUOUS):
     """Detectron's RetinaNet assignment of one image's anchors (see the module docstring).
 
-    anchors: (R, 4); gt_boxes: (G, 4); gt_classes: (G,) in 1..K; IoUs in the
-    ``legacy_plus_one`` convention (MODEL.BBOX_LEGACY_PLUS_ONE).
+    anchors: (R, 4); gt_boxes: (G, 4); gt_classes: (G,) in 1..K; IoUs in the box
+    ``convention`` (a structures.boxes.BoxConvention).
     Returns labels (R,) int64 (class of the matched box, 0 background, -1 ignored) and the
     matched box of each anchor (R, 4) (meaningful where labels > 0).
     """
     if len(gt_boxes) == 0:
         return (torch.zeros(len(anchors), dtype=torch.int64, device=anchors.device),
                 torch.zeros_like(anchors))
-    iou = ops.box_iou(gt_boxes, anchors, legacy_plus_one)
+    iou = convention.iou(gt_boxes, anchors)
     max_iou, matched = iou.max(dim=0)
     best_for_gt = iou.max(dim=1, keepdim=True).values
     # A box no anchor touches (best IoU 0) has no best anchor.
@@ -278,7 +277,7 @@ class RetinaNet(nn.Module):
         for gt in targets:
             image_labels, image_matched = retinanet_anchor_labels(
                 anchors, gt.boxes, gt.classes, self.positive_overlap, self.negative_overlap,
-                self.box_coder.legacy_plus_one)
+                self.box_coder.convention)
             labels.append(image_labels)
             matched.append(image_matched)
         labels = torch.stack(labels)
@@ -294,7 +293,7 @@ class RetinaNet(nn.Module):
     def detect(self, anchors, cls_logits, box_deltas, image_sizes):
         """Per-level anchors [(R_l, 4)], logits [(N, R_l, C)], deltas [(N, R_l, B)] ->
         [Instances] per image in resized-image pixels (see the module docstring)."""
-        legacy = self.box_coder.legacy_plus_one
+        convention = self.box_coder.convention
         results = []
         for i, (h, w) in enumerate(image_sizes):
             candidates = [
@@ -306,14 +305,14 @@ class RetinaNet(nn.Module):
             ]
             boxes, scores, classes = (torch.cat(parts) for parts in zip(*candidates))
             if not self.clip_after_nms:
-                boxes = clip_boxes(boxes, h, w, legacy)
+                boxes = convention.clip(boxes, h, w)
             boxes, scores, classes = class_wise_nms(
                 boxes, scores, classes, self.nms_thresh, self.soft_nms, self.box_voting,
-                self.detections_per_image, legacy)
+                self.detections_per_image, convention)
             detections = Instances((h, w), boxes=boxes, scores=scores, classes=classes + 1)
             if self.clip_after_nms:
-                detections.boxes = clip_boxes(boxes, h, w, legacy)
-                detections = detections[nonempty_boxes(detections.boxes, legacy_plus_one=legacy)]
+                detections.boxes = convention.clip(boxes, h, w)
+                detections = detections[convention.nonempty(detections.boxes)]
             results.append(detections)
         return results
 
@@ -361,8 +360,8 @@ def build_retinanet(cfg):
             "and FPN.EXTRA_CONV_LEVELS: True for levels above P6")
     specs = retinanet_anchor_specs(min_level, max_level, r.SCALES_PER_OCTAVE, r.ANCHOR_SCALE,
                                    r.ASPECT_RATIOS, r.INTEGER_ANCHOR_SIZES)
-    legacy = cfg.MODEL.BBOX_LEGACY_PLUS_ONE
-    anchor_generator = AnchorGenerator(specs, legacy_plus_one=legacy,
+    convention = BoxConvention.of(cfg)
+    anchor_generator = AnchorGenerator(specs, convention,
                                        sizes_first=not r.RATIO_MAJOR_ANCHORS,
                                        round_to_pixels=cfg.MODEL.ROUND_ANCHORS)
     head = RetinaNetHead(
@@ -374,7 +373,7 @@ def build_retinanet(cfg):
         precision=cfg.MODEL.HEAD_PRECISION)
     return RetinaNet(
         detector_io_from_config(cfg), backbone, head, anchor_generator, in_features,
-        box_coder=BoxCoder((1.0, 1.0, 1.0, 1.0), cfg.BBOX_XFORM_CLIP, legacy),
+        box_coder=BoxCoder((1.0, 1.0, 1.0, 1.0), cfg.BBOX_XFORM_CLIP, convention),
         positive_overlap=r.POSITIVE_OVERLAP, negative_overlap=r.NEGATIVE_OVERLAP,
         focal_alpha=r.LOSS_ALPHA, focal_gamma=r.LOSS_GAMMA,
         bbox_reg_beta=r.BBOX_REG_BETA, bbox_reg_weight=r.BBOX_REG_WEIGHT,

@@ -11,13 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detectron_lib import ops
 from detectron_lib.errors import ConfigError
 from detectron_lib.modeling.anchors import AnchorGenerator, fpn_rpn_anchor_specs, straddle_mask
 from detectron_lib.modeling.backbone.precision import run_in_precision
 from detectron_lib.modeling.poolers import feature_level_names
 from detectron_lib.modeling.sampling import Matcher, sample_labels
-from detectron_lib.structures.boxes import BoxCoder, box_widths_heights, clip_boxes
+from detectron_lib.structures.boxes import BoxCoder, BoxConvention
 from detectron_lib.structures.instances import Instances
 
 
@@ -66,12 +65,13 @@ class RPN(nn.Module):
         collect_topk: (train, test) proposals kept per image over all levels (FPN's
         collect step; equals post_nms_topk for one level). nms_thresh: (train, test).
         min_size: (train, test); proposals smaller than this (in original-image pixels, before
-        resizing) are dropped, as RPN_MIN_SIZE.
+        resizing) are dropped, as RPN_MIN_SIZE. box_coder: deltas relative to anchors (unit
+        weights); its box convention also serves the IoUs, clipping and NMS.
     """
 
     def __init__(self, head, anchor_generator, in_features, *, matcher, batch_size_per_image,
                  fg_fraction, pre_nms_topk, post_nms_topk, collect_topk, nms_thresh, min_size,
-                 straddle_thresh, smooth_l1_beta=1.0 / 9, legacy_plus_one=False):
+                 straddle_thresh, box_coder=BoxCoder(), smooth_l1_beta=1.0 / 9):
         super().__init__()
         self.head = head
         self.anchor_generator = anchor_generator
@@ -86,8 +86,8 @@ class RPN(nn.Module):
         self.min_size = min_size
         self.straddle_thresh = straddle_thresh
         self.smooth_l1_beta = smooth_l1_beta
-        self.legacy_plus_one = legacy_plus_one
-        self.box_coder = BoxCoder((1.0, 1.0, 1.0, 1.0), legacy_plus_one=legacy_plus_one)
+        self.box_coder = box_coder
+        self.convention = box_coder.convention
 
     def forward(self, image_sizes, features, scales, gt_instances=None, generators=None):
         """Propose boxes for a batch.
@@ -141,7 +141,7 @@ class RPN(nn.Module):
         labels = torch.full((len(anchors),), -1, dtype=torch.int8, device=anchors.device)
         targets = torch.zeros_like(anchors)
         inside_idx = inside.nonzero().flatten()
-        iou = ops.box_iou(gt_boxes, anchors[inside_idx], self.legacy_plus_one)
+        iou = self.convention.iou(gt_boxes, anchors[inside_idx])
         matched, inside_labels = self.matcher(iou)
         fg, bg = sample_labels(inside_labels, self.batch_size_per_image, self.fg_fraction, generator)
         labels[inside_idx[bg]] = 0
@@ -162,11 +162,11 @@ class RPN(nn.Module):
                 k = min(self.pre_nms_topk[mode], scores.numel())
                 scores, idx = scores.topk(k)
                 boxes = self.box_coder.decode(deltas[i, idx], level_anchors[idx])
-                boxes = clip_boxes(boxes, h, w, self.legacy_plus_one)
+                boxes = self.convention.clip(boxes, h, w)
                 keep = self._keep_large_enough(boxes, h, w, self.min_size[mode] * scale)
                 boxes, scores = boxes[keep], scores[keep]
-                keep = ops.nms(boxes, scores, self.nms_thresh[mode],
-                               self.legacy_plus_one)[: self.post_nms_topk[mode]]
+                keep = self.convention.nms(boxes, scores,
+                                           self.nms_thresh[mode])[: self.post_nms_topk[mode]]
                 boxes_per_level.append(boxes[keep])
                 scores_per_level.append(scores[keep])
             boxes = torch.cat(boxes_per_level)
@@ -178,7 +178,7 @@ class RPN(nn.Module):
 
     def _keep_large_enough(self, boxes, height, width, min_size):
         """Detectron's _filter_boxes: at least ``min_size`` wide and high, centre inside the image."""
-        ws, hs = box_widths_heights(boxes, self.legacy_plus_one)
+        ws, hs = self.convention.widths_heights(boxes)
         x_ctr = boxes[:, 0] + ws / 2.0
         y_ctr = boxes[:, 1] + hs / 2.0
         nonempty = (ws > 0) & (hs > 0)
@@ -203,8 +203,8 @@ def build_rpn(cfg, backbone):
     channels = {backbone.out_channels[f] for f in in_features}
     if len(channels) != 1:
         raise ConfigError(f"RPN levels {in_features} have different channel counts {channels}")
-    legacy = cfg.MODEL.BBOX_LEGACY_PLUS_ONE
-    anchor_generator = AnchorGenerator(specs, legacy_plus_one=legacy,
+    convention = BoxConvention.of(cfg)
+    anchor_generator = AnchorGenerator(specs, convention,
                                        sizes_first=cfg.RPN.SIZE_MAJOR_ANCHORS,
                                        round_to_pixels=cfg.MODEL.ROUND_ANCHORS)
     head = RPNHead(channels.pop(), anchor_generator.num_anchors[0],
@@ -221,5 +221,5 @@ def build_rpn(cfg, backbone):
         nms_thresh=(t.RPN_NMS_THRESH, s.RPN_NMS_THRESH),
         min_size=(t.RPN_MIN_SIZE, s.RPN_MIN_SIZE),
         straddle_thresh=t.RPN_STRADDLE_THRESH,
-        legacy_plus_one=legacy,
+        box_coder=BoxCoder(convention=convention),
     )

@@ -3,21 +3,19 @@
 nms, batched_nms and box_iou are drop-ins for torchvision.ops'. CPU tensors run the
 compiled kernels (or the references when that backend is selected); CUDA tensors run
 torchvision (soft-NMS, which torchvision lacks, runs on the CPU and moves back). Box voting
-is plain tensor code on any device. The kernels measure widths as x2 - x1; each op takes
-``legacy_plus_one`` (MODEL.BBOX_LEGACY_PLUS_ONE) for Detectron's x2 - x1 + 1, which it gets
-exactly by handing the kernels the regions the boxes cover (structures.boxes.extent_boxes).
+is plain tensor code on any device. Widths are x2 - x1 (continuous boxes); Detectron's
+pixel-index boxes go through structures.boxes.BoxConvention, which hands these ops the
+regions its boxes cover.
 """
 import torch
 import torchvision
 
 from detectron_lib.errors import ConfigError
 from detectron_lib.ops import _backend, reference
-from detectron_lib.structures.boxes import extent_boxes
 
 
-def nms(boxes, scores, iou_threshold, legacy_plus_one=False):
+def nms(boxes, scores, iou_threshold):
     """Greedy NMS. boxes: (N, 4); scores: (N,). Returns int64 kept indices, decreasing score."""
-    boxes = extent_boxes(boxes, legacy_plus_one)
     if boxes.device.type != "cpu":
         return torchvision.ops.nms(boxes, scores, iou_threshold)
     if not _backend.use_kernels():
@@ -25,12 +23,11 @@ def nms(boxes, scores, iou_threshold, legacy_plus_one=False):
     return torch.ops.detectron.nms(boxes, scores.to(boxes.dtype), float(iou_threshold))
 
 
-def batched_nms(boxes, scores, idxs, iou_threshold, legacy_plus_one=False):
+def batched_nms(boxes, scores, idxs, iou_threshold):
     """NMS applied independently within each category of idxs (N,) int.
 
     Returns int64 kept indices in decreasing score order, like torchvision's batched_nms.
     """
-    boxes = extent_boxes(boxes, legacy_plus_one)
     if boxes.device.type != "cpu":
         return torchvision.ops.batched_nms(boxes, scores, idxs, iou_threshold)
     if not _backend.use_kernels():
@@ -38,10 +35,8 @@ def batched_nms(boxes, scores, idxs, iou_threshold, legacy_plus_one=False):
     return torch.ops.detectron.batched_nms(boxes, scores.to(boxes.dtype), idxs, float(iou_threshold))
 
 
-def soft_nms(boxes, scores, method="linear", sigma=0.5, iou_threshold=0.3, score_threshold=0.001,
-             legacy_plus_one=False):
-    """Soft-NMS of Detectron (cython_nms.soft_nms, Bodla et al. 2017); its +1 areas with
-    ``legacy_plus_one``.
+def soft_nms(boxes, scores, method="linear", sigma=0.5, iou_threshold=0.3, score_threshold=0.001):
+    """Soft-NMS of Detectron (cython_nms.soft_nms, Bodla et al. 2017).
 
     boxes: (N, 4); scores: (N,). method: "linear" (score * (1 - IoU) above iou_threshold),
     "gaussian" (score * exp(-IoU^2 / sigma)) or "hard" (0 above iou_threshold). A box whose
@@ -57,7 +52,6 @@ def soft_nms(boxes, scores, method="linear", sigma=0.5, iou_threshold=0.3, score
     if method == "gaussian" and not sigma > 0:
         raise ConfigError(f"soft-NMS sigma must be > 0 (TEST.SOFT_NMS.SIGMA), got {sigma}")
     device = boxes.device
-    boxes = extent_boxes(boxes, legacy_plus_one)
     boxes, scores = boxes.cpu(), scores.cpu().to(boxes.dtype)
     if _backend.use_kernels():
         keep, kept_scores = torch.ops.detectron.soft_nms(
@@ -68,9 +62,8 @@ def soft_nms(boxes, scores, method="linear", sigma=0.5, iou_threshold=0.3, score
     return keep.to(device), kept_scores.to(device)
 
 
-def box_iou(boxes1, boxes2, legacy_plus_one=False):
+def box_iou(boxes1, boxes2):
     """IoU of every pair: (N, 4), (M, 4) -> (N, M), as torchvision.ops.box_iou."""
-    boxes1, boxes2 = extent_boxes(boxes1, legacy_plus_one), extent_boxes(boxes2, legacy_plus_one)
     if boxes1.device.type != "cpu":
         return torchvision.ops.box_iou(boxes1, boxes2)
     if not boxes1.is_floating_point():
@@ -84,7 +77,7 @@ BOX_VOTING_SCORING_METHODS = ("ID", "TEMP_AVG", "AVG", "IOU_AVG", "GENERALIZED_A
 
 
 def box_voting(top_boxes, top_scores, all_boxes, all_scores, iou_threshold, scoring_method="ID",
-               beta=1.0, top_labels=None, all_labels=None, legacy_plus_one=False):
+               beta=1.0, top_labels=None, all_labels=None, ious=None):
     """Box voting (Gidaris & Komodakis 2015) with Detectron's box_utils.box_voting scorings.
 
     The voters of a kept box are the boxes of ``all_boxes`` with IoU >= iou_threshold against
@@ -97,8 +90,8 @@ def box_voting(top_boxes, top_scores, all_boxes, all_scores, iou_threshold, scor
 
     top_boxes: (N, 4), top_scores: (N,) - typically NMS survivors; all_boxes: (M, 4),
     all_scores: (M,) - the candidates before NMS; labels: (N,), (M,) int or None.
-    legacy_plus_one: IoUs with +1 widths (a weighted mean of boxes is the same in either
-    convention). Pure tensor code (no kernel): one (N, M) IoU matrix. Returns (boxes (N, 4),
+    ious: the (N, M) IoUs of top_boxes against all_boxes when not plain box_iou's (another box
+    convention's). Pure tensor code (no kernel): one (N, M) IoU matrix. Returns (boxes (N, 4),
     scores (N,)).
     """
     if scoring_method not in BOX_VOTING_SCORING_METHODS:
@@ -109,7 +102,7 @@ def box_voting(top_boxes, top_scores, all_boxes, all_scores, iou_threshold, scor
         raise ConfigError(f"box-voting scoring method {scoring_method} divides by beta "
                           "(TEST.BBOX_VOTE.SCORING_METHOD_BETA); it must not be 0")
     dtype = all_boxes.dtype
-    iou = box_iou(top_boxes, all_boxes, legacy_plus_one).to(dtype)
+    iou = (box_iou(top_boxes, all_boxes) if ious is None else ious).to(dtype)
     voters = iou >= iou_threshold
     if top_labels is not None:
         voters &= top_labels[:, None] == all_labels[None, :]

@@ -1,94 +1,141 @@
-"""Axis-aligned boxes: conversions, clipping, areas and the R-CNN box coder.
+"""Axis-aligned boxes: their convention (widths, areas, IoU, NMS, clipping, flipping, COCO's
+xywh) and the R-CNN box coder.
 
-Boxes are ``(N, 4)`` float tensors ``x1, y1, x2, y2`` in absolute pixels. Detectron measured
-a box's width as ``x2 - x1 + 1`` (pixel indices, inclusive); torchvision and detectron2 use
-``x2 - x1``. Every function that depends on it takes ``legacy_plus_one`` (the config switch
-MODEL.BBOX_LEGACY_PLUS_ONE maps onto it), never a hidden constant.
+Boxes are ``(N, 4)`` float tensors (or arrays) ``x1, y1, x2, y2`` in absolute pixels. Two
+conventions exist. Detectron's boxes hold pixel indices: a box covers the pixels x1..x2, so its
+width is ``x2 - x1 + 1`` and the last coordinate in an image W wide is W - 1. torchvision's and
+detectron2's boxes are continuous regions: width ``x2 - x1``, last coordinate W. A model or a
+dataset decides its convention once (``BoxConvention.of(cfg)``, from
+MODEL.BBOX_LEGACY_PLUS_ONE) and asks it everything that depends on it.
 """
 import math
+from dataclasses import dataclass
 
 import torch
+
+from detectron_lib.ops import boxes as box_ops
 
 # Detectron's BBOX_XFORM_CLIP default: log(1000 / 16), the largest allowed dw/dh.
 DEFAULT_XFORM_CLIP = math.log(1000.0 / 16.0)
 
 
-def _offset(legacy_plus_one):
-    return 1.0 if legacy_plus_one else 0.0
+def _copy(boxes):
+    return boxes.clone() if isinstance(boxes, torch.Tensor) else boxes.copy()
 
 
-def box_widths_heights(boxes, legacy_plus_one=False):
-    """widths, heights: (N,) each, for boxes (N, 4)."""
-    off = _offset(legacy_plus_one)
-    return boxes[:, 2] - boxes[:, 0] + off, boxes[:, 3] - boxes[:, 1] + off
-
-
-def box_area(boxes, legacy_plus_one=False):
-    """(N,) areas of boxes (N, 4)."""
-    w, h = box_widths_heights(boxes, legacy_plus_one)
-    return w * h
-
-
-def xywh_to_xyxy(boxes, legacy_plus_one=False):
-    """COCO's [x, y, w, h] -> [x1, y1, x2, y2]; works on tensors and numpy arrays (N, 4)."""
-    out = boxes.clone() if isinstance(boxes, torch.Tensor) else boxes.copy()
-    off = _offset(legacy_plus_one)
-    out[:, 2] = boxes[:, 0] + boxes[:, 2] - off
-    out[:, 3] = boxes[:, 1] + boxes[:, 3] - off
-    return out
-
-
-def xyxy_to_xywh(boxes, legacy_plus_one=False):
-    """[x1, y1, x2, y2] -> COCO's [x, y, w, h]; works on tensors and numpy arrays (N, 4)."""
-    out = boxes.clone() if isinstance(boxes, torch.Tensor) else boxes.copy()
-    off = _offset(legacy_plus_one)
-    out[:, 2] = boxes[:, 2] - boxes[:, 0] + off
-    out[:, 3] = boxes[:, 3] - boxes[:, 1] + off
-    return out
-
-
-def extent_boxes(boxes, legacy_plus_one=False):
-    """Boxes (N, 4) as the regions they cover, so that plain IoU (torchvision's, our kernels')
-    is their IoU in the model's convention; the ops of detectron_lib.ops.boxes apply it given
-    ``legacy_plus_one``.
-
-    A legacy box covers the pixels x1..x2, the region [x1, x2 + 1): its IoU with the +1 widths
-    and areas of Detectron's bbox_overlaps and NMS is the plain IoU of x1, y1, x2 + 1, y2 + 1.
+@dataclass(frozen=True)
+class BoxConvention:
+    """How box coordinates map onto pixels: ``plus_one`` for Detectron's pixel indices (widths
+    x2 - x1 + 1), else continuous coordinates. Use the two instances below, PIXEL_INDICES and
+    CONTINUOUS. Methods take tensors; those that say so also take numpy arrays.
     """
-    if not legacy_plus_one:
-        return boxes
-    return boxes + boxes.new_tensor([0.0, 0.0, 1.0, 1.0])
 
+    plus_one: bool
 
-def flip_boxes(boxes, width, legacy_plus_one=False):
-    """Mirror boxes (N, 4k), k boxes x1y1x2y2 per row, left-right in an image ``width`` wide;
-    works on tensors and numpy arrays.
+    @staticmethod
+    def of(cfg):
+        """The convention a config's model and data use (MODEL.BBOX_LEGACY_PLUS_ONE)."""
+        return PIXEL_INDICES if cfg.MODEL.BBOX_LEGACY_PLUS_ONE else CONTINUOUS
 
-    With the legacy convention x is a pixel index and maps to width - 1 - x; else width - x.
-    """
-    last = width - _offset(legacy_plus_one)
-    flipped = boxes.clone() if isinstance(boxes, torch.Tensor) else boxes.copy()
-    flipped[:, 0::4] = last - boxes[:, 2::4]
-    flipped[:, 2::4] = last - boxes[:, 0::4]
-    return flipped
+    @property
+    def offset(self):
+        """What a box's width adds to x2 - x1: 1 for pixel indices, 0 for continuous boxes."""
+        return 1.0 if self.plus_one else 0.0
 
+    def last(self, size):
+        """The largest coordinate inside an image ``size`` pixels wide (or high)."""
+        return size - self.offset
 
-def clip_boxes(boxes, height, width, legacy_plus_one=False):
-    """Clip boxes (N, 4) to an image of ``height`` x ``width`` pixels (returns a new tensor).
+    def widths_heights(self, boxes):
+        """widths, heights: (N,) each, for boxes (N, 4)."""
+        return boxes[:, 2] - boxes[:, 0] + self.offset, boxes[:, 3] - boxes[:, 1] + self.offset
 
-    With the legacy convention the last valid coordinate is ``width - 1`` (a pixel index);
-    otherwise it is ``width`` (a continuous coordinate).
-    """
-    off = _offset(legacy_plus_one)
-    x = boxes[:, 0::2].clamp(min=0, max=width - off)
-    y = boxes[:, 1::2].clamp(min=0, max=height - off)
-    return torch.stack((x[:, 0], y[:, 0], x[:, 1], y[:, 1]), dim=1)
+    def area(self, boxes):
+        """(N,) areas of boxes (N, 4)."""
+        w, h = self.widths_heights(boxes)
+        return w * h
 
+    def nonempty(self, boxes, min_size=0.0):
+        """(N,) bool mask of boxes whose width and height both exceed ``min_size``."""
+        w, h = self.widths_heights(boxes)
+        return (w > min_size) & (h > min_size)
 
-def nonempty_boxes(boxes, min_size=0.0, legacy_plus_one=False):
-    """(N,) bool mask of boxes whose width and height both exceed ``min_size``."""
-    w, h = box_widths_heights(boxes, legacy_plus_one)
-    return (w > min_size) & (h > min_size)
+    def regions(self, boxes):
+        """Boxes (N, 4) as the continuous regions they cover: a pixel-index box x1..x2 covers
+        [x1, x2 + 1). Plain IoU of the regions is the IoU in this convention (Detectron's
+        bbox_overlaps and NMS with +1 widths and areas); tensors or arrays."""
+        if not self.plus_one:
+            return boxes
+        out = _copy(boxes)
+        out[:, 2:4] += 1
+        return out
+
+    def from_regions(self, boxes):
+        """The inverse of ``regions``: boxes given as continuous regions (e.g. a dataset's x2 =
+        x + w from COCO's [x, y, w, h]) in this convention; tensors or arrays.
+
+        Detectron's loader made a pixel-index box's last pixel x + w - 1; without it a model
+        learns boxes one pixel too wide and tall, and its COCO results carry the error.
+        """
+        if not self.plus_one:
+            return boxes
+        out = _copy(boxes)
+        out[:, 2:4] -= 1
+        return out
+
+    def from_xywh(self, boxes):
+        """COCO's [x, y, w, h] -> [x1, y1, x2, y2] (N, 4); tensors or arrays."""
+        out = _copy(boxes)
+        out[:, 2] = boxes[:, 0] + boxes[:, 2] - self.offset
+        out[:, 3] = boxes[:, 1] + boxes[:, 3] - self.offset
+        return out
+
+    def to_xywh(self, boxes):
+        """[x1, y1, x2, y2] -> COCO's [x, y, w, h] (N, 4); tensors or arrays."""
+        out = _copy(boxes)
+        out[:, 2] = boxes[:, 2] - boxes[:, 0] + self.offset
+        out[:, 3] = boxes[:, 3] - boxes[:, 1] + self.offset
+        return out
+
+    def flip(self, boxes, width):
+        """Mirror boxes (N, 4k), k boxes x1y1x2y2 per row, left-right in an image ``width``
+        wide: x maps to ``last(width) - x``; tensors or arrays."""
+        last = self.last(width)
+        flipped = _copy(boxes)
+        flipped[:, 0::4] = last - boxes[:, 2::4]
+        flipped[:, 2::4] = last - boxes[:, 0::4]
+        return flipped
+
+    def clip(self, boxes, height, width):
+        """Boxes (N, 4k) clipped to an image ``height`` x ``width`` pixels (a new tensor)."""
+        x = boxes[:, 0::2].clamp(min=0, max=self.last(width))
+        y = boxes[:, 1::2].clamp(min=0, max=self.last(height))
+        return torch.stack((x, y), dim=2).flatten(1)
+
+    def iou(self, boxes1, boxes2):
+        """IoU of every pair: (N, 4), (M, 4) -> (N, M)."""
+        return box_ops.box_iou(self.regions(boxes1), self.regions(boxes2))
+
+    def nms(self, boxes, scores, iou_threshold):
+        """Greedy NMS (ops.nms) with this convention's IoU; kept indices, decreasing score."""
+        return box_ops.nms(self.regions(boxes), scores, iou_threshold)
+
+    def batched_nms(self, boxes, scores, idxs, iou_threshold):
+        """NMS within each category of ``idxs`` (ops.batched_nms) with this convention's IoU."""
+        return box_ops.batched_nms(self.regions(boxes), scores, idxs, iou_threshold)
+
+    def soft_nms(self, boxes, scores, **options):
+        """Soft-NMS (ops.soft_nms, whose ``options`` it takes) with this convention's IoU."""
+        return box_ops.soft_nms(self.regions(boxes), scores, **options)
+
+    def box_voting(self, top_boxes, top_scores, all_boxes, all_scores, iou_threshold, **options):
+        """Box voting (ops.box_voting, whose ``options`` it takes) with this convention's IoU
+        (a weighted mean of boxes is the same in either convention)."""
+        return box_ops.box_voting(top_boxes, top_scores, all_boxes, all_scores, iou_threshold,
+                                  ious=self.iou(top_boxes, all_boxes), **options)
+
+PIXEL_INDICES = BoxConvention(plus_one=True)
+CONTINUOUS = BoxConvention(plus_one=False)
 
 
 class BoxCoder:
@@ -101,13 +148,13 @@ class BoxCoder:
     """
 
     def __init__(self, weights=(1.0, 1.0, 1.0, 1.0), xform_clip=DEFAULT_XFORM_CLIP,
-                 legacy_plus_one=False):
+                 convention=CONTINUOUS):
         self.weights = tuple(float(w) for w in weights)
         self.xform_clip = float(xform_clip)
-        self.legacy_plus_one = legacy_plus_one
+        self.convention = convention
 
     def _centers_sizes(self, boxes):
-        w, h = box_widths_heights(boxes, self.legacy_plus_one)
+        w, h = self.convention.widths_heights(boxes)
         return boxes[:, 0] + 0.5 * w, boxes[:, 1] + 0.5 * h, w, h
 
     def encode(self, reference_boxes, target_boxes):
@@ -145,7 +192,7 @@ class BoxCoder:
         pred_w = torch.exp(dw) * w[:, None]
         pred_h = torch.exp(dh) * h[:, None]
         # Inverse of the center/size convention above: x2 = cx + w/2 - off.
-        off = _offset(self.legacy_plus_one)
+        off = self.convention.offset
         out = torch.empty_like(deltas)
         out[:, 0::4] = pred_cx - 0.5 * pred_w
         out[:, 1::4] = pred_cy - 0.5 * pred_h

@@ -30,19 +30,19 @@ def flip_permutation(keypoint_names, flip_map):
     return perm
 
 
-def flip_keypoints(keypoints, width, perm, legacy_plus_one=False):
+def flip_keypoints(keypoints, last_x, perm):
     """Mirror keypoints left-right in an image of ``width`` pixels and swap left/right names.
 
     Args:
         keypoints: (N, K, 3) float32 (x, y, v).
-        width: image width in pixels; x -> width - x, or width - 1 - x with
-            ``legacy_plus_one`` (MODEL.BBOX_LEGACY_PLUS_ONE: pixel indices, as Detectron).
+        last_x: the image's last x coordinate in the box convention (BoxConvention.last:
+            width or, for Detectron's pixel indices, width - 1); x -> last_x - x.
         perm: (K,) int64 from ``flip_permutation``.
     Returns:
         (N, K, 3) float32; unlabeled keypoints (v = 0) stay at (0, 0).
     """
     flipped = np.array(keypoints, dtype=np.float32, copy=True)
-    flipped[:, :, 0] = width - int(legacy_plus_one) - flipped[:, :, 0]
+    flipped[:, :, 0] = last_x - flipped[:, :, 0]
     flipped = flipped[:, perm, :]
     flipped[flipped[:, :, 2] == 0] = 0.0
     return flipped

@@ -62,14 +62,14 @@ def resize_rle(rle, height, width):
     return bitmap_to_rle(bitmap[rows][:, cols])
 
 
-def flip_polygons(polygons, width, legacy_plus_one=False):
-    """Mirror polygons left-right in an image of ``width`` pixels: x -> width - x, or
-    width - 1 - x with ``legacy_plus_one`` (Detectron's pixel-index convention)."""
-    last = width - int(legacy_plus_one)
+def flip_polygons(polygons, last_x):
+    """Mirror polygons left-right: x -> last_x - x, for ``last_x`` the image's last x
+    coordinate in the box convention (BoxConvention.last: width or, for Detectron's pixel
+    indices, width - 1)."""
     flipped = []
     for polygon in polygons:
         p = np.asarray(polygon, dtype=np.float64).copy()
-        p[0::2] = last - p[0::2]
+        p[0::2] = last_x - p[0::2]
         flipped.append(p.tolist())
     return flipped
 
@@ -79,9 +79,9 @@ def flip_rle(rle):
     return bitmap_to_rle(rle_to_bitmap(rle)[:, ::-1])
 
 
-def flip_segm(segm, width, legacy_plus_one=False):
+def flip_segm(segm, last_x):
     """Mirror a segmentation (polygons or RLE) left-right; see ``flip_polygons``."""
-    return flip_rle(segm) if is_rle(segm) else flip_polygons(segm, width, legacy_plus_one)
+    return flip_rle(segm) if is_rle(segm) else flip_polygons(segm, last_x)
 
 
 def scale_segm(segm, scale, height, width):

@@ -6,12 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detectron_lib import ops
 from detectron_lib.modeling.backbone.build import build_roi_box_head
 from detectron_lib.modeling.poolers import roi_feature_names, roi_pooler_from_config
 from detectron_lib.modeling.postprocess import box_voting_from_config, class_wise_nms, soft_nms_from_config
 from detectron_lib.modeling.sampling import Matcher, sample_labels
-from detectron_lib.structures.boxes import BoxCoder, clip_boxes, nonempty_boxes
+from detectron_lib.structures.boxes import CONTINUOUS, BoxCoder, BoxConvention
 from detectron_lib.structures.instances import Instances
 
 
@@ -48,7 +47,7 @@ def sample_rois(proposals, gt_instances, matcher, batch_size_per_image, fg_fract
     generators = generators or [None] * len(proposals)
     for props, gt, generator in zip(proposals, gt_instances, generators):
         boxes = torch.cat([props.boxes, gt.boxes.to(props.boxes.dtype)])
-        iou = ops.box_iou(gt.boxes, boxes, box_coder.legacy_plus_one)
+        iou = box_coder.convention.iou(gt.boxes, boxes)
         matched, labels = matcher(iou)
         fg, bg = sample_labels(labels, batch_size_per_image, fg_fraction, generator)
         keep = torch.cat([fg, bg])
@@ -113,10 +112,10 @@ def fast_rcnn_losses(cls_logits, box_deltas, classes, regression_targets, smooth
 
 def box_results_with_nms_and_limit(scores, boxes, image_size, score_thresh, nms_thresh,
                                    detections_per_image, soft_nms=None, box_voting=None,
-                                   legacy_plus_one=False):
+                                   convention=CONTINUOUS):
     """Per-class thresholding and NMS (or soft-NMS, then box voting when given: see
     modeling.postprocess), then the top ``detections_per_image`` over classes; IoUs and empty
-    boxes in the ``legacy_plus_one`` convention.
+    boxes in the box ``convention`` (a structures.boxes.BoxConvention).
 
     scores: (R, K+1) softmax probabilities. boxes: (R, 4(K+1)) decoded and clipped.
     soft_nms: postprocess.SoftNMS or None; box_voting: postprocess.BoxVoting or None.
@@ -133,11 +132,11 @@ def box_results_with_nms_and_limit(scores, boxes, image_size, score_thresh, nms_
     roi_idx, cls_idx = candidates[:, 0], candidates[:, 1]
     det_boxes = boxes[roi_idx, cls_idx]
     det_scores = scores[roi_idx, cls_idx]
-    keep = nonempty_boxes(det_boxes, legacy_plus_one=legacy_plus_one)
+    keep = convention.nonempty(det_boxes)
     det_boxes, det_scores, cls_idx = det_boxes[keep], det_scores[keep], cls_idx[keep]
     det_boxes, det_scores, cls_idx = class_wise_nms(
         det_boxes, det_scores, cls_idx, nms_thresh, soft_nms, box_voting, detections_per_image,
-        legacy_plus_one)
+        convention)
     return Instances(image_size, boxes=det_boxes, scores=det_scores, classes=cls_idx + 1)
 
 
@@ -225,8 +224,7 @@ class BoxROIHeads(nn.Module):
             image_scores, image_deltas = scores[start:start + n], deltas[start:start + n]
             if self.bbox_reg:
                 boxes = self.box_coder.decode(image_deltas, rois)
-                boxes = clip_boxes(boxes.view(-1, 4), h, w, self.box_coder.legacy_plus_one)
-                boxes = boxes.view(n, -1)
+                boxes = self.box_coder.convention.clip(boxes, h, w)
             else:
                 boxes = rois.repeat(1, image_deltas.shape[1] // 4)
             if group is not None:
@@ -241,7 +239,7 @@ class BoxROIHeads(nn.Module):
         return box_results_with_nms_and_limit(
             scores, boxes, image_size, self.score_thresh, self.nms_thresh,
             self.detections_per_image, self.soft_nms, self.box_voting,
-            self.box_coder.legacy_plus_one)
+            self.box_coder.convention)
 
 
 def build_fast_rcnn_matcher(fg_thresh, bg_thresh_hi, bg_thresh_lo):
@@ -271,7 +269,7 @@ def box_roi_head_options(cfg):
         matcher=build_fast_rcnn_matcher(t.FG_THRESH, t.BG_THRESH_HI, t.BG_THRESH_LO),
         batch_size_per_image=t.BATCH_SIZE_PER_IM,
         fg_fraction=t.FG_FRACTION,
-        box_coder=BoxCoder(cfg.MODEL.BBOX_REG_WEIGHTS, cfg.BBOX_XFORM_CLIP, cfg.MODEL.BBOX_LEGACY_PLUS_ONE),
+        box_coder=BoxCoder(cfg.MODEL.BBOX_REG_WEIGHTS, cfg.BBOX_XFORM_CLIP, BoxConvention.of(cfg)),
         score_thresh=s.SCORE_THRESH,
         nms_thresh=s.NMS,
         detections_per_image=s.DETECTIONS_PER_IM,
