@@ -138,6 +138,12 @@ def test_keypoint_results_follow_detectron_score_convention():
         keypoints_to_coco_results(8, keypoints, [0.75], [1], CONTIGUOUS_TO_JSON, keypoint_confidence="heatmap")
 
 
+@pytest.mark.parametrize("confidence", ["bbox", "logit"])
+def test_an_image_without_keypoint_detections_gives_no_results(confidence):
+    # A keypoint model may detect nothing in an image: (0, K, 3) keypoints, no scores.
+    assert keypoints_to_coco_results(8, np.zeros((0, 3, 3)), [], [], CONTIGUOUS_TO_JSON,
+                                     keypoint_confidence=confidence) == []
+
 
 # --------------------------------------------------------------------------------------------
 # Boxes

@@ -177,7 +177,7 @@ def keypoints_to_coco_results(
         instance_scores = keypoints[:, :, 2].mean(axis=1)
     flat = keypoints.copy()
     flat[:, :, 2] = 1.0
-    flat = flat.reshape(len(keypoints), -1).tolist()
+    flat = flat.reshape(len(keypoints), keypoints.shape[1] * 3).tolist()  # N may be 0
     category_ids = _json_category_ids(classes, label_to_json_id)
     _check_lengths(f"image {image_id} keypoints", flat, instance_scores, category_ids)
     return [
