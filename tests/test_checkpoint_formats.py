@@ -646,6 +646,7 @@ def detectron2_c4_state(model):
 
 @pytest.mark.parametrize("config,state", [
     ("configs/detectron2/mask_rcnn_R_50_FPN_1x.yaml", detectron2_state),
+    ("configs/detectron2/mask_rcnn_R_50_FPN_noaug_1x.yaml", detectron2_state),
     ("configs/detectron2/keypoint_rcnn_R_50_FPN_1x.yaml", detectron2_state),
     ("configs/detectron2/faster_rcnn_R_50_C4_1x.yaml", detectron2_c4_state),
     ("configs/detectron2/retinanet_R_50_FPN_1x.yaml", detectron2_retinanet_state),
