@@ -122,8 +122,10 @@ def cmd_zoo_table(args):
 def cmd_zoo_step(args):
     """Run the zoo step ``args.step_function`` (detectron_lib.zoo.steps) on the manifest and
     the names the step's positional arguments give, with the job options it takes."""
+    from detectron_lib.tracking import interrupt_on_sigterm
     from detectron_lib.zoo import steps
 
+    interrupt_on_sigterm()  # a stopped job's MLflow runs end KILLED
     names = [getattr(args, name) for name in args.step_names]
     options = {key: getattr(args, key) for key in ("threads", "log_file") if hasattr(args, key)}
     if hasattr(args, "no_tracking"):

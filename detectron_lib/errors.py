@@ -11,3 +11,8 @@ class ConfigError(DetectronError, ValueError):
 
 class DatasetError(DetectronError, ValueError):
     """A dataset file, image or annotation record is missing or malformed."""
+
+
+class TrackingError(DetectronError, RuntimeError):
+    """The MLflow tracking store or server kept failing; the job stops rather than record a
+    run it could not track."""

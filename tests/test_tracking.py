@@ -2,20 +2,28 @@
 
 Reference: what MlflowClient reads back from the same store (runs, parent tags, params,
 metric histories, artifacts). Cases: parent/child linking across processes through the run
-file, 8 processes logging to one fresh SQLite store at once, and stores that cannot be
-reached (one warning, no exception, training goes on).
+file, 8 processes logging to one SQLite store at once (initialized first, as the DAG does,
+and fresh, as parallel hand runs meet it), and stores that cannot be reached (TrackingError
+naming the store, no run file with a null id).
 """
 import json
-import logging
 import multiprocessing
 import os
+import signal
+import time
+from pathlib import Path
+import sqlite3
+from types import SimpleNamespace
 
 import pytest
 from mlflow.tracking import MlflowClient
 
+from detectron_lib.errors import TrackingError
 from detectron_lib.tracking import (
     Tracker,
+    end_run_after,
     init_experiment,
+    interrupt_on_sigterm,
     metric_key,
     stage_run,
     start_parent_run,
@@ -93,9 +101,49 @@ def test_failed_stage_marks_child_failed_and_reraises(store):
     assert MlflowClient(store["uri"]).get_run(child_id).info.status == "FAILED"
 
 
+def _train_until_stopped(uri, experiment_file, run_file, ready_file):
+    """A zoo train job's runs (parent and train child) around a training that never ends."""
+    interrupt_on_sigterm()
+    tracker = Tracker(uri)
+    parent_id = start_parent_run(tracker, experiment_file, run_file, "stopped", "zoo")
+    try:
+        with stage_run(tracker, run_file, "train", "train"):
+            Path(ready_file).write_text("training")
+            time.sleep(120)
+    except BaseException as error:
+        end_run_after(tracker, parent_id, error)
+        raise
+
+
+@pytest.mark.slow
+def test_a_job_stopped_by_sigterm_ends_its_runs_killed(store):
+    """Snakemake, SLURM and torchrun stop jobs with SIGTERM; the runs must not stay RUNNING."""
+    run_file, ready_file = store["dir"] / "run_stopped.json", store["dir"] / "stopped.ready"
+    job = multiprocessing.get_context("spawn").Process(
+        target=_train_until_stopped,
+        args=(store["uri"], str(store["experiment_file"]), str(run_file), str(ready_file)))
+    job.start()
+    deadline = time.monotonic() + 120
+    while not ready_file.exists() and job.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ready_file.exists(), "the job did not start its training"
+    os.kill(job.pid, signal.SIGTERM)
+    job.join(60)
+    assert job.exitcode not in (0, None)
+    client = MlflowClient(store["uri"])
+    parent_id = json.loads(run_file.read_text())["parent_run_id"]
+    children = client.search_runs([client.get_run(parent_id).info.experiment_id],
+                                  f"tags.`{PARENT_RUN_TAG}` = '{parent_id}'")
+    assert [run.info.status for run in children] == ["KILLED"]
+    assert client.get_run(parent_id).info.status == "KILLED"
+
+
 def _log_from_process(args):
     uri, experiment_file, run_dir, index = args
     tracker = Tracker(uri)
+    if not os.path.exists(experiment_file):  # a fresh store: every process creates it
+        init_experiment(tracker, "zoo", None, f"{experiment_file}.{index}")
+        experiment_file = f"{experiment_file}.{index}"
     run_file = os.path.join(run_dir, f"run{index}.json")
     parent_id = start_parent_run(tracker, experiment_file, run_file, f"baseline{index}", "zoo")
     with stage_run(tracker, run_file, "train", "train") as (_, child_id):
@@ -105,12 +153,12 @@ def _log_from_process(args):
     return parent_id, child_id, tracker.enabled
 
 
-@pytest.mark.slow
-def test_eight_processes_share_one_sqlite_store(store):
-    args = [(store["uri"], str(store["experiment_file"]), str(store["dir"]), i) for i in range(8)]
+def _log_from_eight_processes(uri, experiment_file, run_dir):
+    args = [(uri, str(experiment_file), str(run_dir), i) for i in range(8)]
     with multiprocessing.get_context("spawn").Pool(8) as pool:
         results = pool.map(_log_from_process, args)
-    client = MlflowClient(store["uri"])
+    client = MlflowClient(uri)
+    assert len({parent_id for parent_id, _, _ in results}) == 8
     for parent_id, child_id, still_enabled in results:
         assert still_enabled, "a process gave up on tracking (database locked?)"
         child = client.get_run(child_id)
@@ -119,33 +167,69 @@ def test_eight_processes_share_one_sqlite_store(store):
         assert len(client.get_metric_history(child_id, "loss")) == 50
 
 
-def test_unwritable_store_is_one_warning_and_no_error(tmp_path, caplog):
+@pytest.mark.slow
+def test_eight_processes_share_one_sqlite_store(store):
+    _log_from_eight_processes(store["uri"], store["experiment_file"], store["dir"])
+
+
+@pytest.mark.slow
+def test_eight_processes_create_one_fresh_sqlite_store(tmp_path):
+    """No initialization step first: the processes race to create and migrate the schema
+    (without the store lock most of them failed: "table ... already exists", "duplicate
+    column name", a half-migrated store with _alembic_tmp_ tables)."""
+    _log_from_eight_processes(f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "experiment.json",
+                              tmp_path)
+    tables = sqlite3.connect(tmp_path / "mlflow.db").execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    assert not [name for (name,) in tables if name.startswith("_alembic_tmp")]
+
+
+def test_unwritable_store_fails_loudly_and_writes_no_run_file(tmp_path):
     blocker = tmp_path / "not_a_dir"
     blocker.write_text("a file where the store's folder should be")
-    tracker = Tracker(f"sqlite:///{blocker}/sub/mlflow.db")
-    run_file = tmp_path / "run.json"
+    uri = f"sqlite:///{blocker}/sub/mlflow.db"
     experiment_file = tmp_path / "experiment.json"
-    with caplog.at_level(logging.WARNING, logger="detectron_lib.tracking"):
-        init_experiment(tracker, "zoo", None, experiment_file)
-        parent_id = start_parent_run(tracker, experiment_file, run_file, "b", "zoo")
-        with stage_run(tracker, run_file, "train", "train") as (_, child_id):
-            tracker.log_metrics(child_id, {"loss": 1.0})
-    assert parent_id is None and child_id is None
-    assert json.loads(run_file.read_text())["parent_run_id"] is None   # later stages still run
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "tracking" in warnings[0].getMessage()
+    with pytest.raises(TrackingError, match=f"{uri}.*--no-tracking"):
+        init_experiment(Tracker(uri), "zoo", None, experiment_file)
+    assert not experiment_file.exists()
+    experiment_file.write_text(json.dumps({"experiment_name": "zoo"}))
+    run_file = tmp_path / "run.json"
+    with pytest.raises(TrackingError):
+        start_parent_run(Tracker(uri), experiment_file, run_file, "b", "zoo")
+    assert not run_file.exists()   # no null parent id that Snakemake would take as finished
 
 
-def test_unreachable_server_is_one_warning(tmp_path, caplog, monkeypatch):
+def test_unreachable_server_fails_after_its_attempts(monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
-    tracker = Tracker("http://127.0.0.1:9")     # discard port: connection refused
-    with caplog.at_level(logging.WARNING, logger="detectron_lib.tracking"):
-        assert tracker.ensure_experiment("zoo") is None
-        assert tracker.start_run("0", "run") is None
-        tracker.log_params("some-run-id", {"a": 1})
-    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
-    assert not tracker.enabled
+    tracker = Tracker("http://127.0.0.1:9", attempts=2)     # discard port: connection refused
+    with pytest.raises(TrackingError, match="creating experiment 'zoo'"):
+        tracker.ensure_experiment("zoo")
+
+
+class _FlakyClient:
+    """An MlflowClient stand-in whose first ``failures`` calls fail."""
+
+    def __init__(self, failures, error):
+        self.failures, self.error, self.calls = failures, error, 0
+
+    def get_experiment_by_name(self, name):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise self.error
+        return SimpleNamespace(experiment_id="7")
+
+
+def test_transient_failures_are_retried():
+    tracker = Tracker("sqlite:///unused.db", attempts=3)
+    tracker._client = _FlakyClient(2, OSError("connection reset"))
+    assert tracker.ensure_experiment("zoo") == "7" and tracker._client.calls == 3
+    tracker._client = _FlakyClient(3, OSError("connection reset"))
+    with pytest.raises(TrackingError, match="connection reset"):
+        tracker.ensure_experiment("zoo")
+    # A locked SQLite store is waited for past ``attempts``, up to lock_timeout_s.
+    tracker._client = _FlakyClient(5, RuntimeError("database is locked"))
+    assert tracker.ensure_experiment("zoo") == "7"
 
 
 def test_disabled_tracker_touches_nothing(tmp_path):

@@ -1,7 +1,9 @@
 """MLflow tracking of the model-zoo DAG: the only place the library touches MLflow, so
 everything else runs without a tracking store."""
 from detectron_lib.tracking.runs import (
+    end_run_after,
     init_experiment,
+    interrupt_on_sigterm,
     make_tracker,
     start_parent_run,
     stage_run,
@@ -11,7 +13,9 @@ from detectron_lib.tracking.tracker import DEFAULT_TRACKING_URI, Tracker, metric
 __all__ = [
     "DEFAULT_TRACKING_URI",
     "Tracker",
+    "end_run_after",
     "init_experiment",
+    "interrupt_on_sigterm",
     "make_tracker",
     "metric_key",
     "stage_run",

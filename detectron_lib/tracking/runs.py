@@ -7,8 +7,9 @@ child run per stage (train, proposals, evaluate), linked through a small JSON ru
 import contextlib
 import json
 import logging
+import signal
 
-from detectron_lib.errors import ConfigError
+from detectron_lib.errors import ConfigError, TrackingError
 from detectron_lib.tracking.tracker import GIT_COMMIT_TAG, Tracker, git_commit
 from detectron_lib.utils.io import write_json_atomic
 from detectron_lib.utils.ranks import is_main_process
@@ -28,7 +29,8 @@ def read_json(path, what):
 
 def init_experiment(tracker, experiment_name, artifact_location, output_path):
     """Create the tracking store and the zoo's experiment once, before any parallel job, and
-    record them in ``output_path``. Works (records id None) when tracking is off."""
+    record them in ``output_path``. With tracking off (``--no-tracking``) it records id None;
+    a store that fails raises TrackingError before anything is written."""
     experiment_id = tracker.ensure_experiment(experiment_name, artifact_location)
     document = {"tracking_uri": tracker.uri, "experiment_name": experiment_name,
                 "experiment_id": experiment_id}
@@ -44,7 +46,8 @@ def standard_tags(baseline, zoo, stage, rule, dataset=None):
 
 def start_parent_run(tracker, experiment_file, run_file, baseline, zoo, dataset=None):
     """Create the baseline's parent run (named after it) and write ``run_file``; returns its
-    id (None when tracking is off; the run file is written either way)."""
+    id (None when tracking is off, and the run file says so; a store that fails raises
+    TrackingError and no run file is written)."""
     experiment = read_json(experiment_file, "MLflow experiment file")
     experiment_id = tracker.ensure_experiment(experiment["experiment_name"])
     tags = standard_tags(baseline, zoo, "baseline", "train", dataset)
@@ -54,11 +57,32 @@ def start_parent_run(tracker, experiment_file, run_file, baseline, zoo, dataset=
     return run_id
 
 
+def interrupt_on_sigterm():
+    """Make SIGTERM (how Snakemake, SLURM and torchrun stop a job) raise KeyboardInterrupt in
+    the main thread, as Ctrl-C does, so that the job's runs end KILLED instead of staying
+    RUNNING. SIGKILL cannot be caught."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def end_run_after(tracker, run_id, error):
+    """End ``run_id`` after its block raised ``error``: KILLED for an interrupt (Ctrl-C, or
+    SIGTERM after interrupt_on_sigterm), else FAILED. A tracking failure here is only logged,
+    so that ``error`` stays what the job reports."""
+    try:
+        tracker.end_run(run_id, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+    except TrackingError as tracking_error:
+        logger.warning("%s", tracking_error)
+
+
 @contextlib.contextmanager
 def stage_run(tracker, run_file, stage, rule, dataset=None, run_name=None):
     """A child run of the baseline in ``run_file`` for one stage; yields (parent_id, child_id).
 
-    The child ends FINISHED, or FAILED if the block raises (the error propagates).
+    The child ends FINISHED, or FAILED (KILLED when interrupted) if the block raises; the
+    error propagates.
     """
     info = read_json(run_file, "MLflow run file")
     parent_id = info.get("parent_run_id")
@@ -69,8 +93,8 @@ def stage_run(tracker, run_file, stage, rule, dataset=None, run_name=None):
                                      parent_run_id=parent_id)
     try:
         yield parent_id, child_id
-    except BaseException:
-        tracker.end_run(child_id, "FAILED")
+    except BaseException as error:
+        end_run_after(tracker, child_id, error)
         raise
     tracker.end_run(child_id, "FINISHED")
 

@@ -1,16 +1,20 @@
-"""MLflow tracking through explicit run ids, safe for parallel jobs and never fatal.
+"""MLflow tracking through explicit run ids, safe for parallel jobs.
 
 Every DAG job is its own process, so runs are addressed by id with ``MlflowClient`` rather
 than MLflow's process-global "active run": a baseline's parent run is created once, its id
 stored in a small JSON file, and each stage's child run carries the ``mlflow.parentRunId``
 tag that makes the UI nest it under the parent.
 
-Tracking must never break training. A call that fails because SQLite is locked by another
-job is retried with backoff; any other failure (unreachable server, unwritable store) logs
-one warning and turns the Tracker off for the rest of the process.
+Parallel jobs on one SQLite store: the first process to open it creates and migrates the
+schema while holding an exclusive lock on ``<store>.lock`` (MLflow's own creation races:
+"table ... already exists", a half-migrated store); the others wait, then find it ready. A
+call that fails while SQLite is locked by another job is retried with backoff for up to
+``lock_timeout_s``; any other failure is retried ``attempts`` times, then raises TrackingError,
+so that a job never records a run it could not track (a run file with a null id).
 """
+import contextlib
+import fcntl
 import functools
-import logging
 import math
 import os
 import random
@@ -18,7 +22,7 @@ import subprocess
 import time
 from pathlib import Path
 
-logger = logging.getLogger(__name__)
+from detectron_lib.errors import TrackingError
 
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 DEFAULT_TRACKING_URI = "sqlite:///results/mlflow.db"
@@ -53,21 +57,33 @@ def _is_lock_error(error):
     return "database is locked" in text or "database table is locked" in text
 
 
+@contextlib.contextmanager
+def _exclusive_file_lock(path):
+    """Hold an exclusive flock on ``path`` (created if absent) for the block."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 class Tracker:
     """Logging to one MLflow tracking store by run id.
 
     tracking_uri: store URI (default: ``tracking_uri()``); a relative SQLite path is taken
         relative to the working directory and its folder is created.
-    enabled: False makes every method a no-op (non-zero ranks, ``--no-tracking``).
+    enabled: False makes every method a no-op returning None (non-zero ranks,
+        ``--no-tracking``).
     lock_timeout_s: how long a call keeps retrying while SQLite reports "database is locked".
-
-    Methods return None instead of raising once tracking has failed.
+    attempts: how many times a call that fails otherwise is tried before TrackingError.
     """
 
-    def __init__(self, uri=None, enabled=True, lock_timeout_s=120.0):
+    def __init__(self, uri=None, enabled=True, lock_timeout_s=120.0, attempts=3):
         self.uri = uri or tracking_uri()
         self.enabled = enabled
         self.lock_timeout_s = lock_timeout_s
+        self.attempts = attempts
         self._client = None
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -79,32 +95,45 @@ class Tracker:
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
             from mlflow.tracking import MlflowClient
 
-            if self.uri.startswith("sqlite:///"):
-                db_path = Path(self.uri[len("sqlite:///"):])
-                db_path.parent.mkdir(parents=True, exist_ok=True)
-            self._client = MlflowClient(tracking_uri=self.uri)
+            if not self.uri.startswith("sqlite:///"):
+                self._client = MlflowClient(tracking_uri=self.uri)
+                return self._client
+            db_path = Path(self.uri[len("sqlite:///"):])
+            db_path.parent.mkdir(parents=True, exist_ok=True)
+            # The first use of a store creates and migrates its schema: one process at a time,
+            # so that parallel jobs on a fresh store do not race.
+            with _exclusive_file_lock(db_path.with_name(db_path.name + ".lock")):
+                client = MlflowClient(tracking_uri=self.uri)
+                client.search_experiments(max_results=1)
+            self._client = client
         return self._client
 
     def _call(self, what, fn):
-        """Run ``fn(client)``; retry while SQLite is locked; on any other error warn once,
-        disable the tracker and return None."""
+        """Run ``fn(client)``, retrying while SQLite is locked (up to lock_timeout_s) and
+        after other errors (``attempts`` tries in all); then raise TrackingError."""
         if not self.enabled:
             return None
         deadline = time.monotonic() + self.lock_timeout_s
-        delay = 0.05
+        delay, failures = 0.05, 0
         while True:
             try:
                 return fn(self._get_client())
-            except Exception as error:  # noqa: BLE001 - tracking must never break a job
-                if _is_lock_error(error) and time.monotonic() < deadline:
-                    time.sleep(delay * (1 + random.random()))
-                    delay = min(delay * 2, 2.0)
-                    continue
-                self.enabled = False
-                logger.warning("MLflow tracking at %s is off for this process: %s failed "
-                               "(%s: %s)", self.uri, what, type(error).__name__,
-                               str(error).splitlines()[0] if str(error) else "")
-                return None
+            except Exception as error:  # noqa: BLE001 - every store error is retried alike
+                if _is_lock_error(error):
+                    retry = time.monotonic() < deadline
+                else:
+                    failures += 1
+                    retry = failures < self.attempts
+                    delay = max(delay, 0.5)
+                if not retry:
+                    message = str(error).splitlines()[0] if str(error) else ""
+                    raise TrackingError(
+                        f"MLflow tracking at {self.uri}: {what} failed "
+                        f"({type(error).__name__}: {message}); make the store writable or the "
+                        f"server reachable ({TRACKING_URI_ENV} names it), or run without "
+                        f"tracking (--no-tracking)") from error
+                time.sleep(delay * (1 + random.random()))
+                delay = min(delay * 2, 2.0)
 
     # -- experiments and runs ----------------------------------------------------------------
     def ensure_experiment(self, name, artifact_location=None):

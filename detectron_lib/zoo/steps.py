@@ -132,7 +132,7 @@ def pretrain(zoo, name, threads=None, log_file=None, tracking=True):
     of its own (tagged stage 'pretrain'), whose id goes to its run file; returns the
     summary."""
     from detectron_lib.engine.pretrain import pretrain_backbone
-    from detectron_lib.tracking import make_tracker
+    from detectron_lib.tracking import end_run_after, make_tracker
     from detectron_lib.tracking.runs import read_json, standard_tags
 
     body = zoo.pretrained_body(name)
@@ -153,8 +153,8 @@ def pretrain(zoo, name, threads=None, log_file=None, tracking=True):
         tracker.log_metrics(run_id, {k: summary[k] for k in ("train_time_s", "val_accuracy")
                                      if k in summary})
         tracker.log_artifacts(run_id, [f"{output}.json", log_file])
-    except BaseException:
-        tracker.end_run(run_id, "FAILED")
+    except BaseException as error:
+        end_run_after(tracker, run_id, error)
         raise
     tracker.end_run(run_id, "FINISHED")
     write_json_atomic(layout.pretrained_run(name), {"run_id": run_id,
@@ -176,7 +176,7 @@ def train(zoo, name, threads=None, log_file=None, tracking=True):
     from detectron_lib.engine.distributed import resolve_device
     from detectron_lib.engine.trainer import TRAIN_LOG
     from detectron_lib.engine.trainer import train as run_training
-    from detectron_lib.tracking import make_tracker, stage_run, start_parent_run
+    from detectron_lib.tracking import end_run_after, make_tracker, stage_run, start_parent_run
     from detectron_lib.zoo.table import model_type
 
     set_job_threads(threads, zoo.baseline(name))
@@ -226,8 +226,8 @@ def train(zoo, name, threads=None, log_file=None, tracking=True):
                                          "hardware": stats["hardware"]})
             tracker.log_artifacts(child_id, [output_dir / "config.yaml", output_dir / TRAIN_LOG,
                                              stats_file, log_file])
-    except BaseException:
-        tracker.end_run(parent_id, "FAILED")
+    except BaseException as error:
+        end_run_after(tracker, parent_id, error)
         raise
     return stats
 
@@ -269,7 +269,7 @@ def evaluate(zoo, name, threads=None, log_file=None, tracking=True):
     dumps' metrics files (manifest.dumped_evaluation_inputs): their recall is its evaluation
     (the same inference, not run twice)."""
     from detectron_lib.inference.engine import METRICS_FILE, evaluate_from_proposal_dumps, test
-    from detectron_lib.tracking import make_tracker, stage_run
+    from detectron_lib.tracking import end_run_after, make_tracker, stage_run
 
     set_job_threads(threads, zoo.baseline(name))
     layout = zoo.layout
@@ -294,8 +294,8 @@ def evaluate(zoo, name, threads=None, log_file=None, tracking=True):
             tracker.log_metrics(child_id, metrics)
             tracker.log_metrics(parent_id, metrics)
             tracker.log_artifacts(child_id, [Path(output_dir) / METRICS_FILE, log_file])
-    except BaseException:
-        tracker.end_run(parent_id, "FAILED")
+    except BaseException as error:
+        end_run_after(tracker, parent_id, error)
         raise
     tracker.end_run(parent_id, "FINISHED")
     return metrics
