@@ -6,13 +6,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: test zoo install build clean
 
-$(STAMP): pyproject.toml setup.py $(wildcard kernels/*.cpp kernels/*.h)
+$(STAMP): pyproject.toml setup.py environment.post-deploy.sh $(wildcard kernels/*.cpp kernels/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	# The kernels compile against the installed torch, so the build requirements of
-	# pyproject.toml go in first and the package builds without isolation.
-	$(PY) -m pip install "setuptools>=64" wheel ninja "torch>=2.1"
-	$(PY) -m pip install --no-build-isolation -e ".[dev]"
+	PATH="$(abspath $(VENV))/bin:$$PATH" sh environment.post-deploy.sh
 	touch $(STAMP)
 
 install: $(STAMP)

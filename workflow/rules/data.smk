@@ -2,6 +2,8 @@
 
 
 rule prepare_dataset:
+    conda:
+        "../../environment.yml"
     output:
         LAYOUT.dataset_marker("{dataset}"),
     params:

@@ -4,6 +4,8 @@
 
 
 rule evaluate:
+    conda:
+        "../../environment.yml"
     input:
         unpack(evaluate_inputs),
     output:

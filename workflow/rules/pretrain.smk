@@ -4,6 +4,8 @@
 
 
 rule pretrain:
+    conda:
+        "../../environment.yml"
     input:
         unpack(pretrain_inputs),
     output:

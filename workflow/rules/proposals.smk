@@ -3,6 +3,8 @@
 
 
 rule dump_proposals:
+    conda:
+        "../../environment.yml"
     input:
         config=rpn_config,
         weights=LAYOUT.weights("{rpn}"),

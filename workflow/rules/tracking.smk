@@ -3,6 +3,8 @@
 
 
 rule mlflow_init:
+    conda:
+        "../../environment.yml"
     output:
         LAYOUT.experiment_file,
     params:

@@ -4,6 +4,8 @@
 
 
 rule train:
+    conda:
+        "../../environment.yml"
     input:
         unpack(train_inputs),
     output:

@@ -2,6 +2,8 @@
 
 
 rule model_zoo_table:
+    conda:
+        "../../environment.yml"
     input:
         [path for name in ZOO.baselines for path in zoo_outputs(name)],
     output:
