@@ -9,9 +9,8 @@ import sys
 
 from detectron_lib.errors import DetectronError
 from detectron_lib.utils.malloc import keep_freed_memory
+from detectron_lib.zoo.manifest import DEFAULT_MANIFEST
 
-
-DEFAULT_MANIFEST = "configs/zoo/shapes.yaml"   # the Snakefile's default too
 WEIGHTS_HELP = ("weights file or URL, of ours or Detectron (.pkl), detectron2 (.pkl/.pth) or "
                 "torchvision (.pth), told apart by content (default: TEST.WEIGHTS)")
 
@@ -49,24 +48,51 @@ def cmd_data(args):
               f"previous check)")
 
 
+def _command_run(args, stage):
+    """The MLflow run of a training command (tracking.command_run), named after the config
+    file; SIGTERM ends it KILLED, as Ctrl-C does."""
+    from pathlib import Path
+
+    from detectron_lib.tracking import command_run, interrupt_on_sigterm
+
+    interrupt_on_sigterm()
+    return command_run(not args.no_tracking, args.experiment, Path(args.cfg_file).stem, stage,
+                       args.cfg_file)
+
+
 def cmd_train(args):
-    """Train a model; prints the path of model_final.pth."""
+    """Train a model, tracked live in MLflow; prints the path of model_final.pth."""
     from detectron_lib.config import load_config
     from detectron_lib.engine.trainer import train
+    from detectron_lib.tracking import track_training
 
     cfg = load_config(args.cfg_file, args.opts)
-    print(train(cfg, overwrite=args.overwrite))
+    with _command_run(args, "train") as (tracker, run_id):
+        print(track_training(tracker, run_id, cfg, lambda on_records: train(
+            cfg, overwrite=args.overwrite, log_period=args.log_period, on_records=on_records)))
 
 
 def cmd_pretrain(args):
-    """Pretrain a config's ResNet body on object crops; prints the summary JSON."""
+    """Pretrain a config's ResNet body on object crops, tracked live in MLflow; prints the
+    summary JSON."""
     import json
 
     from detectron_lib.config import load_config
-    from detectron_lib.engine.pretrain import pretrain_backbone
+    from detectron_lib.tracking import track_pretraining
 
     cfg = load_config(args.cfg_file, args.opts)
-    print(json.dumps(pretrain_backbone(cfg, args.output), indent=1))
+    with _command_run(args, "pretrain") as (tracker, run_id):
+        summary = track_pretraining(tracker, run_id, cfg, args.output, args.log_period)
+    print(json.dumps(summary, indent=1))
+
+
+def _add_training_args(parser):
+    parser.add_argument("--log-period", type=int, default=20, metavar="N",
+                        help="log losses, lr and times every N iterations (default: 20)")
+    parser.add_argument("--experiment", default="detectron",
+                        help="MLflow experiment of the run (default: detectron); the store is "
+                             "$MLFLOW_TRACKING_URI, else sqlite:///results/mlflow.db")
+    parser.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
 
 
 def cmd_test(args):
@@ -113,10 +139,12 @@ def _load_zoo(args):
 
 
 def cmd_zoo_table(args):
-    """Render a zoo manifest's MODEL_ZOO.md table from the files the DAG produced."""
+    """Render a zoo manifest's MODEL_ZOO.md table from the files the DAG produced; rows not
+    run yet are marked and listed with the snakemake command building each."""
     from detectron_lib.zoo.table import write_model_zoo
 
-    print(write_model_zoo(_load_zoo(args), args.output))
+    manifest_file = None if args.manifest == DEFAULT_MANIFEST else args.manifest
+    print(write_model_zoo(_load_zoo(args), args.output, manifest_file))
 
 
 def cmd_zoo_step(args):
@@ -214,12 +242,14 @@ def build_parser():
     p.add_argument("--overwrite", action="store_true",
                    help="delete the results OUTPUT_DIR holds of another training config and "
                         "train from the start (without it such a directory is an error)")
+    _add_training_args(p)
     _add_cfg_args(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("pretrain", help="pretrain the ResNet body on object crops (the stand-in "
                                         "for ImageNet), writing Detectron-format weights (.pkl)")
     p.add_argument("--output", required=True, help="weights file to write (.pkl)")
+    _add_training_args(p)
     _add_cfg_args(p)
     p.set_defaults(func=cmd_pretrain)
 

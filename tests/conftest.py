@@ -23,6 +23,20 @@ def reference_dir():
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def tracking_store(tmp_path_factory):
+    """The suite's trainings track to an MLflow store of their own (`detectron train` tracks
+    by default), not to results/mlflow.db of the checkout; its URI."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    yield uri
+    if previous is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
 @pytest.fixture(scope="session")
 def repo_root():
     return REPO_ROOT

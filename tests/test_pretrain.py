@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mlflow.tracking import MlflowClient
 import torch
 
 from detectron_lib import ops
@@ -67,15 +68,25 @@ def _pretrain_overrides(catalog, **extra):
     return [token for pair in opts.items() for token in pair]
 
 
-def test_pretrain_cli_writes_detectron_blobs_that_load_into_fpn_and_c4(tiny_dataset, tmp_path, capsys):
+def test_pretrain_cli_writes_detectron_blobs_that_load_into_fpn_and_c4(tiny_dataset, tmp_path,
+                                                                        capsys, tracking_store):
     output = tmp_path / "R-18-GN.pkl"
     status = cli_main(["pretrain", "--cfg", str(CONFIGS / "pretrain" / "R-18-GN.yaml"),
-                       "--output", str(output), *_pretrain_overrides(tiny_dataset)])
+                       "--output", str(output), "--log-period", "1", "--experiment", "pretrain",
+                       *_pretrain_overrides(tiny_dataset)])
     captured = capsys.readouterr()
     assert status == 0, captured.err
     summary = json.loads(captured.out)
     assert summary["iterations"] == 3 and 0.0 <= summary["val_accuracy"] <= 1.0
     assert json.loads(output.with_name(output.name + ".json").read_text()) == summary
+    # tracked: the loss curve, the summary's numbers, the weights
+    client = MlflowClient(tracking_store)
+    (run,) = client.search_runs([client.get_experiment_by_name("pretrain").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["stage"] == "pretrain"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [0, 1, 2]
+    assert run.data.metrics["val_accuracy"] == summary["val_accuracy"]
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {
+        "R-18-GN.pkl", "R-18-GN.pkl.json"}
     with open(output, "rb") as f:
         blobs = pickle.load(f)["blobs"]
     assert {"conv1_w", "conv1_gn_s", "res2_0_branch2a_w", "res5_1_branch2b_gn_b", "pred_w"} <= set(blobs)

@@ -236,3 +236,85 @@ def test_disabled_tracker_touches_nothing(tmp_path):
     tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", enabled=False)
     assert tracker.ensure_experiment("zoo") is None
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def _history(client, run_id, key):
+    return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+
+
+def test_hand_run_training_is_tracked_live_with_its_weights(tiny_dataset, tmp_path,
+                                                            tracking_store, monkeypatch):
+    """`detectron train` typed by hand: a run named after the config in experiment
+    'detectron', whose loss history is in the store while training still runs (read back
+    after each logged iteration), FINISHED, with config, train log and weights as artifacts."""
+    from test_training import BASE_CONFIG, tiny_overrides
+
+    from detectron_lib.cli import main as cli_main
+    from detectron_lib.tracking import runs
+
+    client = MlflowClient(tracking_store)
+    seen_while_training = []
+
+    def reading_back(tracker, run_id):
+        log = real_record_logger(tracker, run_id)
+        if log is None:   # --no-tracking
+            return None
+
+        def log_and_read(records):
+            log(records)
+            seen_while_training.append(len(_history(client, run_id, "loss")))
+        return log_and_read
+
+    real_record_logger = runs.record_logger
+    monkeypatch.setattr(runs, "record_logger", reading_back)
+    out = tmp_path / "run"
+    assert cli_main(["train", "--cfg", BASE_CONFIG, "--log-period", "1", "--experiment", "hand",
+                     *tiny_overrides(tiny_dataset, out)]) == 0
+    assert seen_while_training == [1, 2, 3, 4, 5, 6]
+
+    experiment = client.get_experiment_by_name("hand")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.run_name == "e2e_faster_rcnn_R-18-FPN_1x"
+    assert run.info.status == "FINISHED" and run.data.tags["stage"] == "train"
+    assert run.data.params["SOLVER.MAX_ITER"] == "6"
+    records = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert _history(client, run.info.run_id, "loss") == [(r["iter"], r["loss"]) for r in records]
+    assert [s for s, _ in _history(client, run.info.run_id, "loss_rpn_cls")] == list(range(6))
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert artifacts == {"config.yaml", "train_log.jsonl", "model_final.pth"}
+    assert experiment.artifact_location.endswith("mlflow-artifacts/hand")
+
+    # --no-tracking: no run
+    assert cli_main(["train", "--cfg", BASE_CONFIG, "--no-tracking", "--experiment", "hand",
+                     "--overwrite", *tiny_overrides(tiny_dataset, tmp_path / "untracked")]) == 0
+    assert len(client.search_runs([experiment.experiment_id])) == 1
+
+
+def test_a_resumed_training_run_gets_the_history_from_before(store, tmp_path):
+    """The trainer hands a resumed run the records it keeps; record_logger logs them at their
+    iterations, so the run has the whole curve."""
+    from detectron_lib.tracking import record_logger
+
+    tracker = Tracker(store["uri"])
+    run_id = tracker.start_run(tracker.ensure_experiment("zoo"), "resumed")
+    log = record_logger(tracker, run_id)
+    log([{"iter": 0, "loss": 2.0, "lr": 0.1}, {"iter": 1, "loss": 1.5, "lr": 0.1}])
+    log([{"iter": 2, "loss": 1.0, "lr": 0.1}])
+    client = MlflowClient(store["uri"])
+    assert _history(client, run_id, "loss") == [(0, 2.0), (1, 1.5), (2, 1.0)]
+    assert record_logger(tracker, None) is None
+
+
+def test_a_rerun_ends_runs_that_a_killed_job_left_running(store, tmp_path):
+    """SIGKILL leaves a baseline's runs RUNNING; the baseline's next parent run ends them
+    KILLED, and leaves other baselines' runs alone."""
+    tracker = Tracker(store["uri"])
+    experiment_id = tracker.ensure_experiment("zoo")
+    orphan = tracker.start_run(experiment_id, "orphan", {"baseline": "killed_one"})
+    other = tracker.start_run(experiment_id, "other", {"baseline": "running_one"})
+    new = start_parent_run(tracker, store["experiment_file"], tmp_path / "run.json",
+                           "killed_one", "zoo")
+    client = MlflowClient(store["uri"])
+    assert client.get_run(orphan).info.status == "KILLED"
+    assert client.get_run(other).info.status == "RUNNING"
+    assert client.get_run(new).info.status == "RUNNING"

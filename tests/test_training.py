@@ -65,7 +65,8 @@ def assert_same_weights(a, b, atol):
     assert worst <= atol, f"largest weight difference {worst}"
 
 
-def test_cli_train_test_proposals_infer(tiny_dataset, tmp_path, reference_dir, capsys):
+def test_cli_train_test_proposals_infer(tiny_dataset, tmp_path, reference_dir, capsys, caplog):
+    caplog.set_level(logging.INFO, logger="detectron_lib")
     out = tmp_path / "run"
     assert cli_main(["train", "--cfg", BASE_CONFIG, *tiny_overrides(tiny_dataset, out)]) == 0
     for name in ("model_final.pth", "train_log.jsonl", "config.yaml", "model_iter1.pth", "model_iter3.pth"):
@@ -73,12 +74,22 @@ def test_cli_train_test_proposals_infer(tiny_dataset, tmp_path, reference_dir, c
     records = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert records[0]["iter"] == 0 and records[-1]["iter"] == 5
     assert {"loss", "lr", "time", "data_time", "loss_rpn_cls", "loss_cls"} <= set(records[-1])
+    # The console (and a job's log) shows progress: iterations done of all, ETA, every loss.
+    lines = [r.getMessage() for r in caplog.records if r.name == "detectron_lib.engine.trainer"]
+    number = r"\d+\.\d+"
+    for done, line in zip((1, 6), (lines[0], lines[-1])):
+        assert re.fullmatch(rf"eta: \d+:\d\d:\d\d  iter: {done}/6  total_loss: {number}  "
+                            rf"(loss_\w+: {number}  )+lr: {number}  time: {number}  "
+                            rf"data_time: {number}  max_mem: {number}G", line), line
+    assert lines[-1].startswith("eta: 0:00:00  ")
 
     weights = str(out / "model_final.pth")
     assert cli_main(["test", "--cfg", BASE_CONFIG, "--weights", weights, *tiny_overrides(tiny_dataset, out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0.0 <= metrics["bbox/AP"] <= 1.0 and metrics["inference_time_s_per_im"] > 0
     assert not any(key.startswith("train") for key in metrics)  # evaluation only
+    evaluated = [r.getMessage() for r in caplog.records if r.name == "detectron_lib.inference.engine"]
+    assert any(line.startswith("eta: 0:00:00  image: 12/12  time: ") for line in evaluated)
 
     images = reference_dir / "demo_images"
     assert cli_main(["infer", "--cfg", BASE_CONFIG, "--weights", weights, "--input", str(images),

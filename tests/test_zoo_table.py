@@ -1,17 +1,20 @@
 """MODEL_ZOO.md rendering from metrics / train-stats / run files written by hand here.
 
 Expected cells are hand-computed from those files (AP 0.3774 -> '37.7', 5400 s -> '1.50' hr,
-NaN -> '-'); the layout is Detectron's (sections in its order, its column names)."""
+NaN -> '-'); the layout is Detectron's (sections in its order, its column names). Rows of
+baselines whose files are missing are rendered marked, and listed with their commands."""
 import json
 import math
 from pathlib import Path
 
 import pytest
+import yaml
 
+from detectron_lib.cli import main as cli_main
 from detectron_lib.config import load_config
 from detectron_lib.errors import DatasetError
 from detectron_lib.evaluation.metrics import write_metrics
-from detectron_lib.zoo.manifest import parse_manifest
+from detectron_lib.zoo.manifest import baseline_command, parse_manifest
 from detectron_lib.zoo.table import COLUMNS, collect_rows, model_type, write_model_zoo
 
 MANIFEST = {
@@ -87,9 +90,67 @@ def test_rerender_is_byte_identical(toy_zoo):
     assert write_model_zoo(toy_zoo).read_bytes() == first
 
 
-def test_missing_metrics_file_names_it(toy_zoo):
-    Path(toy_zoo.layout.metrics("rpn_R-50-FPN_1x")).unlink()
-    with pytest.raises(DatasetError, match="rpn_R-50-FPN_1x/eval/metrics.json"):
+def test_complete_zoo_has_no_marks_and_no_command_list(toy_zoo, caplog):
+    text = write_model_zoo(toy_zoo).read_text()
+    assert "Not run yet" not in text and "snakemake --cores" not in text
+    assert "*not " not in text and "no MLflow run" not in text
+    assert text.count("[model](") == 3
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_rows_not_run_or_not_evaluated_are_rendered_marked_with_their_commands(toy_zoo, caplog):
+    for path in (toy_zoo.layout.metrics("e2e_faster_rcnn_R-50-FPN_1x"),
+                 toy_zoo.layout.train_stats("e2e_faster_rcnn_R-50-FPN_1x"),
+                 toy_zoo.layout.run_file("e2e_faster_rcnn_R-50-FPN_1x"),
+                 toy_zoo.layout.metrics("rpn_R-50-FPN_1x")):
+        Path(path).unlink()
+    Path("configs").mkdir()
+    Path("configs/f50.yaml").write_text("MODEL: {FASTER_RCNN: True}\n")   # its type column
+    text = write_model_zoo(toy_zoo, manifest_file="configs/zoo/toy.yaml").read_text()
+
+    (rpn,) = _table_rows(text, "RPN Proposal Baselines")       # trained: its train numbers
+    assert rpn[:12] == ["R-50-FPN", "RPN", "1x", "2", "3.0", "0.400", "1.00", "-",
+                        "-", "-", "-", "-"]
+    assert rpn[12] == "`" + "b" * 32 + "` *not evaluated*"
+    assert rpn[13].startswith("[model](")
+    faster, mask = _table_rows(text, "End-to-End Faster & Mask R-CNN Baselines")
+    assert faster[:3] == ["R-50-FPN", "Faster", "1x"] and set(faster[3:12]) == {"-"}
+    assert faster[12:] == ["*not run*", "[config](../configs/f50.yaml)"]   # no weights yet
+    assert mask[12] == "`" + "a" * 32 + "`"                                 # complete
+
+    listing = text.split("\n## Not run yet\n", 1)[1]
+    assert "2 of 3 baselines are not complete yet" in listing
+    command = "snakemake --cores all --profile workflow/profiles/default {} --configfile " \
+              "configs/zoo/toy.yaml"
+    assert (f"- rpn_R-50-FPN_1x (not evaluated): "
+            f"`{command.format('baseline_rpn_R-50-FPN_1x')}`\n") in listing
+    assert (f"- e2e_faster_rcnn_R-50-FPN_1x (not run): "
+            f"`{command.format('baseline_e2e_faster_rcnn_R-50-FPN_1x')}`\n") in listing
+    assert "e2e_mask_rcnn_R-101-FPN_1x" not in listing
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "rpn_R-50-FPN_1x (not evaluated), e2e_faster_rcnn_R-50-FPN_1x (not run)" in warning
+
+
+def test_cli_table_names_a_non_default_manifest_in_its_commands(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("toy.yaml").write_text(yaml.safe_dump(MANIFEST))
+    assert cli_main(["zoo", "table", "--manifest", "toy.yaml", "--output", "T.md"]) == 0
+    text = Path("T.md").read_text()
+    assert text.count("*not run*") == 3                # no config files: type '-'
+    assert ("`snakemake --cores all --profile workflow/profiles/default "
+            "baseline_rpn_R-50-FPN_1x --configfile toy.yaml`") in text
+
+
+def test_the_default_manifest_needs_no_configfile():
+    assert baseline_command("rpn_R-18-FPN_1x") == (
+        "snakemake --cores all --profile workflow/profiles/default baseline_rpn_R-18-FPN_1x")
+
+
+@pytest.mark.parametrize("what", ["metrics", "train_stats", "run_file"])
+def test_corrupt_file_names_it(toy_zoo, what):
+    path = getattr(toy_zoo.layout, what)("rpn_R-50-FPN_1x")
+    Path(path).write_text("{not json")
+    with pytest.raises(DatasetError, match=f"{path} is not valid JSON"):
         collect_rows(toy_zoo)
 
 

@@ -33,6 +33,7 @@ from detectron_lib.modeling.backbone import body_features, detectron_blob_names
 from detectron_lib.modeling.backbone.build import resnet_body_from_config, resnet_depth
 from detectron_lib.modeling.image_io import normalize_image
 from detectron_lib.utils.io import atomic_write
+from detectron_lib.utils.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -204,11 +205,12 @@ def body_blobs(model):
     return blobs
 
 
-def pretrain_backbone(cfg, output_file, log_period=20):
+def pretrain_backbone(cfg, output_file, log_period=20, on_records=None):
     """Train the body of ``cfg`` (PRETRAIN.*) and write its weights to ``output_file`` (.pkl).
 
     Returns a dict of the run's summary (iterations, time, validation accuracy), also
-    written next to the weights as ``<output_file>.json``.
+    written next to the weights as ``<output_file>.json``. Every ``log_period`` iterations
+    the loss, lr and time go to the console and to ``on_records([record])`` (a live tracker).
     """
     output_file = Path(output_file)
     p = cfg.PRETRAIN
@@ -227,7 +229,9 @@ def pretrain_backbone(cfg, output_file, log_period=20):
                 ", ".join(datasets), p.MAX_ITER)
     model.train()
     start = time.perf_counter()
+    progress = Progress(p.MAX_ITER, device_type=device.type)
     for it in range(p.MAX_ITER):
+        step_start = time.perf_counter()
         crops, labels = sampler.batch(it)
         lr = lr_at_iter(it, **schedule)
         set_lr(optimizer, lr)
@@ -238,8 +242,14 @@ def pretrain_backbone(cfg, output_file, log_period=20):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if (it + 1) % log_period == 0 or it + 1 == p.MAX_ITER:
-            logger.info("pretrain iter %d: loss %.4f lr %.4f", it, loss.item(), lr)
+        progress.step()
+        if (it + 1) % log_period == 0 or it == 0 or it + 1 == p.MAX_ITER:
+            record = {"iter": it, "loss": loss.item(), "lr": lr,
+                      "time": time.perf_counter() - step_start}
+            logger.info("%s", progress.line("pretrain iter", loss=record["loss"], lr=lr,
+                                            time=record["time"]))
+            if on_records:
+                on_records([record])
     train_seconds = time.perf_counter() - start
 
     summary = {"conv_body": cfg.MODEL.CONV_BODY, "iterations": p.MAX_ITER,

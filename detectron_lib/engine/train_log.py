@@ -13,6 +13,8 @@ from detectron_lib.errors import DetectronError
 
 logger = logging.getLogger(__name__)
 
+TRAIN_LOG = "train_log.jsonl"   # its name in a training's OUTPUT_DIR
+
 
 class TrainLogError(DetectronError):
     """A training log is damaged other than by a torn last line."""

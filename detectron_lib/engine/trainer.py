@@ -28,27 +28,28 @@ from detectron_lib.engine.checkpoint_formats import load_weights
 from detectron_lib.engine.distributed import all_reduce_mean, barrier, init_distributed, resolve_device
 from detectron_lib.engine.optim import build_optimizer, lr_schedule_from_cfg, set_lr
 from detectron_lib.engine.provenance import claim_output_dir
-from detectron_lib.engine.train_log import read_train_log_lines
+from detectron_lib.engine.train_log import TRAIN_LOG, read_train_log_lines
 from detectron_lib.errors import DetectronError
 from detectron_lib.modeling.backbone.precision import body_autocast_dtype
 from detectron_lib.modeling.meta_arch import build_model
 from detectron_lib.utils.io import atomic_write, remove_orphan_temporaries
+from detectron_lib.utils.progress import Progress
 
 logger = logging.getLogger(__name__)
-
-TRAIN_LOG = "train_log.jsonl"
 
 
 class TrainingError(DetectronError):
     """Training cannot go on (e.g. the loss diverged)."""
 
 
-def train(cfg, output_dir=None, log_period=20, overwrite=False):
+def train(cfg, output_dir=None, log_period=20, overwrite=False, on_records=None):
     """Train the model the (finalized) config describes; returns the path of model_final.pth.
 
     Results that OUTPUT_DIR holds of another training config are an error, or with
     ``overwrite`` deleted first (engine.provenance); those of this config are resumed or, when
-    finished, returned.
+    finished, returned. Every ``log_period`` iterations the losses, lr and times go to the
+    console and the training log, and (rank 0) to ``on_records(records)``, e.g. a live
+    tracker; a resumed run first hands it the records it keeps from before.
     """
     output_dir = Path(output_dir or cfg.OUTPUT_DIR)
     device = resolve_device(cfg.DEVICE)
@@ -82,13 +83,18 @@ def train(cfg, output_dir=None, log_period=20, overwrite=False):
 
     loader = build_train_loader(cfg, start_iter=start_iter, rank=dist_info.rank,
                                 world_size=dist_info.world_size)
-    log_file = _open_train_log(output_dir / TRAIN_LOG, start_iter) if dist_info.is_main else None
+    log_file = None
+    if dist_info.is_main:
+        log_file, kept_records = _open_train_log(output_dir / TRAIN_LOG, start_iter)
+        if on_records and kept_records:
+            on_records(kept_records)
     # The model runs its body and heads in MODEL.BODY_PRECISION / HEAD_PRECISION itself;
     # float16 gradients need scaling.
     float16 = torch.float16 in {body_autocast_dtype(cfg.MODEL.BODY_PRECISION, device.type),
                                 body_autocast_dtype(cfg.MODEL.HEAD_PRECISION, device.type)}
     scaler = torch.amp.GradScaler(device.type, enabled=float16)
     model.train()
+    progress = Progress(cfg.SOLVER.MAX_ITER, start_iter, device_type=device.type)
     data_start = time.perf_counter()
     try:
         for it, batch in zip(range(start_iter, cfg.SOLVER.MAX_ITER), loader):
@@ -108,6 +114,7 @@ def train(cfg, output_dir=None, log_period=20, overwrite=False):
             scaler.step(optimizer)
             scaler.update()
             step_time = time.perf_counter() - step_start
+            progress.step()
 
             if (it + 1) % log_period == 0 or it == start_iter or it + 1 == cfg.SOLVER.MAX_ITER:
                 record = all_reduce_mean({k: v.item() for k, v in losses.items()})
@@ -116,7 +123,11 @@ def train(cfg, output_dir=None, log_period=20, overwrite=False):
                 if log_file:
                     log_file.write(json.dumps(record) + "\n")
                     log_file.flush()
-                    logger.info("iter %d: loss %.4f lr %.5f (%.2fs/it)", it, record["loss"], lr, step_time)
+                    logger.info("%s", progress.line(
+                        "iter", total_loss=record["loss"], **{k: record[k] for k in losses},
+                        lr=lr, time=step_time, data_time=data_time))
+                    if on_records:
+                        on_records([record])
             if (it + 1) % cfg.TRAIN.SNAPSHOT_ITERS == 0 and it + 1 < cfg.SOLVER.MAX_ITER:
                 if dist_info.is_main:
                     save_checkpoint(output_dir / snapshot_name(it), model, optimizer, it)
@@ -133,13 +144,13 @@ def train(cfg, output_dir=None, log_period=20, overwrite=False):
 
 def _open_train_log(path, start_iter):
     """The training log opened for appending, without records of iterations >= start_iter
-    (those a killed run logged after its last snapshot are redone)."""
+    (those a killed run logged after its last snapshot are redone), and the records kept."""
     kept = []
     if start_iter > 0:  # a torn last line is dropped (read_train_log_lines), so never kept
         kept = [record for record in read_train_log_lines(path) if record["iter"] < start_iter]
     with atomic_write(path) as f:
         f.writelines(json.dumps(record) + "\n" for record in kept)
-    return open(path, "a")
+    return open(path, "a"), kept
 
 
 def _resume(path, state, model, optimizer):

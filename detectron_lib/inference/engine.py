@@ -31,6 +31,7 @@ from detectron_lib.modeling.backbone.precision import reuse_weight_casts
 from detectron_lib.modeling.meta_arch import build_model
 from detectron_lib.structures.boxes import CONTINUOUS, PIXEL_INDICES, BoxConvention
 from detectron_lib.utils.io import write_json_atomic
+from detectron_lib.utils.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -79,11 +80,14 @@ def model_and_loader_for_test(cfg, model, dataset_name, rank=0, world_size=1, pr
 
 
 @torch.no_grad()
-def run_inference(model, loader, device):
+def run_inference(model, loader, device, log_period=50):
     """Per image: (image_id, Instances in original-image pixels on the CPU, with ``masks``
-    (N, H, W) bool when the model predicts masks). Returns (results, seconds per image)."""
+    (N, H, W) bool when the model predicts masks). Returns (results, seconds per image).
+    Logs a progress line (images done of this rank's, ETA) about every ``log_period`` images."""
     results = []
     seconds = 0.0
+    progress = Progress(len(loader.sampler), device_type=device.type)
+    next_log = log_period
     with reuse_weight_casts(device.type):
         for batch in loader:
             start = time.perf_counter()
@@ -91,6 +95,10 @@ def run_inference(model, loader, device):
             results.extend((image_id, output.to("cpu"))
                            for image_id, output in zip(batch.image_ids, outputs))
             seconds += time.perf_counter() - start
+            progress.step(len(outputs))
+            if progress.done >= next_log or progress.done == progress.total:
+                logger.info("%s", progress.line("image", time=seconds / len(results)))
+                next_log = progress.done + log_period
     return results, seconds / max(len(results), 1)
 
 

@@ -168,6 +168,22 @@ class Tracker:
         if run_id:
             self._call("ending a run", lambda c: c.set_terminated(run_id, status=status))
 
+    def end_stale_runs(self, experiment_id, tag, value):
+        """Mark the runs of ``experiment_id`` tagged ``tag`` = ``value`` that are still RUNNING
+        as KILLED: runs of a job that was killed outright (SIGKILL), or a baseline's parent
+        whose evaluation never came, superseded by a rerun. Returns their ids."""
+        if experiment_id is None:
+            return []
+        query = f"tags.`{tag}` = '{value}' and attributes.status = 'RUNNING'"
+
+        def end_all(client):
+            stale = [run.info.run_id for run in client.search_runs([experiment_id], query)]
+            for run_id in stale:
+                client.set_terminated(run_id, status="KILLED")
+            return stale
+
+        return self._call("ending stale runs", end_all) or []
+
     def set_tags(self, run_id, tags):
         if not run_id or not tags:
             return

@@ -33,6 +33,8 @@ import yaml
 from detectron_lib.errors import ConfigError
 
 # Detectron's MODEL_ZOO.md sections, in the order the table lists them.
+DEFAULT_MANIFEST = "configs/zoo/shapes.yaml"   # the Snakefile's default too
+
 SECTIONS = {
     "rpn": "RPN Proposal Baselines",
     "fast_mask_on_proposals": "Fast & Mask R-CNN Baselines Using Precomputed RPN Proposals",
@@ -362,6 +364,18 @@ def _as_tuple(paths):
 def join_overrides(overrides):
     """Shell-quoted ``KEY VALUE ...`` for a rule's command line."""
     return shlex.join(str(item) for item in overrides)
+
+
+def baseline_command(name, manifest_file=None):
+    """The shell command that makes the DAG build baseline ``name`` (its training, evaluation
+    and run files: the Snakefile's ``baseline_<name>`` target), run in the DAG's working
+    directory (the repository root). ``manifest_file``, as seen from there, is passed as
+    --configfile; None means the Snakefile's default manifest."""
+    command = ["snakemake", "--cores", "all", "--profile", "workflow/profiles/default",
+               f"baseline_{name}"]
+    if manifest_file is not None:
+        command += ["--configfile", str(manifest_file)]   # after the target: it takes several
+    return shlex.join(command)
 
 
 def _resources(entry, defaults, where):

@@ -13,21 +13,23 @@ run by hand does exactly what the DAG's job does.
     dump_proposals   write an RPN baseline's proposals for one dataset ('proposals' child)
     evaluate         evaluate a baseline into metrics.json ('evaluate' child)
 
-The four that run a model take the job's CPU ``threads`` (see set_job_threads). The table
+The four that run a model size their CPU threads with set_job_threads. The table
 (the last rule) is ``zoo.table.write_model_zoo``. Every output is written atomically. Under
 torchrun only rank 0 writes files or tracks (``utils.ranks``).
 """
+import atexit
 import functools
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
 from pathlib import Path
 
-from detectron_lib.engine.train_log import read_train_log
+from detectron_lib.engine.train_log import TRAIN_LOG, read_train_log
+from detectron_lib.utils.core_share import CoreShare
 from detectron_lib.utils.io import write_json_atomic
+from detectron_lib.utils.progress import peak_memory_gb
 from detectron_lib.utils.ranks import is_main_process
 
 
@@ -41,18 +43,33 @@ def put_interpreter_first_on_path():
     return os.environ["PATH"]
 
 
-def set_job_threads(threads, entry):
-    """Split a job's CPU ``threads`` (None: the manifest ``entry``'s resources; Snakemake
-    passes what it granted) among its torchrun workers (LOCAL_WORLD_SIZE) and set
-    OMP_NUM_THREADS and torch's intra-op threads accordingly; returns the per-worker count."""
-    threads = threads or entry.resources.threads
+SHARE_CORES_ENV = "DETECTRON_SHARE_CORES"   # set by workflow/rules/common.smk
+
+
+def set_job_threads(threads, entry, layout):
+    """Size the job's CPU threads; returns an ``on_records`` callback that re-sizes them
+    (trainings call it each time they log), or None.
+
+    A single-process job that Snakemake runs on this machine ($DETECTRON_SHARE_CORES holds
+    its --cores; not inside a SLURM job) takes its share of those cores among the DAG's jobs
+    running here (utils.core_share), so that a job running alone uses every core. Otherwise
+    ``threads`` (None: the manifest ``entry``'s; Snakemake passes what it granted) are split
+    among the job's torchrun workers (LOCAL_WORLD_SIZE). OMP_NUM_THREADS and torch's intra-op
+    threads follow.
+    """
     workers = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    per_worker = max(1, int(threads) // max(1, workers))
+    share_cores = os.environ.get(SHARE_CORES_ENV)
+    if share_cores and workers == 1 and "SLURM_JOB_ID" not in os.environ:
+        share = CoreShare(Path(layout.results_dir) / ".core-share", int(share_cores)).take()
+        atexit.register(share.release)
+        share.apply()
+        return lambda records: share.apply()
+    per_worker = max(1, int(threads or entry.resources.threads) // max(1, workers))
     os.environ["OMP_NUM_THREADS"] = str(per_worker)
     import torch
 
     torch.set_num_threads(per_worker)
-    return per_worker
+    return None
 
 
 def hardware_description():
@@ -76,15 +93,6 @@ def hardware_description():
     return f"{cpu}, {cores} CPU cores; PyTorch {torch.__version__}, {accel}"
 
 
-def peak_memory_gb(device_type):
-    """Peak memory of this process in GB: allocated CUDA memory on GPU, peak RSS on CPU."""
-    if device_type == "cuda":
-        import torch
-
-        return torch.cuda.max_memory_allocated() / 1e9
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9   # KB on Linux
-
-
 def _load_cfg(cfg_file, overrides):
     """The config with the DAG's overrides, its datasets registered (DATASET_CATALOG_FILE)."""
     from detectron_lib.config import load_config
@@ -95,7 +103,7 @@ def _load_cfg(cfg_file, overrides):
     return cfg
 
 
-def _baseline_cfg(zoo, name):
+def baseline_config(zoo, name):
     """Baseline ``name``'s config with the overrides the manifest gives every stage of it."""
     return _load_cfg(zoo.baseline(name).config, zoo.config_overrides(name))
 
@@ -129,34 +137,25 @@ def init_tracking(zoo, tracking=True):
 
 def pretrain(zoo, name, threads=None, log_file=None, tracking=True):
     """Pretrain the manifest's body ``name`` into its Detectron-format .pkl in an MLflow run
-    of its own (tagged stage 'pretrain'), whose id goes to its run file; returns the
-    summary."""
-    from detectron_lib.engine.pretrain import pretrain_backbone
-    from detectron_lib.tracking import end_run_after, make_tracker
+    of its own (tagged stage 'pretrain', tracked live as ``detectron pretrain`` is), whose id
+    goes to its run file; returns the summary."""
+    from detectron_lib.tracking import make_tracker, track_pretraining, tracked_run
     from detectron_lib.tracking.runs import read_json, standard_tags
 
     body = zoo.pretrained_body(name)
-    set_job_threads(threads, body)
     layout = zoo.layout
+    resize_threads = set_job_threads(threads, body, layout)
     output = layout.pretrained_weights(name)
     cfg = _load_cfg(body.config, zoo.pretrained_overrides(name))
     tracker = make_tracker(tracking)
     experiment = read_json(layout.experiment_file, "MLflow experiment file")
     experiment_id = tracker.ensure_experiment(experiment["experiment_name"])
     datasets = ",".join(cfg.PRETRAIN.DATASETS or cfg.TRAIN.DATASETS)
-    run_id = tracker.start_run(experiment_id, f"pretrain {name}",
-                               standard_tags(name, experiment["experiment_name"], "pretrain",
-                                             "pretrain", datasets))
-    try:
-        tracker.log_params(run_id, cfg.to_flat_dict())
-        summary = pretrain_backbone(cfg, output)
-        tracker.log_metrics(run_id, {k: summary[k] for k in ("train_time_s", "val_accuracy")
-                                     if k in summary})
-        tracker.log_artifacts(run_id, [f"{output}.json", log_file])
-    except BaseException as error:
-        end_run_after(tracker, run_id, error)
-        raise
-    tracker.end_run(run_id, "FINISHED")
+    tags = standard_tags(name, experiment["experiment_name"], "pretrain", "pretrain", datasets)
+    tracker.end_stale_runs(experiment_id, "baseline", name)   # of a job killed outright
+    with tracked_run(tracker, experiment_id, f"pretrain {name}", tags) as run_id:
+        summary = track_pretraining(tracker, run_id, cfg, output, job_log=log_file,
+                                    on_records=resize_threads)
     write_json_atomic(layout.pretrained_run(name), {"run_id": run_id,
                                                     "experiment_id": experiment_id,
                                                     "pretrained": name},
@@ -169,20 +168,24 @@ def train(zoo, name, threads=None, log_file=None, tracking=True):
 
     Writes (rank 0): the trainer's outputs in OUTPUT_DIR, the run file (the parent MLflow
     run), the train stats: train_time_total_s, train_time_s_per_iter (median), train_mem_gb,
-    hardware, model_type, ims_per_gpu, num_gpus, max_iter. Logs the flattened config as
-    params, the per-iteration losses/lr/time with their iteration as step, and config,
-    train log and job log as artifacts.
+    hardware, model_type, ims_per_gpu, num_gpus, max_iter. The 'train' child run is tracked
+    as ``detectron train`` is (params, losses live, config, train log and weights), plus the
+    stats and the job log; the parent gets the params and the summary numbers.
     """
     from detectron_lib.engine.distributed import resolve_device
-    from detectron_lib.engine.trainer import TRAIN_LOG
     from detectron_lib.engine.trainer import train as run_training
-    from detectron_lib.tracking import end_run_after, make_tracker, stage_run, start_parent_run
+    from detectron_lib.tracking import (
+        end_run_after,
+        make_tracker,
+        stage_run,
+        start_parent_run,
+        track_training,
+    )
     from detectron_lib.zoo.table import model_type
 
-    set_job_threads(threads, zoo.baseline(name))
     layout = zoo.layout
-    cfg = _baseline_cfg(zoo, name)
-    output_dir = Path(cfg.OUTPUT_DIR)
+    resize_threads = set_job_threads(threads, zoo.baseline(name), layout)
+    cfg = baseline_config(zoo, name)
     # Snakemake reruns this job when its config changed: results of the old config go.
     if not is_main_process():
         run_training(cfg, overwrite=True)
@@ -193,15 +196,14 @@ def train(zoo, name, threads=None, log_file=None, tracking=True):
     stats_file, run_file = layout.train_stats(name), layout.run_file(name)
     parent_id = start_parent_run(tracker, layout.experiment_file, run_file, name, zoo.name,
                                  dataset)
-    params = cfg.to_flat_dict()
-    tracker.log_params(parent_id, params)
+    tracker.log_params(parent_id, cfg.to_flat_dict())
     try:
         with stage_run(tracker, run_file, "train", "train", dataset) as (_, child_id):
-            tracker.log_params(child_id, params)
             start = time.perf_counter()
-            weights = run_training(cfg, overwrite=True)
+            weights = track_training(tracker, child_id, cfg, lambda on_records: run_training(
+                cfg, overwrite=True, on_records=on_records), on_records=resize_threads)
             total_s = time.perf_counter() - start
-            records = read_train_log(output_dir / TRAIN_LOG)
+            records = read_train_log(Path(cfg.OUTPUT_DIR) / TRAIN_LOG)
             stats = {
                 "train_time_total_s": total_s,
                 "train_time_s_per_iter": (statistics.median(r["time"] for r in records)
@@ -216,16 +218,13 @@ def train(zoo, name, threads=None, log_file=None, tracking=True):
                 "weights": str(weights),
             }
             write_json_atomic(stats_file, stats, indent=1, sort_keys=True)
-            tracker.log_metric_history(child_id, [
-                (r["iter"], None, {k: v for k, v in r.items() if k != "iter"}) for r in records])
             summary = {k: stats[k] for k in ("train_time_total_s", "train_time_s_per_iter",
                                              "train_mem_gb") if stats[k] is not None}
             tracker.log_metrics(child_id, summary)
             tracker.log_metrics(parent_id, summary)
             tracker.set_tags(parent_id, {"model_type": stats["model_type"],
                                          "hardware": stats["hardware"]})
-            tracker.log_artifacts(child_id, [output_dir / "config.yaml", output_dir / TRAIN_LOG,
-                                             stats_file, log_file])
+            tracker.log_artifacts(child_id, [stats_file, log_file])
     except BaseException as error:
         end_run_after(tracker, parent_id, error)
         raise
@@ -241,9 +240,9 @@ def dump_proposals(zoo, rpn, dataset, threads=None, log_file=None, tracking=True
     from detectron_lib.inference.engine import dump_proposals as run_dump
     from detectron_lib.tracking import make_tracker, stage_run
 
-    set_job_threads(threads, zoo.baseline(rpn))
     layout = zoo.layout
-    cfg = _baseline_cfg(zoo, rpn)
+    set_job_threads(threads, zoo.baseline(rpn), layout)
+    cfg = baseline_config(zoo, rpn)
     dump = functools.partial(run_dump, cfg, layout.weights(rpn), dataset,
                              layout.proposals(rpn, dataset), dataset in cfg.TEST.DATASETS)
     if not is_main_process():
@@ -271,10 +270,10 @@ def evaluate(zoo, name, threads=None, log_file=None, tracking=True):
     from detectron_lib.inference.engine import METRICS_FILE, evaluate_from_proposal_dumps, test
     from detectron_lib.tracking import end_run_after, make_tracker, stage_run
 
-    set_job_threads(threads, zoo.baseline(name))
     layout = zoo.layout
+    set_job_threads(threads, zoo.baseline(name), layout)
     output_dir = layout.eval_dir(name)
-    cfg = _baseline_cfg(zoo, name)
+    cfg = baseline_config(zoo, name)
     proposal_metrics = zoo.dumped_evaluation_inputs(name)
     if proposal_metrics:
         run_evaluation = functools.partial(evaluate_from_proposal_dumps, cfg, proposal_metrics,

@@ -5,18 +5,25 @@ Per baseline the table reads ``eval/metrics.json`` (AP, AR, inference time),
 ``mlflow_run.json`` (the model id). Sections and columns follow Detectron's MODEL_ZOO.md.
 Rows are sorted and nothing time-dependent is written, so unchanged metrics give a
 byte-identical file.
+
+A baseline whose files the DAG has not written yet still gets its row, with '-' for what is
+missing and a mark in its model id cell ('not run', 'not evaluated', ...); a list below the
+tables gives the command that builds each such baseline. A complete zoo has neither.
 """
 import json
+import logging
 import math
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from detectron_lib.errors import DatasetError
+from detectron_lib.errors import ConfigError, DatasetError
 from detectron_lib.evaluation.metrics import read_metrics
 from detectron_lib.utils.io import atomic_write
-from detectron_lib.zoo.manifest import SECTIONS
+from detectron_lib.zoo.manifest import SECTIONS, baseline_command
+
+logger = logging.getLogger(__name__)
 
 COLUMNS = (
     "backbone", "type", "lr schd", "im/ gpu", "train mem (GB)", "train time (s/iter)",
@@ -24,6 +31,9 @@ COLUMNS = (
     "prop. AR", "model id", "download links",
 )
 MISSING = "-"
+# What a row lacks without each of its baseline's files, in the order the marks list them.
+LACKS = {"train stats": "not trained", "metrics": "not evaluated", "run file": "no MLflow run"}
+NOT_RUN = "not run"   # the mark of a baseline with none of its files
 
 
 def model_type(cfg):
@@ -44,7 +54,8 @@ def model_type(cfg):
 @dataclass(frozen=True)
 class ZooRow:
     """One baseline's numbers. Times in seconds, memory in GB, AP/AR as fractions; NaN where
-    a number does not apply (e.g. mask AP of a Faster R-CNN)."""
+    a number does not apply (e.g. mask AP of a Faster R-CNN) or its file is missing.
+    missing: the keys of LACKS whose files the DAG has not written yet."""
 
     name: str
     section: str
@@ -64,15 +75,21 @@ class ZooRow:
     config_path: str
     weights_path: str
     hardware: str
+    missing: tuple = ()
+
+    @property
+    def status(self):
+        """'' for a complete row, NOT_RUN without any file, else what it lacks, e.g.
+        'not evaluated'."""
+        if len(self.missing) == len(LACKS):
+            return NOT_RUN
+        return ", ".join(LACKS[key] for key in LACKS if key in self.missing)
 
 
 def _read_json(path, what):
     try:
         with open(path) as f:
             return json.load(f)
-    except FileNotFoundError:
-        raise DatasetError(f"{what} {path} not found; run the DAG stage that writes it "
-                           f"(snakemake {path})") from None
     except json.JSONDecodeError as e:
         raise DatasetError(f"{what} {path} is not valid JSON ({e}); delete it and rerun "
                            f"the DAG") from None
@@ -83,17 +100,38 @@ def _number(mapping, key):
     return math.nan if value is None else float(value)
 
 
+def _configured_type(manifest, baseline):
+    """The type column of a baseline not trained yet, from its config; '-' (with a warning)
+    when the config does not load."""
+    from detectron_lib.config import load_config
+
+    try:
+        cfg = load_config(baseline.config, manifest.config_overrides(baseline.name))
+    except ConfigError as e:
+        logger.warning("type of baseline %s unknown: %s", baseline.name, e)
+        return MISSING
+    return model_type(cfg)
+
+
 def collect_rows(manifest):
-    """ZooRows of every baseline of ``manifest`` from the files under its results folder."""
+    """ZooRows of every baseline of ``manifest`` from the files under its results folder; a
+    file not written yet leaves its numbers NaN and is named in the row's ``missing``."""
     layout = manifest.layout
     rows = []
     for baseline in manifest.baselines.values():
-        metrics = read_metrics(layout.metrics(baseline.name))
-        stats = _read_json(layout.train_stats(baseline.name), "train stats file")
-        run = _read_json(layout.run_file(baseline.name), "MLflow run file")
+        files = {"train stats": layout.train_stats(baseline.name),
+                 "metrics": layout.metrics(baseline.name),
+                 "run file": layout.run_file(baseline.name)}
+        missing = tuple(key for key, path in files.items() if not os.path.exists(path))
+        metrics = {} if "metrics" in missing else read_metrics(files["metrics"])
+        stats = ({} if "train stats" in missing
+                 else _read_json(files["train stats"], "train stats file"))
+        run = {} if "run file" in missing else _read_json(files["run file"], "MLflow run file")
         rows.append(ZooRow(
             name=baseline.name, section=baseline.section, backbone=baseline.backbone,
-            model_type=stats.get("model_type", MISSING), lr_schd=baseline.lr_schd,
+            model_type=(_configured_type(manifest, baseline) if "train stats" in missing
+                        else stats.get("model_type", MISSING)),
+            lr_schd=baseline.lr_schd,
             ims_per_gpu=stats.get("ims_per_gpu"),
             train_mem_gb=_number(stats, "train_mem_gb"),
             train_time_s_per_iter=_number(stats, "train_time_s_per_iter"),
@@ -103,7 +141,8 @@ def collect_rows(manifest):
             kp_ap=metrics.get("keypoints/AP", math.nan),
             proposal_ar=metrics.get("proposals/AR@1000", math.nan),
             run_id=run.get("parent_run_id") or MISSING, config_path=baseline.config,
-            weights_path=layout.weights(baseline.name), hardware=stats.get("hardware", "")))
+            weights_path=layout.weights(baseline.name), hardware=stats.get("hardware", ""),
+            missing=missing))
     return rows
 
 
@@ -121,24 +160,33 @@ def _link(target, table_dir):
     return os.path.relpath(target, table_dir).replace(os.sep, "/")
 
 
+def _model_id(row):
+    """The run id, followed by the row's status when it is incomplete."""
+    cell = f"`{row.run_id}`" if row.run_id != MISSING else MISSING
+    if not row.status:
+        return cell
+    return f"*{row.status}*" if cell == MISSING else f"{cell} *{row.status}*"
+
+
 def _row_cells(row, table_dir):
-    links = (f"[model]({_link(row.weights_path, table_dir)})"
-             f" / [config]({_link(row.config_path, table_dir)})")
+    links = f"[config]({_link(row.config_path, table_dir)})"
+    if "train stats" not in row.missing:    # no link to weights not trained yet
+        links = f"[model]({_link(row.weights_path, table_dir)}) / " + links
     return (
         row.backbone, row.model_type, row.lr_schd,
         MISSING if row.ims_per_gpu is None else str(row.ims_per_gpu),
         _fixed(row.train_mem_gb, 1), _fixed(row.train_time_s_per_iter, 3),
         _fixed(row.train_time_total_s, 2, 1 / 3600), _fixed(row.inference_time_s_per_im, 3),
         _fixed(row.box_ap, 1, 100), _fixed(row.mask_ap, 1, 100), _fixed(row.kp_ap, 1, 100),
-        _fixed(row.proposal_ar, 1, 100), f"`{row.run_id}`" if row.run_id != MISSING else MISSING,
-        links,
+        _fixed(row.proposal_ar, 1, 100), _model_id(row), links,
     )
 
 
-def render_model_zoo(manifest, rows, table_path):
+def render_model_zoo(manifest, rows, table_path, manifest_file=None):
     """MODEL_ZOO.md text: a header naming the zoo and hardware, then one table per section
-    (Detectron's order; sections without rows are left out). Links are relative to
-    ``table_path``'s folder."""
+    (Detectron's order; sections without rows are left out), then, if some rows are
+    incomplete, the command building each (baseline_command of ``manifest_file``). Links are
+    relative to ``table_path``'s folder."""
     table_dir = str(Path(table_path).parent) or "."
     title = manifest.title or f"Model zoo: {manifest.name}"
     lines = [f"# {title}", ""]
@@ -171,13 +219,29 @@ def render_model_zoo(manifest, rows, table_path):
                   "| " + " | ".join(COLUMNS) + " |",
                   "|" + "|".join(":---:" for _ in COLUMNS) + "|"]
         lines += ["| " + " | ".join(_row_cells(row, table_dir)) + " |" for row in section_rows]
+    incomplete = [row for row in rows if row.missing]
+    if incomplete:
+        lines += ["", "## Not run yet", "",
+                  f"{len(incomplete)} of {len(rows)} baselines are not complete yet: their rows "
+                  f"show `-` for the numbers still missing. The command beside each builds it "
+                  f"(and the baselines it depends on); run it in the repository root:", ""]
+        lines += [f"- {row.name} ({row.status}): "
+                  f"`{baseline_command(row.name, manifest_file)}`" for row in incomplete]
     return "\n".join(lines) + "\n"
 
 
-def write_model_zoo(manifest, output_path=None):
-    """Collect the rows of ``manifest`` and write its table atomically; returns the path."""
+def write_model_zoo(manifest, output_path=None, manifest_file=None):
+    """Collect the rows of ``manifest`` and write its table atomically, with a warning naming
+    the incomplete rows; returns the path. ``manifest_file``: the manifest's path for the
+    commands of incomplete rows (None: the Snakefile's default)."""
     output_path = Path(output_path or manifest.table)
-    text = render_model_zoo(manifest, collect_rows(manifest), output_path)
+    rows = collect_rows(manifest)
+    incomplete = [f"{row.name} ({row.status})" for row in rows if row.missing]
+    if incomplete:
+        logger.warning("%s: %d of %d rows incomplete, rendered with '-' and listed with the "
+                       "command building each under 'Not run yet': %s", output_path,
+                       len(incomplete), len(rows), ", ".join(incomplete))
+    text = render_model_zoo(manifest, rows, output_path, manifest_file)
     with atomic_write(output_path) as f:
         f.write(text)
     return output_path

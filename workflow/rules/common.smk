@@ -1,6 +1,7 @@
 # Shared by the stage files. The validated manifest, its file and paths, and the input
 # functions that turn a manifest entry into the inputs and rerun triggers of a job.
 import json
+import os
 import re
 from pathlib import Path
 
@@ -9,7 +10,7 @@ from snakemake.logging import logger
 from snakemake.utils import min_version, validate
 
 from detectron_lib.zoo.manifest import join_overrides, parse_manifest
-from detectron_lib.zoo.steps import put_interpreter_first_on_path
+from detectron_lib.zoo.steps import SHARE_CORES_ENV, put_interpreter_first_on_path
 
 min_version("8.0")
 
@@ -33,6 +34,10 @@ LAYOUT = ZOO.layout
 
 # Rule shells call `python` and `torchrun` of the environment Snakemake runs in (.venv).
 put_interpreter_first_on_path()
+# Jobs run here share the DAG's cores among those running at the time (zoo.steps.
+# set_job_threads), so that a job running alone uses them all. An environment variable, not
+# a param or the shell command: changing --cores must not rerun jobs.
+os.environ[SHARE_CORES_ENV] = str(workflow.cores)
 
 for _dataset, _path in ZOO.missing_dataset_files():
     logger.warning(f"dataset {_dataset}: {_path} is missing; prepare_dataset will fail "
