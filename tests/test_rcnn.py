@@ -10,7 +10,7 @@ from conftest import noise_images
 
 from detectron_lib.config import ConfigError, load_config
 from detectron_lib.modeling.backbone import body_autocast_dtype, body_features
-from detectron_lib.modeling.backbone.precision import body_layout
+from detectron_lib.modeling.backbone.precision import body_layout, native_cpu_bfloat16
 from detectron_lib.modeling.meta_arch import build_model
 from detectron_lib.modeling.poolers import RoIPooler, assign_fpn_levels
 from detectron_lib.modeling.roi_heads.fast_rcnn import (
@@ -312,11 +312,32 @@ def test_bfloat16_body_features_are_float32_and_close_to_float32_body(reference_
 
 
 @pytest.mark.parametrize("precision,device_type,expected", [
-    ("auto", "cpu", None), ("auto", "cuda", torch.float16), ("float32", "cuda", None),
+    ("auto", "cuda", torch.float16), ("float32", "cuda", None), ("float32", "cpu", None),
     ("bfloat16", "cpu", torch.bfloat16), ("float16", "cuda", torch.float16),
 ])
 def test_body_autocast_dtype(precision, device_type, expected):
     assert body_autocast_dtype(precision, device_type) == expected
+
+
+@pytest.mark.parametrize("avx512_bf16,amx,isa_cap,expected", [
+    (True, False, None, torch.bfloat16), (False, True, None, torch.bfloat16),
+    (False, False, None, None),                                  # AVX2 / AVX-512 only
+    (True, True, "AVX2", None), (True, False, "AVX512_CORE", None),   # oneDNN capped below
+    (True, True, "AVX512_CORE_AMX", torch.bfloat16), (True, False, "AVX512_CORE_BF16", torch.bfloat16),
+])
+def test_auto_precision_on_the_cpu_is_bfloat16_where_it_is_native(monkeypatch, avx512_bf16, amx,
+                                                                  isa_cap, expected):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    if isa_cap:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa_cap)
+    else:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    native_cpu_bfloat16.cache_clear()
+    try:
+        assert body_autocast_dtype("auto", "cpu") == expected
+    finally:
+        native_cpu_bfloat16.cache_clear()
 
 
 def test_body_precision_rejects_unknown_value():

@@ -657,14 +657,14 @@ _C.RETINANET.CLIP_AFTER_NMS = False
 # over the predicted heatmap's cells; False: the heatmap logit at the argmax (Detectron)
 _C.KRCNN.NORMALIZED_KEYPOINT_SCORES = False
 # Precision of the convolutional body (backbone and FPN) in training and inference: 'auto'
-# (float16 autocast on CUDA, float32 on the CPU), 'float32', 'float16' or 'bfloat16'. Heads,
-# box coding and losses always run in float32. bfloat16 pays on CPUs with native bf16
-# arithmetic (AVX512-BF16 / AMX) and on recent GPUs.
+# (float16 autocast on CUDA; bfloat16 on CPUs with native bf16 arithmetic, AVX512-BF16 or
+# AMX, detected at run time; float32 on other CPUs, which only emulate bfloat16, many times
+# slower), 'float32', 'float16' or 'bfloat16'. Heads, box coding and losses run in float32.
 _C.MODEL.BODY_PRECISION = "auto"
 # Precision of the heads' hidden layers under autocast, same values: the RPN conv, the
 # RetinaNet towers, the box head (fc6/fc7, Xconv1fc), the mask head's convs and transposed
 # conv and the keypoint head's convs. Their predictors (class logits, box deltas, mask and
-# keypoint logits), box coding and losses stay float32. 'auto': float16 on CUDA.
+# keypoint logits), box coding and losses stay float32. 'auto': as for the body.
 _C.MODEL.HEAD_PRECISION = "float32"
 
 # Backbone pretraining by object classification (`detectron pretrain`), the stand-in for
