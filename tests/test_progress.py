@@ -24,10 +24,15 @@ def clock(monkeypatch):
 
 def test_eta_is_the_median_step_time_times_the_steps_left(clock):
     progress = Progress(total=100, start=10, window=3)
-    assert progress.eta_seconds() != progress.eta_seconds()   # NaN before the first step
-    for seconds in (30.0, 2.0, 2.0, 3.0):   # a slow first step (model warm-up)
+    for seconds in (30.0, 2.0):   # a slow first step (model warm-up)
         clock.now += seconds
         progress.step()
+        assert progress.eta_seconds() != progress.eta_seconds()   # NaN: fewer than 3 timed
+    clock.now += 2.0
+    progress.step()
+    assert progress.done == 13 and progress.eta_seconds() == pytest.approx(2.0 * 87)
+    clock.now += 3.0
+    progress.step()
     assert progress.done == 14
     assert progress.eta_seconds() == pytest.approx(2.0 * 86)   # median of the last 3
     clock.now += 8.0
@@ -36,9 +41,10 @@ def test_eta_is_the_median_step_time_times_the_steps_left(clock):
 
 
 def test_line_format(clock):
-    progress = Progress(total=1000, start=199)
-    clock.now += 0.75
-    progress.step()
+    progress = Progress(total=1000, start=197)
+    for _ in range(3):
+        clock.now += 0.75
+        progress.step()
     line = progress.line("iter", total_loss=0.84, loss_cls=0.2, lr=0.02, time=0.41, flag="on")
     assert line.startswith("eta: 0:10:00  iter: 200/1000  total_loss: 0.8400  loss_cls: 0.2000  "
                            "lr: 0.02000  time: 0.4100  flag: on  max_mem: ")
