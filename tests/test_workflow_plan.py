@@ -142,3 +142,10 @@ def test_lint_is_clean(shapes_workdir):
     proc = run_snakemake(shapes_workdir, "--lint")
     titles = set(re.findall(r"^\s+\* (.+?):?$", proc.stdout + proc.stderr, re.MULTILINE))
     assert proc.returncode == 0 and not titles, titles
+
+
+def test_dag_picture_without_cores(shapes_workdir):
+    """The documented picture command: target first, --dag's argument the format, no --cores."""
+    proc = run_snakemake(shapes_workdir, "reproduce_model_zoo", "--dag", "dot")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("digraph snakemake_dag") and "model_zoo_table" in proc.stdout

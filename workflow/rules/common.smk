@@ -36,8 +36,10 @@ LAYOUT = ZOO.layout
 put_interpreter_first_on_path()
 # Jobs run here share the DAG's cores among those running at the time (zoo.steps.
 # set_job_threads), so that a job running alone uses them all. An environment variable, not
-# a param or the shell command: changing --cores must not rerun jobs.
-os.environ[SHARE_CORES_ENV] = str(workflow.cores)
+# a param or the shell command: changing --cores must not rerun jobs. Without --cores
+# (--dag, cluster executors) there is nothing to share.
+if workflow._cores is not None:
+    os.environ[SHARE_CORES_ENV] = str(workflow._cores)
 
 for _dataset, _path in ZOO.missing_dataset_files():
     logger.warning(f"dataset {_dataset}: {_path} is missing; prepare_dataset will fail "
