@@ -143,8 +143,7 @@ def cmd_zoo_table(args):
     run yet are marked and listed with the snakemake command building each."""
     from detectron_lib.zoo.table import write_model_zoo
 
-    manifest_file = None if args.manifest == DEFAULT_MANIFEST else args.manifest
-    print(write_model_zoo(_load_zoo(args), args.output, manifest_file))
+    print(write_model_zoo(_load_zoo(args), args.output, args.manifest))
 
 
 def cmd_zoo_step(args):

@@ -37,7 +37,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def _load_zoo(manifest, root):
     """(the manifest at ``manifest`` with its paths absolute under ``root``, that manifest's
-    path as the --configfile of a snakemake command run in ``root``: None for the default)."""
+    path as seen from ``root``, for the snakemake command that trains a baseline)."""
     root = Path(os.path.abspath(root))
     path = Path(os.path.abspath(root / manifest))
     zoo = load_manifest(path)
@@ -50,8 +50,6 @@ def _load_zoo(manifest, root):
         dataset_catalog=at_root(zoo.dataset_catalog), _datasets_cache={},
         baselines={name: dataclasses.replace(baseline, config=at_root(baseline.config))
                    for name, baseline in zoo.baselines.items()})
-    if path == root / DEFAULT_MANIFEST:
-        return zoo, None
     return zoo, path.relative_to(root) if path.is_relative_to(root) else path
 
 

@@ -59,14 +59,21 @@ def start_parent_run(tracker, experiment_file, run_file, baseline, zoo, dataset=
     RUNNING end KILLED first: the DAG runs one job per baseline at a time."""
     experiment = read_json(experiment_file, "MLflow experiment file")
     experiment_id = tracker.ensure_experiment(experiment["experiment_name"])
-    for run_id in tracker.end_stale_runs(experiment_id, "baseline", baseline):
-        logger.info("MLflow run %s of %s was left RUNNING by an earlier job: ended KILLED",
-                    run_id, baseline)
+    end_runs_left_running(tracker, experiment_id, baseline)
     tags = standard_tags(baseline, zoo, "baseline", "train", dataset)
     run_id = tracker.start_run(experiment_id, baseline, tags)
     write_json_atomic(run_file, {"parent_run_id": run_id, "experiment_id": experiment_id,
                                  "baseline": baseline, "zoo": zoo}, indent=1, sort_keys=True)
     return run_id
+
+
+def end_runs_left_running(tracker, experiment_id, name):
+    """End as KILLED the runs tagged baseline ``name`` that earlier jobs left RUNNING (killed
+    outright, or a parent whose evaluation never came): the DAG runs one job per baseline or
+    pretrained body at a time, so any such run is stale."""
+    for run_id in tracker.end_stale_runs(experiment_id, "baseline", name):
+        logger.info("MLflow run %s of %s was left RUNNING by an earlier job: ended KILLED",
+                    run_id, name)
 
 
 def interrupt_on_sigterm():

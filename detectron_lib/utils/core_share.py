@@ -65,19 +65,20 @@ class CoreShare:
                 lease.unlink(missing_ok=True)
         return max(count, 1)
 
-    def threads(self):
-        """This job's share: the cores divided among the live jobs, at least one."""
-        return max(1, self.cores // self.live_jobs())
+    def threads(self, jobs=None):
+        """This job's share: the cores divided among the live jobs (``jobs``, else counted),
+        at least one."""
+        return max(1, self.cores // (jobs or self.live_jobs()))
 
     def apply(self):
         """Set torch's intra-op threads (and OMP_NUM_THREADS for child processes) to the share
         when it changed; returns it."""
         import torch
 
-        threads = self.threads()
+        jobs = self.live_jobs()
+        threads = self.threads(jobs)
         if threads != torch.get_num_threads():
-            logger.info("using %d of %d cores (%d jobs running)", threads, self.cores,
-                        self.live_jobs())
+            logger.info("using %d of %d cores (%d jobs running)", threads, self.cores, jobs)
             torch.set_num_threads(threads)
             os.environ["OMP_NUM_THREADS"] = str(threads)
         return threads

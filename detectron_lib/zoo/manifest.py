@@ -370,10 +370,10 @@ def baseline_command(name, manifest_file=None):
     """The shell command that makes the DAG build baseline ``name`` (its training, evaluation
     and run files: the Snakefile's ``baseline_<name>`` target), run in the DAG's working
     directory (the repository root). ``manifest_file``, as seen from there, is passed as
-    --configfile; None means the Snakefile's default manifest."""
+    --configfile unless it is the Snakefile's default manifest (None: that default)."""
     command = ["snakemake", "--cores", "all", "--profile", "workflow/profiles/default",
                f"baseline_{name}"]
-    if manifest_file is not None:
+    if manifest_file is not None and Path(manifest_file) != Path(DEFAULT_MANIFEST):
         command += ["--configfile", str(manifest_file)]   # after the target: it takes several
     return shlex.join(command)
 

@@ -140,7 +140,7 @@ def pretrain(zoo, name, threads=None, log_file=None, tracking=True):
     of its own (tagged stage 'pretrain', tracked live as ``detectron pretrain`` is), whose id
     goes to its run file; returns the summary."""
     from detectron_lib.tracking import make_tracker, track_pretraining, tracked_run
-    from detectron_lib.tracking.runs import read_json, standard_tags
+    from detectron_lib.tracking.runs import end_runs_left_running, read_json, standard_tags
 
     body = zoo.pretrained_body(name)
     layout = zoo.layout
@@ -152,7 +152,7 @@ def pretrain(zoo, name, threads=None, log_file=None, tracking=True):
     experiment_id = tracker.ensure_experiment(experiment["experiment_name"])
     datasets = ",".join(cfg.PRETRAIN.DATASETS or cfg.TRAIN.DATASETS)
     tags = standard_tags(name, experiment["experiment_name"], "pretrain", "pretrain", datasets)
-    tracker.end_stale_runs(experiment_id, "baseline", name)   # of a job killed outright
+    end_runs_left_running(tracker, experiment_id, name)
     with tracked_run(tracker, experiment_id, f"pretrain {name}", tags) as run_id:
         summary = track_pretraining(tracker, run_id, cfg, output, job_log=log_file,
                                     on_records=resize_threads)
