@@ -287,6 +287,13 @@ def test_shapes_baseline_trains_tests_and_infers(baseline, tiny_dataset, tmp_pat
     assert 0.0 <= metrics["bbox/AP"] <= 1.0
     is_mask = "mask" in baseline
     assert ("segm/AP" in metrics) == is_mask
+    boxes = json.loads((out / "tiny_shapes_bbox_results.json").read_text())
+    segm = out / "tiny_shapes_segm_results.json"
+    assert segm.exists() == is_mask
+    if is_mask:  # one mask per box, in the order of the boxes
+        masks = json.loads(segm.read_text())
+        assert [(m["image_id"], m["category_id"], m["score"]) for m in masks] == [
+            (b["image_id"], b["category_id"], b["score"]) for b in boxes]
 
     cfg = load_config(config, opts + ["TEST.SCORE_THRESH", "0.0"])  # keep an untrained model's
     image = sorted((reference_dir / "demo_images").glob("*.jpg"))[0]

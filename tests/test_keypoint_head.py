@@ -459,6 +459,19 @@ def test_coco_keypoint_results_use_the_configured_confidence():
         pytest.approx(0.3)
 
 
+def test_detectron2_keypoint_results_move_pixel_centres_to_pixel_indices():
+    """detectron2 trains on COCO's integer keypoints + 0.5 and writes its predictions back
+    with - 0.5, its per-keypoint score as the third value (its instances_to_coco_json)."""
+    inst = Instances((50, 50), boxes=torch.tensor([[0.0, 0, 10, 10]]), scores=torch.tensor([0.9]),
+                     classes=torch.tensor([1]), keypoints=torch.tensor([[[1.5, 2.5, 0.25],
+                                                                         [3.0, 4.75, 0.5]]]))
+    (result,) = coco_results([(7, inst)], {1: 1}, CONTINUOUS, "bbox", "detectron2")["keypoints"]
+    assert result["keypoints"] == [1.0, 2.0, 0.25, 2.5, 4.25, 0.5]
+    assert result["score"] == pytest.approx(0.9)
+    with pytest.raises(ConfigError, match="KRCNN.RESULTS_FORMAT is 'detectron3'"):
+        coco_results([(7, inst)], {1: 1}, CONTINUOUS, "bbox", "detectron3")
+
+
 def test_drawing_skeleton_comes_from_the_dataset_catalog(repo_root):
     """shapes_kp's skeleton joins consecutive star tips (1-based STAR_SKELETON in its JSON)."""
     from detectron_lib.data.catalog import COCO_PERSON_KEYPOINT_NAMES, get_dataset
@@ -469,6 +482,11 @@ def test_drawing_skeleton_comes_from_the_dataset_catalog(repo_root):
     coco = get_dataset("keypoints_coco_2017_val")
     assert len(coco.keypoint_skeleton) == 19
     assert {name for pair in coco.keypoint_skeleton for name in pair} == set(COCO_PERSON_KEYPOINT_NAMES)
+    # a 5-keypoint model run with COCO's datasets named (a detectron2 config, as parity runs
+    # it): COCO's skeleton would index keypoints it does not have
+    detectron2_config = repo_root / "configs" / "detectron2" / "keypoint_rcnn_R_50_FPN_1x.yaml"
+    assert keypoint_skeleton_for(load_config(detectron2_config)) != []
+    assert keypoint_skeleton_for(load_config(detectron2_config, ["KRCNN.NUM_KEYPOINTS", "5"])) == []
 
 
 def test_ground_truth_keypoints_score_ap_one_with_the_dataset_sigmas(tmp_path):

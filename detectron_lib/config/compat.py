@@ -111,8 +111,8 @@ INERT_KEYS = {
                           "(provenance.json records the SHA-256 of TRAIN.WEIGHTS)",
     "TEST.COMPETITION_MODE": "False made Detectron salt the detection file's name and delete "
                              "it after evaluation; detectron test always keeps "
-                             "<dataset>_bbox_results.json under that fixed name (Detectron's "
-                             "default, True)",
+                             "<dataset>_{bbox,segm,keypoints}_results.json under fixed names "
+                             "(Detectron's default, True)",
     "TEST.FORCE_JSON_DATASET_EVAL": "detectron test evaluates every dataset, PASCAL VOC "
                                     "included, with the COCO API already (what True asked "
                                     "for); VOC's own AP is evaluation.evaluate_voc",

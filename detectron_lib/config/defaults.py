@@ -138,7 +138,7 @@ _C.TEST.DETECTIONS_PER_IM = 100
 # Detections scoring below this are dropped before NMS
 _C.TEST.SCORE_THRESH = 0.05
 # [Inert] Detectron: False salts the detection file's name and deletes it after evaluation;
-# detectron test always keeps <dataset>_bbox_results.json
+# detectron test always keeps <dataset>_{bbox,segm,keypoints}_results.json
 _C.TEST.COMPETITION_MODE = True
 # [Inert] Detectron: evaluate datasets with their own evaluator (VOC) with the COCO API;
 # detectron test evaluates every dataset with the COCO API
@@ -656,6 +656,11 @@ _C.RETINANET.CLIP_AFTER_NMS = False
 # A keypoint's third value is detectron2's score, the spatial softmax at its argmax normalized
 # over the predicted heatmap's cells; False: the heatmap logit at the argmax (Detectron)
 _C.KRCNN.NORMALIZED_KEYPOINT_SCORES = False
+# How COCO keypoint results (detectron test) write a keypoint: 'detectron' as predicted, with
+# visibility 1; 'detectron2' as its COCOEvaluator writes them: its models predict pixel centres
+# (it trains on COCO's integer keypoints + 0.5), so x and y - 0.5 (back to COCO's pixel
+# indices), and the keypoint's score as the third value
+_C.KRCNN.RESULTS_FORMAT = "detectron"
 # Precision of the convolutional body (backbone and FPN) in training and inference: 'auto'
 # (float16 autocast on CUDA; bfloat16 on CPUs with native bf16 arithmetic, AVX512-BF16 or
 # AMX, detected at run time; float32 on other CPUs, which only emulate bfloat16, many times

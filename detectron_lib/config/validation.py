@@ -17,6 +17,7 @@ CHOICE_KEYS = {
     "MRCNN.ROI_XFORM_METHOD": ("RoIPoolF", "RoIAlign"),
     "KRCNN.ROI_XFORM_METHOD": ("RoIPoolF", "RoIAlign"),
     "KRCNN.KEYPOINT_CONFIDENCE": ("bbox", "logit", "prob"),
+    "KRCNN.RESULTS_FORMAT": ("detectron", "detectron2"),
     "TEST.BBOX_AUG.SCORE_HEUR": ("ID", "AVG", "UNION"),
     "TEST.BBOX_AUG.COORD_HEUR": ("ID", "AVG", "UNION"),
     "TEST.MASK_AUG.HEUR": ("SOFT_AVG", "SOFT_MAX", "LOGIT_AVG"),

@@ -45,6 +45,7 @@ KEYPOINT_METRIC_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75
 
 # Detectron's KRCNN.KEYPOINT_CONFIDENCE: where a keypoint instance's score comes from.
 KEYPOINT_CONFIDENCE_SOURCES = ("bbox", "logit", "prob")
+KEYPOINT_RESULTS_FORMATS = ("detectron", "detectron2")
 
 
 
@@ -152,7 +153,8 @@ def masks_to_coco_results(image_id, masks, scores, classes, label_to_json_id):
 
 
 def keypoints_to_coco_results(
-    image_id, keypoints, scores, classes, label_to_json_id, keypoint_confidence="bbox"
+    image_id, keypoints, scores, classes, label_to_json_id, keypoint_confidence="bbox",
+    results_format="detectron",
 ):
     """COCO 'keypoints' results for one image, with Detectron's score convention.
 
@@ -161,7 +163,9 @@ def keypoints_to_coco_results(
     with visibility 1 (COCO ignores predicted visibility), and the instance score is chosen
     by ``keypoint_confidence`` (KRCNN.KEYPOINT_CONFIDENCE): 'bbox' uses the box score;
     'logit' or 'prob' use the mean over the K keypoints of the third column, which then must
-    hold that kind of per-keypoint score.
+    hold that kind of per-keypoint score. ``results_format`` 'detectron2'
+    (KRCNN.RESULTS_FORMAT) writes keypoints as detectron2 does: x and y - 0.5, from its
+    pixel-centre coordinates to COCO's pixel indices, and the third column as it is.
     Returns N dicts ``{"image_id", "category_id", "keypoints": [x1, y1, 1, ...], "score"}``.
     """
     if keypoint_confidence not in KEYPOINT_CONFIDENCE_SOURCES:
@@ -175,8 +179,14 @@ def keypoints_to_coco_results(
         instance_scores = _to_numpy(scores, np.float64).reshape(-1)
     else:
         instance_scores = keypoints[:, :, 2].mean(axis=1)
+    if results_format not in KEYPOINT_RESULTS_FORMATS:
+        raise ConfigError(f"KRCNN.RESULTS_FORMAT is '{results_format}'; use one of "
+                          f"{KEYPOINT_RESULTS_FORMATS}")
     flat = keypoints.copy()
-    flat[:, :, 2] = 1.0
+    if results_format == "detectron2":
+        flat[:, :, :2] -= 0.5
+    else:
+        flat[:, :, 2] = 1.0
     flat = flat.reshape(len(keypoints), keypoints.shape[1] * 3).tolist()  # N may be 0
     category_ids = _json_category_ids(classes, label_to_json_id)
     _check_lengths(f"image {image_id} keypoints", flat, instance_scores, category_ids)

@@ -1,8 +1,9 @@
 """Dataset inference and evaluation: what ``detectron test`` runs.
 
 Every rank runs the model over its shard of TEST.DATASETS; rank 0 gathers the detections,
-writes them in COCO result format (``<dataset>_bbox_results.json``, like Detectron's
-detections files) and evaluates them with pycocotools into ``metrics.json``.
+writes them in COCO result format (``<dataset>_bbox_results.json``, and ``_segm_`` /
+``_keypoints_`` files for models with those heads, entry by entry in the order of the boxes,
+like Detectron's detections files) and evaluates them with pycocotools into ``metrics.json``.
 """
 import logging
 import statistics
@@ -102,10 +103,12 @@ def run_inference(model, loader, device, log_period=50):
     return results, seconds / max(len(results), 1)
 
 
-def coco_results(results, label_to_json_id, convention, keypoint_confidence="bbox"):
+def coco_results(results, label_to_json_id, convention, keypoint_confidence="bbox",
+                 keypoint_format="detectron"):
     """COCO result lists by type: 'bbox' (boxes in the model's ``convention``, written as the
     regions they cover), 'segm' when masks are present, 'keypoints' when keypoints are, scored
-    as KRCNN.KEYPOINT_CONFIDENCE ('bbox', 'logit' or 'prob') says."""
+    as KRCNN.KEYPOINT_CONFIDENCE ('bbox', 'logit' or 'prob') says and written as
+    KRCNN.RESULTS_FORMAT (``keypoint_format``) says."""
     by_type = {"bbox": []}
     for image_id, inst in results:
         by_type["bbox"].extend(detections_to_coco_results(
@@ -120,7 +123,7 @@ def coco_results(results, label_to_json_id, convention, keypoint_confidence="bbo
                 keypoints = torch.cat([keypoints[:, :, :2], inst.keypoint_probs[:, :, None]], dim=2)
             by_type.setdefault("keypoints", []).extend(keypoints_to_coco_results(
                 image_id, keypoints, inst.scores, inst.classes, label_to_json_id,
-                keypoint_confidence))
+                keypoint_confidence, keypoint_format))
     return by_type
 
 
@@ -155,8 +158,9 @@ def test(cfg, weights, output_dir=None):
             if cfg.MODEL.LABELS_ARE_CATEGORY_IDS:
                 results = _drop_unknown_labels(results, label_map)
             by_type = coco_results(results, label_map, BoxConvention.of(cfg),
-                                   cfg.KRCNN.KEYPOINT_CONFIDENCE)
-            write_json_atomic(output_dir / f"{dataset_name}_bbox_results.json", by_type["bbox"])
+                                   cfg.KRCNN.KEYPOINT_CONFIDENCE, cfg.KRCNN.RESULTS_FORMAT)
+            for kind, entries in by_type.items():
+                write_json_atomic(output_dir / f"{dataset_name}_{kind}_results.json", entries)
             metrics.update(evaluate_coco(str(annotation_file), by_type,
                                          kpt_oks_sigmas=get_dataset(dataset_name).keypoint_oks_sigmas))
         all_metrics[dataset_name] = _write_dataset_metrics(output_dir, index, dataset_name, metrics)

@@ -68,13 +68,15 @@ def class_names_for(cfg):
 
 def keypoint_skeleton_for(cfg):
     """Index pairs of the keypoints joined when drawn, from the first dataset of the config
-    whose catalog entry names keypoints and a skeleton; [] if none does."""
+    whose catalog entry names as many keypoints as the model predicts (KRCNN.NUM_KEYPOINTS)
+    and a skeleton; [] if none does (a model of 5 keypoints run with COCO's datasets named)."""
     for name in tuple(cfg.TRAIN.DATASETS) + tuple(cfg.TEST.DATASETS):
         try:
             entry = get_dataset(name)
         except DatasetError:
             continue
-        if entry.keypoint_names and entry.keypoint_skeleton:
+        if (entry.keypoint_skeleton
+                and len(entry.keypoint_names or ()) == cfg.KRCNN.NUM_KEYPOINTS):
             index = {kp: k for k, kp in enumerate(entry.keypoint_names)}
             return [(index[a], index[b]) for a, b in entry.keypoint_skeleton]
     return []
@@ -94,7 +96,7 @@ class Predictor:
     @torch.no_grad()
     def __call__(self, image_bgr):
         """image_bgr: (H, W, 3) uint8. Detections in its pixels (masks (N, H, W) bool when the
-        model predicts them, keypoints (N, K, 3) (x, y, logit) when it predicts them)."""
+        model predicts them, keypoints (N, K, 3) (x, y, score) when it predicts them)."""
         (out,) = self.model([image_tensor(image_bgr).to(self.device)])
         return out.to("cpu")
 
@@ -104,7 +106,8 @@ def detections_to_json(detections, class_names=None):
     pixels of the input image, ``label`` (the model's class), ``category`` (its name in
     ``class_names``, {label: name}, when known),
     ``score``, and when predicted ``mask`` (COCO compressed RLE of the binary mask) and
-    ``keypoints`` [[x, y, logit], ...]."""
+    ``keypoints`` [[x, y, score], ...] (the heatmap logit, or detectron2's normalized score
+    with KRCNN.NORMALIZED_KEYPOINT_SCORES)."""
     masks = encode_masks_rle(detections.masks) if detections.has("masks") else None
     entries = []
     for i, (box, label, score) in enumerate(zip(detections.boxes.tolist(),
