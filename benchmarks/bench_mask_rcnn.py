@@ -16,7 +16,9 @@ Run (each mode a few minutes on 2 cores):
     .venv/bin/python benchmarks/bench_mask_rcnn.py --mode training --images 1 2
     .venv/bin/python benchmarks/bench_mask_rcnn.py --mode shapes
 Options: --threads (2), --repeats, --no-memory (skip the peak-memory child processes),
---profile (torch.profiler table of ours), --precision (MODEL.BODY_PRECISION of ours).
+--profile (torch.profiler table of ours), --precision (MODEL.BODY_PRECISION and HEAD_PRECISION
+of ours; several, e.g. `--precision float32 bfloat16`, are timed side by side, each against
+torchvision's float32). The first lines give the CPU (lscpu's model, its bfloat16 flags).
 """
 import math
 import os
@@ -25,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +51,7 @@ from detectron_lib.data.transforms import compute_resize_scale, image_tensor  # 
 from detectron_lib.engine.checkpoint_formats import load_weights  # noqa: E402
 from detectron_lib.engine.optim import build_optimizer  # noqa: E402
 from detectron_lib.inference.predictor import Predictor  # noqa: E402
+from detectron_lib.modeling.backbone.precision import native_cpu_bfloat16  # noqa: E402
 from detectron_lib.modeling.meta_arch import build_model  # noqa: E402
 from detectron_lib.structures.instances import Instances  # noqa: E402
 from detectron_lib.structures.masks import polygons_to_bitmap  # noqa: E402
@@ -154,7 +158,8 @@ def torchvision_shapes_model():
 
 def ours_config(path, opts, precision):
     return load_config(path, list(opts) + ["TRAIN.WEIGHTS", "", "DEVICE", "cpu",
-                                           "MODEL.BODY_PRECISION", precision])
+                                           "MODEL.BODY_PRECISION", precision,
+                                           "MODEL.HEAD_PRECISION", precision])
 
 
 def inference_config(height, max_side, precision):
@@ -170,11 +175,16 @@ def test_sizes(images):
 
 
 # ---- sides: each builds its model and returns a step function -------------------------------
-def inference_sides(images, weights, precision):
-    """{side: image_rgb -> detections} for Mask R-CNN inference at the images' size."""
+def ours_side(precision):
+    return f"ours {precision}"
+
+
+def inference_sides(images, weights, precisions):
+    """{side: builder of image_rgb -> detections} for Mask R-CNN inference at the images' size:
+    ours in each of ``precisions``, torchvision."""
     height, max_side = test_sizes(images)
 
-    def ours():
+    def ours(precision):
         predictor = Predictor(inference_config(height, max_side, precision), weights)
         return lambda rgb: predictor(np.ascontiguousarray(rgb[:, :, ::-1]))
 
@@ -188,18 +198,19 @@ def inference_sides(images, weights, precision):
             with torch.no_grad():
                 return model([rgb_to_tensor(rgb)])[0]
         return run
-    return {"ours": ours, "torchvision": theirs}
+    return {**{ours_side(p): partial(ours, p) for p in precisions}, "torchvision": theirs}
 
 
-def training_sides(num_images, weights, precision, shapes=False):
-    """{side: builder of a function running one SGD iteration} on ``num_images`` images."""
+def training_sides(num_images, weights, precisions, shapes=False):
+    """{side: builder of a function running one SGD iteration} on ``num_images`` images: ours
+    in each of ``precisions``, torchvision."""
     size = SHAPES_SIZE if shapes else TRAIN_SIZE
     num_classes = 7 if shapes else 91
     files = demo_files()
     rgbs = [training_rgb(files[i % len(files)], size) for i in range(num_images)]
     targets = [random_targets(*size, 4, num_classes, seed=i) for i in range(num_images)]
 
-    def ours():
+    def ours(precision):
         if shapes:
             cfg = ours_config(SHAPES_CONFIG, [], precision)
         else:
@@ -239,7 +250,7 @@ def training_sides(num_images, weights, precision, shapes=False):
             sum(losses.values()).backward()
             optimizer.step()
         return step
-    return {"ours": ours, "torchvision": theirs}
+    return {**{ours_side(p): partial(ours, p) for p in precisions}, "torchvision": theirs}
 
 
 # ---- peak memory: one side alone in a child process -----------------------------------------
@@ -270,13 +281,15 @@ def run_child(args):
     print(next(line for line in status if line.startswith("VmHWM:")), flush=True)
 
 
-def memory_row(args, mode, weights, images=None):
-    common = ["--mode", mode, "--threads", str(args.threads), "--precision", args.precision]
+def memory_row(args, mode, weights, precision, images=None):
+    """Peak resident memory (GiB) of ours in ``precision`` and of torchvision, each alone."""
+    common = ["--mode", mode, "--threads", str(args.threads), "--precision", precision]
     if weights:
         common += ["--weights", str(weights)]
     if images is not None:
         common += ["--images", str(images)]
-    return {side: child_peak_rss(common + ["--child", side]) for side in ("ours", "torchvision")}
+    return {side: child_peak_rss(common + ["--child", child])
+            for side, child in (("ours", ours_side(precision)), ("torchvision", "torchvision"))}
 
 
 # ---- reporting ------------------------------------------------------------------------------
@@ -294,6 +307,21 @@ def profile(fn, rows=25):
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows), flush=True)
 
 
+def agreement(expected, mine):
+    """(agreeing detections, all of torchvision's, max score difference, mask IoUs) of ours
+    against torchvision's on one image, paired as the parity test pairs them."""
+    order, close = match_detections(expected, mine)
+    pairs = order[close]
+    if not len(pairs):
+        return 0, len(close), 0.0, torch.zeros(0)
+    score_error = float((mine.scores[pairs] - expected["scores"][close]).abs().max())
+    theirs_masks = expected["masks"][close, 0] > 0.5
+    ours_masks = mine.masks[pairs]
+    inter = (theirs_masks & ours_masks).flatten(1).sum(1).float()
+    union = (theirs_masks | ours_masks).flatten(1).sum(1).float().clamp(min=1)
+    return int(close.sum()), len(close), score_error, inter / union
+
+
 def bench_inference(args, workdir):
     files = demo_files()
     images = [inference_rgb(p) for p in files]
@@ -304,47 +332,44 @@ def bench_inference(args, workdir):
     weights = workdir / "maskrcnn_resnet50_fpn.pth"
     torch.save(reference.state_dict(), weights)
     del reference
-    sides = inference_sides(images, weights, args.precision)
-    ours, theirs = sides["ours"](), sides["torchvision"]()
-    ours(images[0]), theirs(images[0])  # warm-up
+    runs = {name: build() for name, build in
+            inference_sides(images, weights, args.precision).items()}
+    for run in runs.values():
+        run(images[0])  # warm-up
     if args.profile:
-        profile(lambda: ours(images[1]))
-    times = {"ours": [], "torchvision": []}
-    matched = total = 0
-    score_error, mask_ious = 0.0, []
+        profile(lambda: runs[ours_side(args.precision[0])](images[1]))
+    times = {name: [] for name in runs}
+    agreeing = {precision: [0, 0, 0.0, []] for precision in args.precision}
     for rgb, path in zip(images, files):
+        outputs = {}
         for _ in range(args.repeats):
-            for name, fn in (("ours", ours), ("torchvision", theirs)):
+            for name, run in runs.items():
                 start = time.perf_counter()
-                out = fn(rgb)
+                outputs[name] = run(rgb)
                 times[name].append(time.perf_counter() - start)
-                if name == "ours":
-                    mine = out
-                else:
-                    expected = out
-        order, close = match_detections(expected, mine)
-        matched += int(close.sum())
-        total += len(close)
-        pairs = order[close]
-        if len(pairs):
-            score_error = max(score_error, float(
-                (mine.scores[pairs] - expected["scores"][close]).abs().max()))
-            theirs_masks = expected["masks"][close, 0] > 0.5
-            ours_masks = mine.masks[pairs]
-            inter = (theirs_masks & ours_masks).flatten(1).sum(1).float()
-            union = (theirs_masks | ours_masks).flatten(1).sum(1).float().clamp(min=1)
-            mask_ious.append(inter / union)
-        print(f"  {path.name}: ours {times['ours'][-1]:.2f} s, torchvision "
-              f"{times['torchvision'][-1]:.2f} s, {int(close.sum())}/{len(close)} detections "
-              f"agree (ours {len(mine)})", flush=True)
-    memory = None if args.no_memory else memory_row(args, "inference", weights)
-    print_row("Mask R-CNN R-50-FPN inference, s/image", statistics.median(times["ours"]),
-              statistics.median(times["torchvision"]), memory)
-    mask_ious = torch.cat(mask_ious)
-    print(f"detections agreeing (same label, box within 0.01 px): {matched}/{total}; "
-          f"max score difference {score_error:.2e}; masks of agreeing detections with IoU > 0.99: "
-          f"{int((mask_ious > 0.99).sum())}/{len(mask_ious)} (mean IoU {mask_ious.mean():.4f}, "
-          f"min {mask_ious.min():.4f})", flush=True)
+        line = []
+        for precision, tally in agreeing.items():
+            mine = outputs[ours_side(precision)]
+            matched, total, score_error, ious = agreement(outputs["torchvision"], mine)
+            tally[0] += matched
+            tally[1] += total
+            tally[2] = max(tally[2], score_error)
+            tally[3].append(ious)
+            line.append(f"ours {precision} {times[ours_side(precision)][-1]:.2f} s "
+                        f"({matched}/{total} agree, {len(mine)} detections)")
+        print(f"  {path.name}: torchvision {times['torchvision'][-1]:.2f} s, " + ", ".join(line),
+              flush=True)
+    theirs = statistics.median(times["torchvision"])
+    for precision, (matched, total, score_error, ious) in agreeing.items():
+        memory = None if args.no_memory else memory_row(args, "inference", weights, precision)
+        print_row(f"Mask R-CNN R-50-FPN inference ({precision}), s/image",
+                  statistics.median(times[ours_side(precision)]), theirs, memory)
+        ious = torch.cat(ious)
+        masks = (f"{int((ious > 0.99).sum())}/{len(ious)} (mean IoU {ious.mean():.4f}, "
+                 f"min {ious.min():.4f})" if len(ious) else "none")
+        print(f"  detections agreeing (same label, box within 0.01 px): {matched}/{total}; "
+              f"max score difference {score_error:.2e}; masks of agreeing detections with "
+              f"IoU > 0.99: {masks}", flush=True)
 
 
 def bench_training(args, workdir, shapes=False):
@@ -358,16 +383,29 @@ def bench_training(args, workdir, shapes=False):
         sides = training_sides(count, weights, args.precision, shapes=shapes)
         steps = {name: build() for name, build in sides.items()}
         if args.profile:
-            steps["ours"]()
-            profile(steps["ours"])
-        ours_median, theirs_median = alternating_medians(
-            (steps["ours"], steps["torchvision"]), args.repeats)
+            first = steps[ours_side(args.precision[0])]
+            first()
+            profile(first)
+        medians = dict(zip(steps, alternating_medians(tuple(steps.values()), args.repeats)))
         del steps
         name = (f"shapes R-18-FPN training, {count} x {SHAPES_SIZE[0]}x{SHAPES_SIZE[1]}" if shapes
                 else f"Mask R-CNN training, {count} x {TRAIN_SIZE[0]}x{TRAIN_SIZE[1]}")
-        memory = None if args.no_memory else memory_row(
-            args, "shapes" if shapes else "training", weights, count)
-        print_row(name + ", s/iter", ours_median, theirs_median, memory)
+        for precision in args.precision:
+            memory = None if args.no_memory else memory_row(
+                args, "shapes" if shapes else "training", weights, precision, count)
+            print_row(f"{name} ({precision}), s/iter", medians[ours_side(precision)],
+                      medians["torchvision"], memory)
+
+
+def describe_cpu():
+    """lscpu's model name and the CPU's bfloat16 flags, and what 'auto' precision picks."""
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
+    flags = fields.get("Flags", "").split()
+    bf16 = [f for f in flags if f in ("avx512_bf16", "amx_bf16", "amx_tile")]
+    print(f"CPU: {fields.get('Model name', '?').strip()}; avx512f: {'avx512f' in flags}; "
+          f"bfloat16 flags: {', '.join(bf16) or 'none'}; 'auto' precision picks "
+          f"{'bfloat16' if native_cpu_bfloat16() else 'float32'}", flush=True)
 
 
 def main():
@@ -375,11 +413,13 @@ def main():
         parser.add_argument("--mode", choices=("inference", "training", "shapes", "all"),
                             default="all")
         parser.add_argument("--images", type=int, nargs="+", default=[1, 2])
-        parser.add_argument("--precision", default="float32",
-                            help="MODEL.BODY_PRECISION of ours (float32 keeps detections identical)")
+        parser.add_argument("--precision", nargs="+", default=["float32"],
+                            choices=("float32", "bfloat16", "auto"),
+                            help="MODEL.BODY_PRECISION and HEAD_PRECISION of ours, each timed "
+                                 "(float32 keeps detections identical)")
         parser.add_argument("--no-memory", action="store_true")
         parser.add_argument("--profile", action="store_true")
-        parser.add_argument("--child", choices=("ours", "torchvision"), help=argparse_hidden)
+        parser.add_argument("--child", help=argparse_hidden)
         parser.add_argument("--weights", help=argparse_hidden)
 
     argparse_hidden = "internal: peak-memory child process"
@@ -387,7 +427,9 @@ def main():
     if args.child:
         run_child(args)
         return
-    print(f"load average {os.getloadavg()[0]:.2f}, precision of ours {args.precision}", flush=True)
+    describe_cpu()
+    print(f"load average {os.getloadavg()[0]:.2f}, precision of ours {' '.join(args.precision)}",
+          flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         if args.mode in ("inference", "all"):
