@@ -18,7 +18,8 @@ Run (each mode a few minutes on 2 cores):
 Options: --threads (2), --repeats, --no-memory (skip the peak-memory child processes),
 --profile (torch.profiler table of ours), --precision (MODEL.BODY_PRECISION and HEAD_PRECISION
 of ours; several, e.g. `--precision float32 bfloat16`, are timed side by side, each against
-torchvision's float32). The first lines give the CPU (lscpu's model, its bfloat16 flags).
+torchvision's float32). The first line gives the CPU (lscpu's model, its AVX-512 / bf16 / AMX
+flags).
 """
 import math
 import os
@@ -69,6 +70,7 @@ ANCHOR_STRIDE = 64  # the coarsest FPN stride (P6)
 TRAIN_SIZE = (800, 1200)
 SHAPES_SIZE = (256, 384)
 SHAPES_IMAGES = 4  # TRAIN.IMS_PER_BATCH of the shapes baseline
+PRECISIONS = ("float32", "bfloat16", "auto")  # --precision: ours' body and heads
 
 
 # ---- inputs ---------------------------------------------------------------------------------
@@ -339,7 +341,7 @@ def bench_inference(args, workdir):
     if args.profile:
         profile(lambda: runs[ours_side(args.precision[0])](images[1]))
     times = {name: [] for name in runs}
-    agreeing = {precision: [0, 0, 0.0, []] for precision in args.precision}
+    agreements = {precision: [] for precision in args.precision}  # one tuple per image
     for rgb, path in zip(images, files):
         outputs = {}
         for _ in range(args.repeats):
@@ -348,22 +350,21 @@ def bench_inference(args, workdir):
                 outputs[name] = run(rgb)
                 times[name].append(time.perf_counter() - start)
         line = []
-        for precision, tally in agreeing.items():
+        for precision, per_image in agreements.items():
             mine = outputs[ours_side(precision)]
-            matched, total, score_error, ious = agreement(outputs["torchvision"], mine)
-            tally[0] += matched
-            tally[1] += total
-            tally[2] = max(tally[2], score_error)
-            tally[3].append(ious)
+            per_image.append(agreement(outputs["torchvision"], mine))
+            matched, total = per_image[-1][:2]
             line.append(f"ours {precision} {times[ours_side(precision)][-1]:.2f} s "
                         f"({matched}/{total} agree, {len(mine)} detections)")
         print(f"  {path.name}: torchvision {times['torchvision'][-1]:.2f} s, " + ", ".join(line),
               flush=True)
     theirs = statistics.median(times["torchvision"])
-    for precision, (matched, total, score_error, ious) in agreeing.items():
+    for precision, per_image in agreements.items():
         memory = None if args.no_memory else memory_row(args, "inference", weights, precision)
         print_row(f"Mask R-CNN R-50-FPN inference ({precision}), s/image",
                   statistics.median(times[ours_side(precision)]), theirs, memory)
+        matched, total, score_errors, ious = zip(*per_image)
+        matched, total, score_error = sum(matched), sum(total), max(score_errors)
         ious = torch.cat(ious)
         masks = (f"{int((ious > 0.99).sum())}/{len(ious)} (mean IoU {ious.mean():.4f}, "
                  f"min {ious.min():.4f})" if len(ious) else "none")
@@ -397,29 +398,18 @@ def bench_training(args, workdir, shapes=False):
                       medians["torchvision"], memory)
 
 
-def describe_cpu():
-    """lscpu's model name and the CPU's bfloat16 flags, and what 'auto' precision picks."""
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
-    flags = fields.get("Flags", "").split()
-    bf16 = [f for f in flags if f in ("avx512_bf16", "amx_bf16", "amx_tile")]
-    print(f"CPU: {fields.get('Model name', '?').strip()}; avx512f: {'avx512f' in flags}; "
-          f"bfloat16 flags: {', '.join(bf16) or 'none'}; 'auto' precision picks "
-          f"{'bfloat16' if native_cpu_bfloat16() else 'float32'}", flush=True)
-
-
 def main():
     def options(parser):
         parser.add_argument("--mode", choices=("inference", "training", "shapes", "all"),
                             default="all")
         parser.add_argument("--images", type=int, nargs="+", default=[1, 2])
-        parser.add_argument("--precision", nargs="+", default=["float32"],
-                            choices=("float32", "bfloat16", "auto"),
+        parser.add_argument("--precision", nargs="+", default=["float32"], choices=PRECISIONS,
                             help="MODEL.BODY_PRECISION and HEAD_PRECISION of ours, each timed "
                                  "(float32 keeps detections identical)")
         parser.add_argument("--no-memory", action="store_true")
         parser.add_argument("--profile", action="store_true")
-        parser.add_argument("--child", help=argparse_hidden)
+        parser.add_argument("--child", choices=[ours_side(p) for p in PRECISIONS] + ["torchvision"],
+                            help=argparse_hidden)
         parser.add_argument("--weights", help=argparse_hidden)
 
     argparse_hidden = "internal: peak-memory child process"
@@ -427,9 +417,8 @@ def main():
     if args.child:
         run_child(args)
         return
-    describe_cpu()
-    print(f"load average {os.getloadavg()[0]:.2f}, precision of ours {' '.join(args.precision)}",
-          flush=True)
+    print(f"load average {os.getloadavg()[0]:.2f}, precision of ours {' '.join(args.precision)} "
+          f"('auto' picks {'bfloat16' if native_cpu_bfloat16() else 'float32'} here)", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         if args.mode in ("inference", "all"):

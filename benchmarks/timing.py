@@ -5,6 +5,7 @@ machine load drifts hit both equally, and reports the median of each and their r
 """
 import argparse
 import statistics
+import subprocess
 import time
 
 import torch
@@ -61,7 +62,18 @@ def bench_args(description, repeats, extra=lambda parser: None):
 
 def setup_threads(threads):
     torch.set_num_threads(threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {describe_cpu()}",
+          flush=True)
+
+
+def describe_cpu():
+    """lscpu's model name and the flags that decide oneDNN's kernels (AVX-512, bfloat16, AMX),
+    which differ between the machines benchmarks run on."""
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
+    flags = set(fields.get("Flags", "").split())
+    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
+    return f"CPU: {fields.get('Model name', '?').strip()} ({', '.join(isa) or 'no AVX2'})"
 
 
 def sgd_iteration(model, inputs, optimizer):

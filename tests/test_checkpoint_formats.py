@@ -12,12 +12,12 @@ import pickle
 import socket
 import threading
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import REPO_ROOT
 
 from detectron_lib.config import load_config
 from detectron_lib.engine.checkpoint import CheckpointError, save_checkpoint
@@ -37,8 +37,8 @@ from detectron_lib.utils.download import DownloadError, cache_path_for, cached_p
 
 
 # Narrow heads and bottlenecks keep the R-50 models small; names and structure are Detectron's.
-NARROW = ["FPN.DIM", "32", "FAST_RCNN.MLP_HEAD_DIM", "64", "MRCNN.DIM_REDUCED", "32",
-          "RESNETS.WIDTH_PER_GROUP", "8"]
+NARROW_BASIC_BLOCKS = ["FPN.DIM", "32", "FAST_RCNN.MLP_HEAD_DIM", "64", "MRCNN.DIM_REDUCED", "32"]
+NARROW = NARROW_BASIC_BLOCKS + ["RESNETS.WIDTH_PER_GROUP", "8"]  # bottlenecks have a group width
 
 
 def _config(reference_dir, name, *overrides):
@@ -662,7 +662,7 @@ def test_detectron2_configs_take_detectron2_checkpoints_whole(repo_root, tmp_pat
     """The configs/detectron2 family builds the network detectron2's checkpoints describe:
     every tensor of a detectron2-named state dict lands, none is left over."""
     classes = "2" if "keypoint" in config else "5"
-    narrow = NARROW[:-2] if "R_18" in config else NARROW  # basic blocks have no group width
+    narrow = NARROW_BASIC_BLOCKS if "R_18" in config else NARROW
     cfg = load_config(repo_root / config, ["MODEL.BODY_PRECISION", "float32", *narrow,
                                            "MODEL.NUM_CLASSES", classes, "TRAIN.WEIGHTS", ""])
     reference = _randomized(build_model(cfg))
@@ -682,9 +682,8 @@ def test_detectron2_configs_take_detectron2_checkpoints_whole(repo_root, tmp_pat
 
 
 FOREIGN_CONVENTION_CONFIGS = sorted(
-    str(path.relative_to(Path(__file__).resolve().parents[1]))
-    for family in ("detectron2", "torchvision")
-    for path in (Path(__file__).resolve().parents[1] / "configs" / family).glob("*.yaml"))
+    str(path.relative_to(REPO_ROOT)) for family in ("detectron2", "torchvision")
+    for path in (REPO_ROOT / "configs" / family).glob("*.yaml"))
 
 
 @pytest.mark.parametrize("config", FOREIGN_CONVENTION_CONFIGS)

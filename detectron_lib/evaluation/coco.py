@@ -172,6 +172,9 @@ def keypoints_to_coco_results(
         raise ConfigError(
             f"KRCNN.KEYPOINT_CONFIDENCE is '{keypoint_confidence}'; use one of {KEYPOINT_CONFIDENCE_SOURCES}"
         )
+    if results_format not in KEYPOINT_RESULTS_FORMATS:
+        raise ConfigError(f"KRCNN.RESULTS_FORMAT is '{results_format}'; use one of "
+                          f"{KEYPOINT_RESULTS_FORMATS}")
     keypoints = _to_numpy(keypoints, np.float64)
     if keypoints.ndim != 3 or keypoints.shape[2] != 3:
         raise ValueError(f"keypoints must be (N, K, 3) rows of (x, y, score); got shape {keypoints.shape}")
@@ -179,9 +182,6 @@ def keypoints_to_coco_results(
         instance_scores = _to_numpy(scores, np.float64).reshape(-1)
     else:
         instance_scores = keypoints[:, :, 2].mean(axis=1)
-    if results_format not in KEYPOINT_RESULTS_FORMATS:
-        raise ConfigError(f"KRCNN.RESULTS_FORMAT is '{results_format}'; use one of "
-                          f"{KEYPOINT_RESULTS_FORMATS}")
     flat = keypoints.copy()
     if results_format == "detectron2":
         flat[:, :, :2] -= 0.5
