@@ -1,5 +1,5 @@
-# The model-zoo DAG: prepare datasets -> MLflow store -> pretrain bodies -> train (RPN -> dump
-# proposals -> train on proposals) -> evaluate -> MODEL_ZOO.md.
+# The model-zoo DAG: fetch weights named by URL, prepare datasets -> MLflow store -> pretrain
+# bodies -> train (RPN -> dump proposals -> train on proposals) -> evaluate -> MODEL_ZOO.md.
 #
 #   snakemake --cores all --profile workflow/profiles/default            # the shapes zoo
 #   snakemake baseline_e2e_faster_rcnn_R-18-FPN_1x                        # one baseline
@@ -15,6 +15,7 @@ if not config:
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/weights.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/tracking.smk"
 include: "workflow/rules/pretrain.smk"
@@ -29,6 +30,7 @@ wildcard_constraints:
     rpn=alternatives(RPN_WITH_CONSUMERS),
     dataset=alternatives(ZOO.all_datasets()),
     pretrained=alternatives(ZOO.pretrained),
+    download=alternatives(DOWNLOADS),
 
 
 localrules:
@@ -36,6 +38,7 @@ localrules:
     zoo_table,
     mlflow_init,
     model_zoo_table,
+    fetch_weights,
 
 
 rule reproduce_model_zoo:

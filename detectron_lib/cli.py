@@ -179,6 +179,12 @@ def _add_zoo_parser(sub):
                           "(default: the manifest entry's)")
     job.add_argument("--log-file", default=None, help="job log to attach as an MLflow artifact")
 
+    p = steps.add_parser("fetch-weights", parents=[manifest],
+                         help="download a URL a baseline's training reads into the zoo's "
+                              "download cache (results/weights/)")
+    p.add_argument("url", help="the URL, as the baseline's config gives it (TRAIN.WEIGHTS)")
+    p.set_defaults(func=cmd_zoo_step, step_function="fetch_weights", step_names=["url"])
+
     p = steps.add_parser("prepare-dataset", parents=[manifest],
                          help="materialize and verify a dataset, write its marker file")
     p.add_argument("dataset", help="catalog dataset name, e.g. shapes_train")

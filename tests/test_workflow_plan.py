@@ -126,6 +126,37 @@ def test_coco_zoo_launches_multi_gpu_training_with_torchrun(coco_workdir):
     assert overrides[overrides.index("NUM_GPUS") + 1] == "8"
 
 
+def test_coco_zoo_fetches_each_weights_url_once_for_the_trainings_that_read_it(coco_workdir):
+    """Compute nodes may have no internet access: each URL that a config gives as TRAIN.WEIGHTS
+    (Detectron's ImageNet bodies) is one fetch_weights job, a local rule (the submit host),
+    whose file in results/weights/ is an input of every training starting from it, and of no
+    other job."""
+    proc = run_snakemake(coco_workdir, "-n", "reproduce_model_zoo",
+                         "--configfile", "configs/zoo/coco_2017.yaml")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = yaml.safe_load((REPO_ROOT / "configs/zoo/coco_2017.yaml").read_text())
+    readers = {}   # fetched file -> baselines whose config names its URL
+    for name, entry in manifest["baselines"].items():
+        train = yaml.safe_load((coco_workdir / entry["config"]).read_text()).get("TRAIN", {})
+        url = train.get("WEIGHTS") or ""
+        if url.startswith("https://"):
+            readers.setdefault(f"results/weights/{url.removeprefix('https://')}", set()).add(name)
+    fetched, fed = set(), {}
+    for (rule, wildcards), block in planned_job_blocks(proc.stdout):
+        inputs = re.search(r"^\s+input: (.+)$", block, re.MULTILINE)
+        for path in inputs.group(1).split(", ") if inputs else ():
+            if path.startswith("results/weights/"):
+                fed.setdefault(path, set()).add((rule, wildcards.removeprefix("baseline=")))
+        if rule == "fetch_weights":
+            fetched.add(re.search(r"^\s+output: (\S+)$", block, re.MULTILINE).group(1))
+    assert fetched == set(readers) and len(fetched) == 7
+    assert fed == {path: {("train", name) for name in names} for path, names in readers.items()}
+    assert sum(map(len, readers.values())) == 79     # the two scratch_ GN baselines read none
+    localrules = re.search(r"^localrules:\n((?:    \w+,\n)+)", (REPO_ROOT / "Snakefile").read_text(),
+                           re.MULTILINE)
+    assert "fetch_weights," in localrules.group(1).split()
+
+
 @pytest.mark.skipif(importlib.util.find_spec("snakemake_executor_plugin_slurm") is None,
                     reason="the slurm profile needs snakemake-executor-plugin-slurm installed")
 def test_coco_zoo_plans_with_slurm_profile(coco_workdir):

@@ -5,8 +5,14 @@
 (written beside the target, then renamed) and checked: the byte count against the server's
 Content-Length, and, for torch.hub-style names ``<name>-<hex>.<ext>`` (torchvision's weight
 files, e.g. ``resnet50-0676ba61.pth``), the SHA-256 digest against that hex prefix.
+
+With ``DETECTRON_OFFLINE=1`` in the environment (or inside ``offline_downloads()``, as the
+zoo's train jobs run: the DAG's fetch_weights jobs fill their cache) a URL missing from the
+cache is an error naming the URL and where to put the file, never a download.
 """
+import contextlib
 import hashlib
+import os
 import re
 import shutil
 import urllib.error
@@ -21,6 +27,7 @@ URL_SCHEMES = ("http", "https", "ftp")
 # torch.hub's convention: the file name ends in the first hex digits of its SHA-256
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]{6,})\.[A-Za-z0-9]+$")
 _CHUNK = 1 << 20
+OFFLINE_ENV = "DETECTRON_OFFLINE"
 
 
 class DownloadError(DetectronError):
@@ -48,6 +55,12 @@ def cached_path(path_or_url, cache_dir, timeout=60):
     target = cache_path_for(url, cache_dir)
     if target.is_file():
         return target
+    if os.environ.get(OFFLINE_ENV, "0") not in ("", "0"):
+        raise DownloadError(
+            f"'{url}' is not in the download cache and downloads are off ({OFFLINE_ENV}="
+            f"{os.environ[OFFLINE_ENV]}). Download it on a host with internet access and put "
+            f"it at '{target}' (in the model-zoo DAG the fetch_weights job does this on the "
+            "submit host before any training starts)")
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             expected = response.headers.get("Content-Length")
@@ -65,6 +78,21 @@ def cached_path(path_or_url, cache_dir, timeout=60):
             "local path instead of the URL") from None
     check_hash_in_name(target)
     return target
+
+
+@contextlib.contextmanager
+def offline_downloads():
+    """Within the block, cached_path only reads its cache (sets DETECTRON_OFFLINE=1, then
+    restores the variable)."""
+    previous = os.environ.get(OFFLINE_ENV)
+    os.environ[OFFLINE_ENV] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[OFFLINE_ENV]
+        else:
+            os.environ[OFFLINE_ENV] = previous
 
 
 def check_hash_in_name(path):

@@ -31,6 +31,7 @@ from pathlib import Path
 import yaml
 
 from detectron_lib.errors import ConfigError
+from detectron_lib.utils.download import cache_path_for, is_url
 
 # Detectron's MODEL_ZOO.md sections, in the order the table lists them.
 DEFAULT_MANIFEST = "configs/zoo/shapes.yaml"   # the Snakefile's default too
@@ -173,6 +174,17 @@ class ZooLayout:
         """The pretraining's MLflow run id."""
         return f"{self.root}/pretrained/{name}_mlflow_run.json"
 
+    @property
+    def download_cache(self):
+        """DOWNLOAD_CACHE of the jobs: the files the zoo's configs name by URL, fetched by the
+        fetch_weights rule into <results_dir>/weights/<host>/<path of the URL>; shared by
+        every zoo of the results folder."""
+        return f"{self.results_dir}/weights"
+
+    def download(self, name):
+        """A file of the download cache, ``name`` being its download_name."""
+        return f"{self.download_cache}/{name}"
+
     def log(self, rule, name):
         return f"{self.results_dir}/logs/{self.zoo}/{rule}/{name}.log"
 
@@ -267,8 +279,9 @@ class ZooManifest:
         overrides += ["OUTPUT_DIR", self.layout.train_dir(name)]
         return overrides
 
-    def datasets(self, name):
-        """(TRAIN.DATASETS, TEST.DATASETS) of a baseline's config after its overrides.
+    def _baseline_facts(self, name):
+        """(TRAIN.DATASETS, TEST.DATASETS, URLs its training downloads) of a baseline's
+        config after its overrides, read once.
 
         Proposal files are emptied for this lookup: they are the DAG's to decide, and a
         Detectron Fast R-CNN config lists its own ones (one per dataset of its own).
@@ -277,14 +290,37 @@ class ZooManifest:
             cfg = self._load_config(self.baseline(name).config, self.base_overrides(name) + [
                 "TRAIN.PROPOSAL_FILES", "()", "TEST.PROPOSAL_FILES", "()",
                 "TEST.PRECOMPUTED_PROPOSALS", "False"], f"baseline '{name}'")
-            self._datasets_cache[name] = (tuple(cfg.TRAIN.DATASETS), tuple(cfg.TEST.DATASETS))
+            urls = (cfg.TRAIN.WEIGHTS,) if is_url(cfg.TRAIN.WEIGHTS) else ()
+            self._datasets_cache[name] = (tuple(cfg.TRAIN.DATASETS), tuple(cfg.TEST.DATASETS),
+                                          urls)
         return self._datasets_cache[name]
+
+    def datasets(self, name):
+        """(TRAIN.DATASETS, TEST.DATASETS) of a baseline's config after its overrides."""
+        return self._baseline_facts(name)[:2]
+
+    def download_urls(self, name):
+        """URLs the training of baseline ``name`` reads (its TRAIN.WEIGHTS, when a URL, e.g.
+        Detectron's ImageNet bodies); the DAG fetches each once (fetch_weights)."""
+        return self._baseline_facts(name)[2]
+
+    def download_inputs(self, name):
+        """Where the files of download_urls(name) are once fetched: inputs of its training."""
+        return [self.layout.download(download_name(url)) for url in self.download_urls(name)]
+
+    def all_downloads(self):
+        """{download_name: URL} for every URL some baseline's training reads."""
+        return {download_name(url): url
+                for name in self.baselines for url in self.download_urls(name)}
 
     def config_overrides(self, name):
         """The full ``KEY VALUE`` override list the DAG passes to every stage of ``name``:
-        base_overrides plus, for a baseline on precomputed proposals, the proposal files its
-        RPN baseline dumps for each of its datasets."""
+        base_overrides; for a baseline whose training reads URLs, DOWNLOAD_CACHE, where the
+        DAG fetched them; for a baseline on precomputed proposals, the proposal files its RPN
+        baseline dumps for each of its datasets."""
         overrides = self.base_overrides(name)
+        if self.download_urls(name):
+            overrides += ["DOWNLOAD_CACHE", self.layout.download_cache]
         rpn = self.baseline(name).proposals_from
         if rpn is None:
             return overrides
@@ -354,6 +390,11 @@ class ZooManifest:
             if not images.is_dir():
                 missing.append((dataset, str(images)))
         return missing
+
+
+def download_name(url):
+    """The path of ``url``'s file inside a download cache: '<host>/<path of the URL>'."""
+    return cache_path_for(url, "").as_posix()
 
 
 def _as_tuple(paths):

@@ -5,6 +5,8 @@ baseline) and looks up everything else there: config file, overrides, datasets a
 path of the zoo's layout. The rules thus pass only a manifest path and a name, and a job
 run by hand does exactly what the DAG's job does.
 
+    fetch_weights    download a file a baseline's config names by URL into the zoo's
+                     download cache (on the submit host: compute nodes may be offline)
     prepare_dataset  materialize a catalog dataset, write its marker JSON
     init_tracking    create the tracking store and the zoo's experiment, once
     pretrain         pretrain a body (an MLflow run of its own)
@@ -27,7 +29,9 @@ import time
 from pathlib import Path
 
 from detectron_lib.engine.train_log import TRAIN_LOG, read_train_log
+from detectron_lib.errors import ConfigError
 from detectron_lib.utils.core_share import CoreShare
+from detectron_lib.utils.download import cached_path, check_hash_in_name, offline_downloads
 from detectron_lib.utils.io import write_json_atomic
 from detectron_lib.utils.progress import peak_memory_gb
 from detectron_lib.utils.ranks import is_main_process
@@ -109,6 +113,20 @@ def baseline_config(zoo, name):
 
 
 # -- steps -------------------------------------------------------------------------------------
+def fetch_weights(zoo, url):
+    """Download ``url``, a URL some baseline's training reads, into the layout's download
+    cache, checked (the byte count the server announced; the SHA-256 prefix of a torch.hub
+    style name); a file already there is checked against such a prefix. Returns its path."""
+    downloads = zoo.all_downloads()
+    if url not in downloads.values():
+        raise ConfigError(f"{zoo.source}: no baseline's config reads '{url}'; the URLs its "
+                          f"trainings read are {', '.join(sorted(downloads.values())) or 'none'}")
+    path = cached_path(url, zoo.layout.download_cache)
+    check_hash_in_name(path)
+    print(path)
+    return path
+
+
 def prepare_dataset(zoo, name):
     """Materialize dataset ``name`` (generate a synthetic one; check a downloaded one) under
     the manifest's data_root, check that every image decodes (data.verify, cached for the
@@ -171,7 +189,15 @@ def train(zoo, name, threads=None, log_file=None, tracking=True):
     hardware, model_type, ims_per_gpu, num_gpus, max_iter. The 'train' child run is tracked
     as ``detectron train`` is (params, losses live, config, train log and weights), plus the
     stats and the job log; the parent gets the params and the summary numbers.
+
+    URLs are read from the download cache alone (utils.download.offline_downloads): the
+    DAG's fetch_weights jobs put them there, and compute nodes may have no internet access.
     """
+    with offline_downloads():
+        return _train(zoo, name, threads, log_file, tracking)
+
+
+def _train(zoo, name, threads, log_file, tracking):
     from detectron_lib.engine.distributed import resolve_device
     from detectron_lib.engine.trainer import train as run_training
     from detectron_lib.tracking import (

@@ -46,6 +46,7 @@ for _dataset, _path in ZOO.missing_dataset_files():
                    f"until it is there (set DETECTRON_DATA_ROOT or the manifest's data_root)")
 
 RPN_WITH_CONSUMERS = [name for name in ZOO.baselines if ZOO.rpn_consumers(name)]
+DOWNLOADS = ZOO.all_downloads()   # {path in the download cache: URL}, for fetch_weights
 
 
 def alternatives(names):
@@ -63,8 +64,8 @@ def rpn_config(wildcards):
 
 
 def train_inputs(wildcards):
-    """Config, dataset markers, the experiment file and (on precomputed proposals) the
-    proposal files of the RPN baseline."""
+    """Config, dataset markers, the experiment file, (on precomputed proposals) the proposal
+    files of the RPN baseline, and the fetched files of the URLs its config names."""
     name = wildcards.baseline
     train_sets, _ = ZOO.datasets(name)
     return {
@@ -73,6 +74,7 @@ def train_inputs(wildcards):
         "experiment": LAYOUT.experiment_file,
         "proposals": ZOO.proposal_inputs(name, "train"),
         "pretrained": ZOO.pretrained_inputs(name),
+        "downloads": ZOO.download_inputs(name),
     }
 
 
