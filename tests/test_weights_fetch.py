@@ -86,6 +86,7 @@ def detectron_zoo(workdir, *args):
                           cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_zoo_training_reads_the_fetched_file_and_never_the_network(tmp_path, publisher,
                                                                    monkeypatch):
     root, base, requests = publisher
