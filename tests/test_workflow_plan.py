@@ -157,6 +157,33 @@ def test_coco_zoo_fetches_each_weights_url_once_for_the_trainings_that_read_it(c
     assert "fetch_weights," in localrules.group(1).split()
 
 
+def test_a_baseline_on_two_nodes_runs_one_torchrun_per_node_under_srun(coco_workdir):
+    """2 nodes x 4 GPUs: the job asks SLURM for 2 nodes, one task each with the baseline's
+    threads and 4 GPUs per node (submitted as the executor submits MPI jobs, so the train
+    rule's srun is the job step), and trains with Detectron's 8 workers (NUM_GPUS 8, the
+    global batch and LR of its 8-GPU configs)."""
+    name = "e2e_mask_rcnn_R-101-FPN_1x"
+    manifest = yaml.safe_load((REPO_ROOT / "configs/zoo/coco_2017.yaml").read_text())
+    manifest["baselines"][name]["resources"] = {"nodes": 2, "gpus": 4, "threads": 16}
+    (coco_workdir / "two_nodes.yaml").write_text(yaml.safe_dump(manifest))
+    proc = run_snakemake(coco_workdir, "-n", "-p", "--cores", "64", f"baseline_{name}",
+                         "--configfile", "two_nodes.yaml")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    blocks = dict(planned_job_blocks(proc.stdout))
+    train = blocks[("train", f"baseline={name}")]
+    resources = re.search(r"^\s+resources: (.+)$", train, re.MULTILINE).group(1).split(", ")
+    assert {"nodes=2", "mpi=srun", "tasks=2",
+            "slurm_extra=--ntasks-per-node=1 --gpus-per-node=4"} <= set(resources)
+    assert not any(r.startswith("gpu=") for r in resources)    # GPUs per node, not in all
+    assert (f"srun --nodes=2 --ntasks=2 --ntasks-per-node=1 --cpus-per-task=16 "
+            f"--gpus-per-node=4 --kill-on-bad-exit=1 python -m detectron_lib.engine.launch "
+            f"--nnodes 2 --nproc-per-node 4 -m detectron_lib.cli zoo train {name} ") in train
+    overrides = load_manifest(coco_workdir / "two_nodes.yaml").config_overrides(name)
+    assert overrides[overrides.index("NUM_GPUS") + 1] == "8"
+    evaluate = blocks[("evaluate", f"baseline={name}")]   # one process on one node
+    assert "gpu=1" in evaluate and "nodes=" not in evaluate
+
+
 @pytest.mark.skipif(importlib.util.find_spec("snakemake_executor_plugin_slurm") is None,
                     reason="the slurm profile needs snakemake-executor-plugin-slurm installed")
 def test_coco_zoo_plans_with_slurm_profile(coco_workdir):

@@ -45,26 +45,31 @@ SECTIONS = {
     "keypoints_end_to_end": "End-to-End Keypoint-only Mask R-CNN Baselines",
 }
 
-DEFAULT_RESOURCES = {"gpus": 0, "threads": 1, "runtime": 60, "mem_mb": 4000}
+DEFAULT_RESOURCES = {"gpus": 0, "threads": 1, "runtime": 60, "mem_mb": 4000, "nodes": 1}
 
 
 @dataclass(frozen=True)
 class Resources:
     """What one job of a baseline asks the scheduler for.
 
-    gpus: GPUs (and torchrun workers when > 1); threads: CPU threads; runtime: minutes;
-    mem_mb: memory in MB.
+    gpus: GPUs per node (and torchrun workers per node when > 1); threads: CPU threads per
+    node; runtime: minutes; mem_mb: memory in MB per node; nodes: nodes of a training (more
+    than 1: one torchrun per node, joined through a c10d rendezvous; SLURM only).
     """
 
     gpus: int
     threads: int
     runtime: int
     mem_mb: int
+    nodes: int = 1
 
     @property
     def num_workers(self):
-        """Training processes: one per GPU, or a single CPU process."""
-        return max(1, self.gpus)
+        """Training processes in all (NUM_GPUS, the world size): on each node one per GPU,
+        or a single CPU process. TRAIN.IMS_PER_BATCH is per process, so the global batch is
+        that times this; SOLVER.BASE_LR is used as the config gives it (Detectron's configs
+        set both for their NUM_GPUS, by the linear scaling rule)."""
+        return self.nodes * max(1, self.gpus)
 
 
 @dataclass(frozen=True)
@@ -428,9 +433,12 @@ def _resources(entry, defaults, where):
         raise ConfigError(f"{where}: unknown resources {sorted(unknown)}; use "
                           f"{', '.join(DEFAULT_RESOURCES)}")
     try:
-        return Resources(**{k: int(v) for k, v in merged.items()})
+        resources = Resources(**{k: int(v) for k, v in merged.items()})
     except (TypeError, ValueError):
         raise ConfigError(f"{where}: resources must be whole numbers, got {merged}") from None
+    if resources.nodes < 1:
+        raise ConfigError(f"{where}: resources: nodes must be 1 or more, got {resources.nodes}")
+    return resources
 
 
 def _overrides(value, where):

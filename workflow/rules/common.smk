@@ -9,6 +9,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 from snakemake.utils import min_version, validate
 
+from detectron_lib.engine.launch import srun_launcher
 from detectron_lib.zoo.manifest import join_overrides, parse_manifest
 from detectron_lib.zoo.steps import SHARE_CORES_ENV, put_interpreter_first_on_path
 
@@ -134,11 +135,31 @@ def overrides_of(name):
     return join_overrides(ZOO.config_overrides(name))
 
 
-def train_launcher(wildcards, resources):
-    """A plain process for <= 1 GPU, torchrun with one worker per GPU otherwise."""
-    if resources.gpu > 1:
-        return f"torchrun --standalone --nproc_per_node {resources.gpu}"
+def train_launcher(wildcards, threads):
+    """A plain process for one node with <= 1 GPU, torchrun with one worker per GPU on one
+    node; on several nodes, srun runs one torchrun per node, joined through a c10d
+    rendezvous (detectron_lib.engine.launch)."""
+    resources = ZOO.baseline(wildcards.baseline).resources
+    if resources.nodes > 1:
+        return srun_launcher(resources.nodes, resources.gpus, threads)
+    if resources.gpus > 1:
+        return f"torchrun --standalone --nproc_per_node {resources.gpus}"
     return "python"
+
+
+def multinode_resource(key):
+    """Resource callable for the SLURM executor: ``key``'s value for a training on several
+    nodes, None (no such resource) on one node. Such a job is submitted as the executor
+    submits MPI jobs (mpi, tasks: one task per node), so its job step is the train rule's own
+    srun; GPUs are asked per node (slurm_extra), not in all (gpu)."""
+    def lookup(wildcards):
+        resources = ZOO.baseline(wildcards.baseline).resources
+        if resources.nodes == 1:
+            return resources.gpus if key == "gpu" else None
+        gpus = [f"--gpus-per-node={resources.gpus}"] if resources.gpus else []
+        return {"gpu": None, "mpi": "srun", "tasks": resources.nodes,
+                "slurm_extra": " ".join(["--ntasks-per-node=1", *gpus])}[key]
+    return lookup
 
 
 def resource_of(key):

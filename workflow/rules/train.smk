@@ -1,6 +1,7 @@
 # Stage 3: train a baseline, on images or on the proposals of its RPN baseline. One process
 # for <= 1 GPU, torchrun with one worker per GPU otherwise; the job's threads are split among
-# the workers (OMP_NUM_THREADS per worker) by the step itself.
+# the workers (OMP_NUM_THREADS per worker) by the step itself. A baseline on several nodes
+# (resources: nodes) runs one torchrun per node under srun, within one SLURM allocation.
 
 
 rule train:
@@ -19,9 +20,13 @@ rule train:
     priority: train_priority
     threads: resource_of("threads")
     resources:
-        gpu=resource_of("gpus"),
+        gpu=multinode_resource("gpu"),
         mem_mb=resource_of("mem_mb"),
         runtime=resource_of("runtime"),
+        nodes=resource_of("nodes"),
+        mpi=multinode_resource("mpi"),
+        tasks=multinode_resource("tasks"),
+        slurm_extra=multinode_resource("slurm_extra"),
     log:
         LAYOUT.log("train", "{baseline}"),
     benchmark:
