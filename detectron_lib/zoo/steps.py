@@ -198,6 +198,7 @@ def train(zoo, name, threads=None, log_file=None, tracking=True):
 
 
 def _train(zoo, name, threads, log_file, tracking):
+    """The body of ``train``, run with downloads off."""
     from detectron_lib.engine.distributed import resolve_device
     from detectron_lib.engine.trainer import train as run_training
     from detectron_lib.tracking import (

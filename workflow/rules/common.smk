@@ -148,10 +148,10 @@ def train_launcher(wildcards, threads):
 
 
 def multinode_resource(key):
-    """Resource callable for the SLURM executor: ``key``'s value for a training on several
-    nodes, None (no such resource) on one node. Such a job is submitted as the executor
-    submits MPI jobs (mpi, tasks: one task per node), so its job step is the train rule's own
-    srun; GPUs are asked per node (slurm_extra), not in all (gpu)."""
+    """Resource callable of a training job (gpu, mpi, tasks, slurm_extra). On one node, gpu
+    is the entry's gpus and the others are absent (None). On several nodes the job is submitted
+    as the SLURM executor submits MPI jobs (mpi, tasks: one task per node), so that its job
+    step is the rule's own srun, and GPUs are asked per node (slurm_extra), not in all (gpu)."""
     def lookup(wildcards):
         resources = ZOO.baseline(wildcards.baseline).resources
         if resources.nodes == 1:
