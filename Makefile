@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test zoo install build clean
+.PHONY: test zoo install build clean services
 
 $(STAMP): pyproject.toml setup.py environment.post-deploy.sh $(wildcard kernels/*.cpp kernels/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,8 +18,13 @@ install: $(STAMP)
 build: $(STAMP)
 	$(PY) setup.py build_ext --inplace
 
-test: $(STAMP)
+test: $(STAMP) services
 	$(VENV)/bin/pytest tests
+
+# Debian's SLURM, munge and PostgreSQL for the slurm and tracking_server tests, installed when
+# run as root (as CI runs); elsewhere those tests skip.
+services:
+	sh tests/install_services.sh
 
 # Train, evaluate and tabulate every baseline of configs/zoo/shapes.yaml into MODEL_ZOO.md.
 zoo: $(STAMP)

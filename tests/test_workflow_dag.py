@@ -58,9 +58,9 @@ def _merged(base, extra):
     return out
 
 
-def write_micro_zoo(root):
-    """Datasets, catalog, configs and manifest of the micro zoo under ``root``; returns the
-    manifest path (relative to root, as the DAG sees it)."""
+def write_micro_zoo(root, names=tuple(MICRO_BASELINES)):
+    """Datasets, catalog, configs and manifest of the micro zoo (its baselines ``names``)
+    under ``root``; returns the manifest path (relative to root, as the DAG sees it)."""
     root = Path(root)
     catalog = {}
     for name, num_images, seed in (("micro_train", 4, 21), ("micro_val", 3, 22)):
@@ -69,7 +69,8 @@ def write_micro_zoo(root):
                          "image_directory": str(annotations.parent / "images")}
     (root / "catalog.yaml").write_text(yaml.safe_dump(catalog))
     baselines = {}
-    for name, (extra, section, proposals_from) in MICRO_BASELINES.items():
+    for name in names:
+        extra, section, proposals_from = MICRO_BASELINES[name]
         config_path = root / "configs" / f"{name}.yaml"
         config_path.parent.mkdir(parents=True, exist_ok=True)
         config_path.write_text(yaml.safe_dump(_merged(MICRO_BASE_CONFIG, extra)))
