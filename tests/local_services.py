@@ -19,19 +19,24 @@ import pytest
 INSTALL_SCRIPT = "tests/install_services.sh"
 
 
+def unavailable(what, reasons):
+    """Skip the test (in CI, CI=true: fail it) because service ``what`` cannot run here, for
+    ``reasons`` (a list of phrases)."""
+    message = (f"{what}: {', '.join(reasons)}; `make test` installs Debian's packages when "
+               f"run as root ({INSTALL_SCRIPT})")
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def require_programs(what, programs, as_root=False):
     """Skip (in CI: fail) the test unless every one of ``programs`` is on PATH and, with
     ``as_root``, the test runs as root; the message names what is missing."""
     reasons = [f"{name} not found" for name in programs if shutil.which(name) is None]
     if as_root and os.geteuid() != 0:
         reasons.append("not running as root")
-    if not reasons:
-        return
-    message = (f"{what}: {', '.join(reasons)}; `make test` installs Debian's packages when "
-               f"run as root ({INSTALL_SCRIPT})")
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
+    if reasons:
+        unavailable(what, reasons)
 
 
 def free_port():

@@ -24,6 +24,7 @@ from detectron_lib.tracking import (
     end_run_after,
     init_experiment,
     interrupt_on_sigterm,
+    is_tracking_server,
     metric_key,
     stage_run,
     start_parent_run,
@@ -48,6 +49,14 @@ def test_default_uri_and_env_override(monkeypatch):
     assert tracking_uri() == DEFAULT_TRACKING_URI == "sqlite:///results/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
     assert tracking_uri() == "http://tracking.example:5000"
+
+
+def test_a_tracking_server_is_told_from_a_store():
+    """A server keeps the zoo's artifacts under its own root (zoo.steps.init_tracking)."""
+    assert is_tracking_server("http://tracking.example:5000")
+    assert is_tracking_server("HTTPS://tracking.example")
+    assert not is_tracking_server("sqlite:///results/mlflow.db")
+    assert not is_tracking_server("postgresql://user@db.example/mlflow")
 
 
 def test_metric_names_are_made_mlflow_legal():

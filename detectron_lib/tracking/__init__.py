@@ -13,7 +13,13 @@ from detectron_lib.tracking.runs import (
     track_training,
     tracked_run,
 )
-from detectron_lib.tracking.tracker import DEFAULT_TRACKING_URI, Tracker, metric_key, tracking_uri
+from detectron_lib.tracking.tracker import (
+    DEFAULT_TRACKING_URI,
+    Tracker,
+    is_tracking_server,
+    metric_key,
+    tracking_uri,
+)
 
 __all__ = [
     "DEFAULT_TRACKING_URI",
@@ -22,6 +28,7 @@ __all__ = [
     "end_run_after",
     "init_experiment",
     "interrupt_on_sigterm",
+    "is_tracking_server",
     "make_tracker",
     "metric_key",
     "record_logger",

@@ -40,6 +40,12 @@ def tracking_uri():
     return os.environ.get(TRACKING_URI_ENV) or DEFAULT_TRACKING_URI
 
 
+def is_tracking_server(uri):
+    """Whether ``uri`` names an MLflow tracking server (http:// or https://), which keeps
+    the artifacts of its experiments under its own artifact root, rather than a store."""
+    return str(uri).lower().startswith(("http://", "https://"))
+
+
 @functools.lru_cache(maxsize=8)
 def git_commit(path=None):
     """HEAD commit of the git checkout holding ``path`` (default: this package), or None."""

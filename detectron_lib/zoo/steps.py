@@ -144,13 +144,16 @@ def prepare_dataset(zoo, name):
 
 
 def init_tracking(zoo, tracking=True):
-    """Create the tracking store and the experiment named after the zoo (artifacts under the
-    layout's artifact_dir) and record them in the layout's experiment file."""
-    from detectron_lib.tracking import init_experiment, make_tracker
+    """Create the tracking store and the experiment named after the zoo and record them in
+    the layout's experiment file. Its artifacts go under the layout's artifact_dir; with a
+    tracking server (MLFLOW_TRACKING_URI=http://...), under the server's artifact root,
+    uploaded through the server, so that compute nodes need not mount it."""
+    from detectron_lib.tracking import init_experiment, is_tracking_server, make_tracker
 
-    artifact_location = Path(zoo.layout.artifact_dir).absolute().as_uri()
-    return init_experiment(make_tracker(tracking), zoo.name, artifact_location,
-                           zoo.layout.experiment_file)
+    tracker = make_tracker(tracking)
+    artifact_location = (None if is_tracking_server(tracker.uri)
+                         else Path(zoo.layout.artifact_dir).absolute().as_uri())
+    return init_experiment(tracker, zoo.name, artifact_location, zoo.layout.experiment_file)
 
 
 def pretrain(zoo, name, threads=None, log_file=None, tracking=True):
