@@ -92,7 +92,7 @@ def _assert_same_batches(a, b):
         assert (x.image_ids, x.positions, x.seeds, x.flipped, x.im_scales) == \
             (y.image_ids, y.positions, y.seeds, y.flipped, y.im_scales)
         for tx, ty in zip(x.targets, y.targets):
-            assert torch.equal(tx.boxes, ty.boxes) and tx.segms == ty.segms
+            assert torch.equal(tx.boxes.tensor, ty.boxes.tensor) and tx.segms == ty.segms
 
 
 def test_two_workers_match_zero_workers_and_resume(small_shapes):
@@ -136,7 +136,7 @@ def test_builders_from_config(small_shapes, monkeypatch):
     assert min(batch.image_sizes[0]) == 80 or max(batch.image_sizes[0]) == 100
     inputs = batch.model_inputs("cpu")
     assert set(inputs) == {"images", "scales", "original_sizes", "targets", "seeds"}
-    assert inputs["targets"][0].boxes.shape[1] == 4
+    assert inputs["targets"][0].boxes.tensor.shape[1] == 4
 
     test_loader = build_test_loader(cfg, "loader_shapes", rank=1, world_size=2)
     ids = [b.image_ids[0] for b in test_loader]

@@ -68,7 +68,7 @@ def test_prepare_sample_resizes_annotations(record):
     assert batch.dtype == torch.float32 and sizes == [(40, 80)]
     assert batch[0, :, 5, 5].tolist() == [-10, -20, 225]
     t = sample["targets"]
-    assert t["boxes"].tolist() == [[8, 4, 20, 24], [0, 0, 80, 40]]
+    assert t["boxes"].tensor.tolist() == [[8, 4, 20, 24], [0, 0, 80, 40]]
     assert t["segms"][0] == [[8, 4, 20, 4, 20, 24, 8, 24]]
     assert t["keypoints"][0].tolist() == [[10, 6, 2], [18, 8, 2], [0, 0, 0]]
 
@@ -80,7 +80,7 @@ def test_flip_with_keypoint_flip_map_hand_computed(record):
     # Red is now on the right: BGR (0, 0, 255) at column 30.
     assert sample["image"][:, 0, 30].tolist() == [0, 0, 255]
     t = sample["targets"]
-    assert t["boxes"].tolist() == [[30, 2, 36, 12], [0, 0, 40, 20]]     # x -> 40 - x
+    assert t["boxes"].tensor.tolist() == [[30, 2, 36, 12], [0, 0, 40, 20]]     # x -> 40 - x
     # Flipped x (35, 31, -) then left/right swapped: the 'left' slot gets old 'right'.
     assert t["keypoints"][0].tolist() == [[35, 3, 2], [0, 0, 0], [31, 4, 2]]
     assert t["segms"][0] == [[36, 2, 30, 2, 30, 12, 36, 12]]
@@ -90,9 +90,10 @@ def test_pixel_index_targets_hand_computed(record):
     # Detectron's loader: COCO [4, 2, 6, 10] -> x2 = 4 + 6 - 1; flipped x -> 40 - 1 - x.
     record = {**record, "keypoints": None}
     plain = prepare_sample(record, 20, 1000, convention=PIXEL_INDICES)
-    assert plain["targets"]["boxes"].tolist() == [[4, 2, 9, 11], [0, 0, 39, 19]]
+    assert plain["targets"]["boxes"].tensor.tolist() == [[4, 2, 9, 11], [0, 0, 39, 19]]
+    assert plain["targets"]["boxes"].convention is PIXEL_INDICES
     flipped = prepare_sample(record, 20, 1000, flip=True, convention=PIXEL_INDICES)
-    assert flipped["targets"]["boxes"].tolist() == [[30, 2, 35, 11], [0, 0, 39, 19]]
+    assert flipped["targets"]["boxes"].tensor.tolist() == [[30, 2, 35, 11], [0, 0, 39, 19]]
 
 
 @pytest.mark.parametrize("convention", [CONTINUOUS, PIXEL_INDICES])
@@ -104,7 +105,7 @@ def test_target_boxes_written_back_as_coco_results_are_the_annotations(record, c
     sample = prepare_sample(record, 40, 1000, flip=flip, convention=convention)
     boxes = sample["targets"]["boxes"] / sample["im_scale"]
     expected = [[30, 2, 6, 10] if flip else [4, 2, 6, 10], [0, 0, 40, 20]]
-    np.testing.assert_allclose(boxes_to_coco_xywh(convention.regions(boxes)), expected, atol=1e-5)
+    np.testing.assert_allclose(boxes_to_coco_xywh(boxes.regions()), expected, atol=1e-5)
 
 
 def test_pad_to_divisibility_32():
@@ -122,14 +123,14 @@ def test_collate_splits_crowd_and_builds_instances(record):
     assert [i.shape for i in batch.images] == [(3, 20, 40)] and batch.image_sizes == [(20, 40)]
     target = batch.targets[0]
     assert len(target) == 1 and target.classes.tolist() == [1]      # the crowd box is apart
-    assert batch.crowd_boxes[0].tolist() == [[0, 0, 40, 20]]
+    assert batch.crowd_boxes[0].tensor.tolist() == [[0, 0, 40, 20]]
     assert not batch.training and "targets" not in batch.model_inputs("cpu")
 
 
 def test_prepare_sample_without_target_size_keeps_the_original(record):
     sample = prepare_sample(record, None, 1000)
     assert sample["im_scale"] is None and sample["image"].shape == (3, 20, 40)
-    assert sample["targets"]["boxes"].tolist() == [[4, 2, 10, 12], [0, 0, 40, 20]]
+    assert sample["targets"]["boxes"].tensor.tolist() == [[4, 2, 10, 12], [0, 0, 40, 20]]
     batch = collate_batch([sample])
     assert batch.im_scales is None and batch.model_inputs("cpu")["scales"] is None
 

@@ -29,6 +29,7 @@ from detectron_lib.modeling.roi_heads.keypoint_head import KeypointConvHead, Key
 from detectron_lib.modeling.roi_heads.mask_head import MaskConvUpsampleHead, MaskPredictor
 from detectron_lib.modeling.roi_heads.rfcn import RFCNPredictor
 from detectron_lib.modeling.rpn import RPNHead
+from detectron_lib.structures.boxes import BoxConvention, Boxes
 from detectron_lib.structures.instances import Instances
 
 SMALL = ["MODEL.NUM_CLASSES", "5", "TRAIN.BATCH_SIZE_PER_IM", "32", "TRAIN.RPN_POST_NMS_TOP_N", "64",
@@ -91,22 +92,23 @@ def _keypoints(boxes, num_keypoints):
     return torch.stack([x, y, torch.full_like(x, 2.0)], dim=2)
 
 
-def _targets(num_keypoints):
+def _targets(num_keypoints, convention):
     boxes = [torch.tensor([[10.0, 10, 60, 80], [50, 40, 110, 90]]), torch.tensor([[0.0, 0, 30, 30]])]
     return [
-        Instances(size, boxes=b, classes=c, segms=[_square(*box.tolist()) for box in b],
+        Instances(size, boxes=Boxes(b, convention), classes=c,
+                  segms=[_square(*box.tolist()) for box in b],
                   keypoints=_keypoints(b, num_keypoints))
         for size, b, c in zip(SIZES, boxes, [torch.tensor([1, 3]), torch.tensor([4])])
     ]
 
 
-def _proposals():
+def _proposals(convention):
     torch.manual_seed(1)
     out = []
     for h, w in SIZES:
         xy = torch.rand(40, 2) * torch.tensor([w * 0.6, h * 0.6])
         wh = 8 + torch.rand(40, 2) * torch.tensor([w * 0.4, h * 0.4])
-        out.append(Instances((h, w), boxes=torch.cat([xy, xy + wh], dim=1)))
+        out.append(Instances((h, w), boxes=Boxes(torch.cat([xy, xy + wh], dim=1), convention)))
     return out
 
 
@@ -118,9 +120,10 @@ def test_family_trains_one_step_and_infers(reference_dir, name, overrides, on_pr
     model = build_model(cfg)
     images = noise_images(model, SIZES)
     # Models on precomputed proposals get them; the others (RetinaNet included) take none.
-    proposals = {"proposals": _proposals()} if on_proposals else {}
+    convention = BoxConvention.of(cfg)
+    proposals = {"proposals": _proposals(convention)} if on_proposals else {}
     model.train()
-    losses = model(images, SCALES, _targets(max(cfg.KRCNN.NUM_KEYPOINTS, 1)), seeds=[1, 2],
+    losses = model(images, SCALES, _targets(max(cfg.KRCNN.NUM_KEYPOINTS, 1), convention), seeds=[1, 2],
                    **proposals)
     assert set(losses) == expected_losses
     total = sum(losses.values())
@@ -139,8 +142,10 @@ def test_family_trains_one_step_and_infers(reference_dir, name, overrides, on_pr
         results = model(images, SCALES, **proposals)
     assert len(results) == 2
     for result, (h, w), scale in zip(results, SIZES, SCALES):
-        assert result.boxes.shape[1] == 4 and torch.isfinite(result.boxes).all()
-        assert (result.boxes[:, 2] <= w / scale + 1e-3).all() and (result.boxes[:, 3] <= h / scale + 1e-3).all()
+        boxes = result.boxes.tensor
+        assert boxes.shape[1] == 4 and torch.isfinite(boxes).all()
+        assert result.boxes.convention is convention
+        assert (boxes[:, 2] <= w / scale + 1e-3).all() and (boxes[:, 3] <= h / scale + 1e-3).all()
         assert (result.scores[:-1] >= result.scores[1:]).all()
         if cfg.MODEL.RPN_ONLY:
             continue
@@ -197,7 +202,7 @@ def test_head_precision_runs_hidden_layers_in_bfloat16_and_predictors_in_float32
             module.cls_pred.register_forward_pre_hook(record("predictor"))
 
     images = noise_images(model, SIZES)
-    targets = _targets(max(cfg.KRCNN.NUM_KEYPOINTS, 1))
+    targets = _targets(max(cfg.KRCNN.NUM_KEYPOINTS, 1), BoxConvention.of(cfg))
     losses = model(images, SCALES, targets, seeds=[1, 2])
     assert seen == {"hidden": {torch.bfloat16}, "predictor": {None}}
     expected = reference(images, SCALES, targets, seeds=[1, 2])
@@ -237,7 +242,7 @@ def test_rfcn_class_score_reads_its_bin_from_its_own_score_map(method):
     # RoI's bin (0, 1) is the top-right quadrant: with the map lit there, that bin pools 1 and
     # the other three bins (which read channels 4, 6, 7) pool 0, so the vote (average) is 1/4.
     predictor = _rfcn_with_one_active_channel(method, "conv_cls", 5)
-    whole = [torch.tensor([[0.0, 0.0, 4.0, 4.0]])]
+    whole = [Boxes(torch.tensor([[0.0, 0.0, 4.0, 4.0]]))]
     logits, deltas = predictor(_quadrant(0, 1), whole)
     assert logits.tolist() == [[0.0, 0.25]]
     assert deltas.shape == (1, 8) and not deltas.any()
@@ -252,7 +257,7 @@ def test_rfcn_box_delta_reads_its_bin_from_its_own_map(method):
     # Class-agnostic boxes: 8 outputs (background, foreground) x (dx, dy, dw, dh). Output 5
     # (foreground dy) in bin (1, 0) is channel (5 * 2 + 1) * 2 + 0 = 22.
     predictor = _rfcn_with_one_active_channel(method, "conv_bbox_pred", 22)
-    logits, deltas = predictor(_quadrant(1, 0), [torch.tensor([[0.0, 0.0, 4.0, 4.0]])])
+    logits, deltas = predictor(_quadrant(1, 0), [Boxes(torch.tensor([[0.0, 0.0, 4.0, 4.0]]))])
     expected = torch.zeros(1, 8)
     expected[0, 5] = 0.25
     assert torch.equal(deltas, expected) and not logits.any()

@@ -23,7 +23,7 @@ from detectron_lib.data.shapes import generate_shapes_dataset
 from detectron_lib.modeling.meta_arch import build_model
 from detectron_lib.modeling.poolers import roi_feature_names, roi_pooler_from_config
 from detectron_lib.modeling.roi_heads import instance_heads
-from detectron_lib.ops import box_iou
+from detectron_lib.structures.boxes import Boxes
 from detectron_lib.structures.instances import Instances
 
 SHAPES_FPN = "configs/shapes/e2e_faster_rcnn_R-18-FPN_1x.yaml"
@@ -31,9 +31,11 @@ SIZES = [(96, 128), (80, 112)]
 
 
 def _targets():
-    return [Instances(SIZES[0], boxes=torch.tensor([[10.0, 10, 60, 80], [50, 40, 110, 90]]),
+    # The shapes configs use continuous boxes (MODEL.BBOX_LEGACY_PLUS_ONE False), Boxes' default.
+    return [Instances(SIZES[0], boxes=Boxes(torch.tensor([[10.0, 10, 60, 80], [50, 40, 110, 90]])),
                       classes=torch.tensor([1, 3])),
-            Instances(SIZES[1], boxes=torch.tensor([[0.0, 0, 30, 30]]), classes=torch.tensor([4]))]
+            Instances(SIZES[1], boxes=Boxes(torch.tensor([[0.0, 0, 30, 30]])),
+                      classes=torch.tensor([4]))]
 
 
 # ---- 1. a backbone ------------------------------------------------------------------------------
@@ -80,7 +82,7 @@ def _trains_one_step_and_detects(model):
     model.eval()
     with torch.no_grad():
         results = model(images)  # originals: the model resizes them to TEST.SCALE itself
-    assert [r.image_size for r in results] and all(r.boxes.shape[1] == 4 for r in results)
+    assert [r.image_size for r in results] and all(r.boxes.tensor.shape[1] == 4 for r in results)
     return losses, results
 
 
@@ -115,7 +117,7 @@ class IoUHeads(nn.Module):
             return out, {}
         fg = [rois[rois.classes > 0] for rois in instances]
         predicted = self.predict(features, [rois.boxes for rois in fg])
-        true_iou = torch.cat([box_iou(rois.boxes, gt.boxes[rois.matched_gt]).diagonal()
+        true_iou = torch.cat([rois.boxes.iou(gt.boxes[rois.matched_gt]).diagonal()
                               for rois, gt in zip(fg, targets)])
         loss = F.smooth_l1_loss(predicted, true_iou, reduction="sum") / max(len(predicted), 1)
         return instances, {"loss_iou": self.loss_weight * loss}

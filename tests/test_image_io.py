@@ -4,6 +4,7 @@ alone, and mapping boxes and masks back to the original image."""
 import torch
 
 from detectron_lib.modeling.image_io import DetectorIO
+from detectron_lib.structures.boxes import Boxes
 from detectron_lib.structures.instances import Instances
 
 
@@ -36,10 +37,10 @@ def test_an_image_at_its_test_size_is_not_requantized():
 
 def test_results_come_back_in_original_pixels_with_pasted_masks():
     io = DetectorIO((0.0, 0.0, 0.0), mask_thresh=0.5)
-    detections = Instances((40, 80), boxes=torch.tensor([[0.0, 0.0, 10.0, 10.0]]),
+    detections = Instances((40, 80), boxes=Boxes(torch.tensor([[0.0, 0.0, 10.0, 10.0]])),
                            mask_probs=torch.ones(1, 14, 14))
     (result,) = io.postprocess([detections], [2.0], [(20, 40)])
-    assert result.boxes.tolist() == [[0.0, 0.0, 5.0, 5.0]]
+    assert result.boxes.tensor.tolist() == [[0.0, 0.0, 5.0, 5.0]]
     assert result.masks.shape == (1, 20, 40)
     assert result.masks[0, :5, :5].all() and result.masks.sum() == 25
     (unknown,) = io.postprocess([detections], [2.0])         # original size unknown: no masks
@@ -50,12 +51,12 @@ def test_per_axis_rescale_is_detectron2s_detector_postprocess():
     # MODEL.RESCALE_PER_AXIS: a 20 x 30 original seen as 40 x 62 (x factor 30 / 62, y 1 / 2);
     # boxes and keypoints scaled per axis, clipped to the original, empty boxes dropped
     io = DetectorIO((0.0, 0.0, 0.0), rescale_per_axis=True)
-    detections = Instances((40, 62), boxes=torch.tensor([[31.0, 10.0, 62.0, 30.0],
-                                                         [62.0, 0.0, 70.0, 10.0]]),
+    detections = Instances((40, 62), boxes=Boxes(torch.tensor([[31.0, 10.0, 62.0, 30.0],
+                                                               [62.0, 0.0, 70.0, 10.0]])),
                            keypoints=torch.tensor([[[31.0, 20.0, 0.5]], [[65.0, 5.0, 0.1]]]),
                            scores=torch.tensor([0.9, 0.8]))
     (result,) = io.postprocess([detections], [2.0], [(20, 30)])
-    assert result.boxes.tolist() == [[15.0, 5.0, 30.0, 15.0]]     # the second is empty once clipped
+    assert result.boxes.tensor.tolist() == [[15.0, 5.0, 30.0, 15.0]]     # the second is empty once clipped
     assert result.keypoints.tolist() == [[[15.0, 10.0, 0.5]]] and len(result.scores) == 1
     (uniform,) = DetectorIO((0.0, 0.0, 0.0)).postprocess([detections], [2.0], [(20, 30)])
-    assert uniform.boxes[0].tolist() == [15.5, 5.0, 31.0, 15.0] and len(uniform) == 2
+    assert uniform.boxes.tensor[0].tolist() == [15.5, 5.0, 31.0, 15.0] and len(uniform) == 2

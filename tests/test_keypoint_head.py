@@ -30,7 +30,7 @@ from detectron_lib.modeling.roi_heads.keypoint_head import (
     keypoints_to_heatmap_labels,
     visible_keypoint_in_box,
 )
-from detectron_lib.structures.boxes import CONTINUOUS
+from detectron_lib.structures.boxes import PIXEL_INDICES, Boxes
 from detectron_lib.structures.instances import Instances
 from detectron_lib.structures.keypoints import flip_permutation
 
@@ -219,7 +219,7 @@ def test_minibatch_with_too_few_visible_keypoints_gets_no_keypoint_loss(min_coun
     valid when the visible keypoints of the keypoint RoIs number more than it). One RoI
     (0, 0, 8, 8) with 2 visible keypoints and a hidden one; uniform logits over 4 x 4 cells
     give log(16) per visible keypoint, divided by the 2 visible ones."""
-    rois = [Instances((20, 20), boxes=torch.tensor([[0.0, 0, 8, 8]]), classes=torch.tensor([1]),
+    rois = [Instances((20, 20), boxes=Boxes(torch.tensor([[0.0, 0, 8, 8]])), classes=torch.tensor([1]),
                       matched_gt=torch.tensor([0]))]
     gt = [Instances((20, 20), keypoints=torch.tensor([[[1.0, 1, 2], [5, 5, 2], [3, 3, 0]]]))]
     heads = _UniformHeads(min_count)
@@ -295,13 +295,14 @@ def test_unset_num_keypoints_and_odd_up_scale_are_config_errors(reference_dir):
 
 def _targets(sizes, num_keypoints):
     g = torch.Generator().manual_seed(3)
+    # In Detectron's config's convention (MODEL.BBOX_LEGACY_PLUS_ONE True).
     boxes = [torch.tensor([[10.0, 10, 60, 80], [50, 40, 110, 90]]), torch.tensor([[0.0, 0, 30, 30]])]
     targets = []
     for size, b in zip(sizes, boxes):
         xy = b[:, None, :2] + torch.rand(len(b), num_keypoints, 2, generator=g) * (b[:, None, 2:] - b[:, None, :2])
         v = torch.randint(0, 3, (len(b), num_keypoints, 1), generator=g).float()
         v[:, 0] = 2
-        targets.append(Instances(size, boxes=b, classes=torch.ones(len(b), dtype=torch.int64),
+        targets.append(Instances(size, boxes=Boxes(b, PIXEL_INDICES), classes=torch.ones(len(b), dtype=torch.int64),
                                  keypoints=torch.cat([xy, v], dim=2)))
     return targets
 
@@ -329,19 +330,20 @@ def test_detectron_config_trains_one_step_and_infers(reference_dir):
         assert result.keypoints.shape == (len(result), 17, 3)
         assert result.keypoint_probs.shape == (len(result), 17)
         kx, ky = result.keypoints[..., 0], result.keypoints[..., 1]
-        b = result.boxes[:, None, :]
+        b = result.boxes.tensor[:, None, :]
         assert ((kx >= b[..., 0]) & (kx <= b[..., 2]) & (ky >= b[..., 1]) & (ky <= b[..., 3])).all()
-        assert (result.boxes[:, 2] <= w / scale + 1e-3).all()
+        assert (result.boxes.tensor[:, 2] <= w / scale + 1e-3).all()
 
 
 def test_ground_truth_without_keypoints_is_a_dataset_error(reference_dir, repo_root):
     cfg = load_config(repo_root / SHAPES_KP)
     torch.manual_seed(0)
     model = build_model(cfg).train()
-    target = Instances((64, 64), boxes=torch.tensor([[8.0, 8, 56, 56]]), classes=torch.tensor([1]))
+    target = Instances((64, 64), boxes=Boxes(torch.tensor([[8.0, 8, 56, 56]])),
+                       classes=torch.tensor([1]))
     with pytest.raises(DatasetError, match="keypoints"):
         model([torch.zeros(3, 64, 64)], [1.0], [target], seeds=[0])
-    wrong_k = Instances((64, 64), boxes=torch.tensor([[8.0, 8, 56, 56]]), classes=torch.tensor([1]),
+    wrong_k = Instances((64, 64), boxes=Boxes(torch.tensor([[8.0, 8, 56, 56]])), classes=torch.tensor([1]),
                         keypoints=torch.full((1, 17, 3), 30.0))
     with pytest.raises(DatasetError, match="KRCNN.NUM_KEYPOINTS"):
         model([torch.zeros(3, 64, 64)], [1.0], [wrong_k], seeds=[0])
@@ -358,7 +360,7 @@ def test_keypoint_loss_goes_down_overfitting_one_tiny_image(repo_root):
     image, annotations = shapes.render_scene(background, [star], ("star",), keypoints=True)
     ann = annotations[0]
     x, y, w, h = ann["bbox"]
-    target = Instances((64, 64), boxes=torch.tensor([[x, y, x + w, y + h]], dtype=torch.float32),
+    target = Instances((64, 64), boxes=Boxes(torch.tensor([[x, y, x + w, y + h]], dtype=torch.float32)),
                        classes=torch.tensor([1]),
                        keypoints=torch.tensor(ann["keypoints"], dtype=torch.float32).view(1, 5, 3))
     pixels = [image_tensor(image[:, :, ::-1])]
@@ -446,30 +448,30 @@ def test_flipped_keypoints_land_on_the_same_image_content(tmp_path):
 
 # ---- results for COCO evaluation ------------------------------------------------------------
 def test_coco_keypoint_results_use_the_configured_confidence():
-    inst = Instances((50, 50), boxes=torch.tensor([[0.0, 0, 10, 10]]), scores=torch.tensor([0.9]),
+    inst = Instances((50, 50), boxes=Boxes(torch.tensor([[0.0, 0, 10, 10]])), scores=torch.tensor([0.9]),
                      classes=torch.tensor([1]),
                      keypoints=torch.tensor([[[1.0, 2, 4.0], [3, 4, 6.0]]]),
                      keypoint_probs=torch.tensor([[0.2, 0.4]]))
-    by_bbox = coco_results([(7, inst)], {1: 1}, CONTINUOUS, "bbox")
+    by_bbox = coco_results([(7, inst)], {1: 1}, "bbox")
     assert by_bbox["keypoints"] == [{"image_id": 7, "category_id": 1,
                                      "keypoints": [1.0, 2.0, 1.0, 3.0, 4.0, 1.0],
                                      "score": pytest.approx(0.9)}]
-    assert coco_results([(7, inst)], {1: 1}, CONTINUOUS, "logit")["keypoints"][0]["score"] == 5.0
-    assert coco_results([(7, inst)], {1: 1}, CONTINUOUS, "prob")["keypoints"][0]["score"] == \
+    assert coco_results([(7, inst)], {1: 1}, "logit")["keypoints"][0]["score"] == 5.0
+    assert coco_results([(7, inst)], {1: 1}, "prob")["keypoints"][0]["score"] == \
         pytest.approx(0.3)
 
 
 def test_detectron2_keypoint_results_move_pixel_centres_to_pixel_indices():
     """detectron2 trains on COCO's integer keypoints + 0.5 and writes its predictions back
     with - 0.5, its per-keypoint score as the third value (its instances_to_coco_json)."""
-    inst = Instances((50, 50), boxes=torch.tensor([[0.0, 0, 10, 10]]), scores=torch.tensor([0.9]),
+    inst = Instances((50, 50), boxes=Boxes(torch.tensor([[0.0, 0, 10, 10]])), scores=torch.tensor([0.9]),
                      classes=torch.tensor([1]), keypoints=torch.tensor([[[1.5, 2.5, 0.25],
                                                                          [3.0, 4.75, 0.5]]]))
-    (result,) = coco_results([(7, inst)], {1: 1}, CONTINUOUS, "bbox", "detectron2")["keypoints"]
+    (result,) = coco_results([(7, inst)], {1: 1}, "bbox", "detectron2")["keypoints"]
     assert result["keypoints"] == [1.0, 2.0, 0.25, 2.5, 4.25, 0.5]
     assert result["score"] == pytest.approx(0.9)
     with pytest.raises(ConfigError, match="KRCNN.RESULTS_FORMAT is 'detectron3'"):
-        coco_results([(7, inst)], {1: 1}, CONTINUOUS, "bbox", "detectron3")
+        coco_results([(7, inst)], {1: 1}, "bbox", "detectron3")
 
 
 def test_drawing_skeleton_comes_from_the_dataset_catalog(repo_root):
@@ -507,10 +509,10 @@ def test_ground_truth_keypoints_score_ap_one_with_the_dataset_sigmas(tmp_path):
             keypoints[:, :, 2] = 5.0   # a logit
             n = len(keypoints)
             results.append((record["image_id"], Instances(
-                (record["height"], record["width"]), boxes=torch.from_numpy(record["boxes"]),
+                (record["height"], record["width"]), boxes=Boxes(torch.from_numpy(record["boxes"])),
                 scores=torch.ones(n), classes=torch.from_numpy(record["classes"]),
                 keypoints=keypoints, keypoint_probs=torch.ones(n, 5))))
-        by_type = coco_results(results, loaded.categories.contiguous_to_json_id, CONTINUOUS)
+        by_type = coco_results(results, loaded.categories.contiguous_to_json_id)
         metrics = evaluate_coco(str(annotation_file), {"keypoints": by_type["keypoints"]},
                                 kpt_oks_sigmas=shapes.STAR_KEYPOINT_OKS_SIGMAS)
         ap[shift] = metrics["keypoints/AP"]
@@ -544,8 +546,8 @@ def test_detectron2_postprocess_keeps_keypoints_in_their_boxes(reference_dir):
         results = model(noise_images(model, sizes), [0.5, 2.0], original_sizes=originals)
     for result, (h, w) in zip(results, originals):
         assert len(result) > 0
-        assert (result.boxes[:, 2] <= w).all() and (result.boxes[:, 3] <= h).all()
+        b = result.boxes.tensor[:, None, :]
+        assert (b[..., 2] <= w).all() and (b[..., 3] <= h).all()
         kx, ky = result.keypoints[..., 0], result.keypoints[..., 1]
-        b = result.boxes[:, None, :]
         assert ((kx >= b[..., 0] - 1e-4) & (kx <= b[..., 2] + 1e-4)).all()
         assert ((ky >= b[..., 1] - 1e-4) & (ky <= b[..., 3] + 1e-4)).all()

@@ -30,6 +30,7 @@ from detectron_lib.modeling.roi_heads.mask_head import (
     mask_targets,
     paste_mask_probs,
 )
+from detectron_lib.structures.boxes import Boxes
 from detectron_lib.structures.instances import Instances
 
 FPN_1X = "12_2017_baselines/e2e_mask_rcnn_R-50-FPN_1x.yaml"
@@ -143,8 +144,8 @@ def test_head_output_shapes_with_detectron_configs(reference_dir, config, head, 
     generator = torch.Generator().manual_seed(0)
     features = {name: torch.randn(1, c, 256 // strides[name], 256 // strides[name],
                                   generator=generator) for name, c in channels.items()}
-    boxes = [torch.tensor([[10.0, 20.0, 100.0, 120.0], [0.0, 0.0, 255.0, 255.0],
-                           [40.0, 50.0, 60.0, 58.0]])]
+    boxes = [Boxes(torch.tensor([[10.0, 20.0, 100.0, 120.0], [0.0, 0.0, 255.0, 255.0],
+                                 [40.0, 50.0, 60.0, 58.0]]))]
     logits = heads.mask_logits(features, boxes)
     assert logits.shape == (3, 4, resolution, resolution)
     convs = [m for m in heads.head.modules() if isinstance(m, torch.nn.Conv2d)]
@@ -174,7 +175,7 @@ def test_class_agnostic_mask_predicts_one_channel(reference_dir):
                                                   "MRCNN.DIM_REDUCED", "16"])
     assert heads.predictor.logits.out_channels == 1
     features = {f"p{k}": torch.randn(1, 256, 64 // 2 ** k, 64 // 2 ** k) for k in range(2, 7)}
-    detections = [Instances((64, 64), boxes=torch.tensor([[4.0, 4.0, 40.0, 30.0]]),
+    detections = [Instances((64, 64), boxes=Boxes(torch.tensor([[4.0, 4.0, 40.0, 30.0]])),
                             scores=torch.ones(1), classes=torch.tensor([3]))]
     out, _ = heads.eval()(features, detections)
     assert out[0].mask_probs.shape == (1, 28, 28)
@@ -204,7 +205,7 @@ def test_upsample_ratio_doubles_the_predicted_resolution(reference_dir):
                                                   "MRCNN.UPSAMPLE_RATIO", "2",
                                                   "MRCNN.DIM_REDUCED", "16"])
     features = {f"p{k}": torch.randn(1, 256, 64 // 2 ** k, 64 // 2 ** k) for k in range(2, 7)}
-    assert heads.mask_logits(features, [torch.tensor([[4.0, 4.0, 40.0, 30.0]])]).shape == (
+    assert heads.mask_logits(features, [Boxes(torch.tensor([[4.0, 4.0, 40.0, 30.0]]))]).shape == (
         1, 4, 56, 56)
 
 
@@ -237,10 +238,10 @@ def _tiny_mask_heads(head=None, max_fg_rois_per_image=0):
 
 def _one_roi_batch(roi_class):
     features = {"p2": torch.randn(1, 8, 16, 16, generator=torch.Generator().manual_seed(2))}
-    rois = [Instances((64, 64), boxes=torch.tensor([[8.0, 8.0, 48.0, 48.0]]),
+    rois = [Instances((64, 64), boxes=Boxes(torch.tensor([[8.0, 8.0, 48.0, 48.0]])),
                       classes=torch.tensor([roi_class]), matched_gt=torch.tensor([0]))]
     triangle = [[10.0, 10.0, 46.0, 12.0, 20.0, 44.0]]
-    gt = [Instances((64, 64), boxes=torch.tensor([[10.0, 10.0, 46.0, 44.0]]),
+    gt = [Instances((64, 64), boxes=Boxes(torch.tensor([[10.0, 10.0, 46.0, 44.0]])),
                     classes=torch.tensor([2]), segms=[triangle])]
     return features, rois, gt
 
@@ -276,7 +277,7 @@ def _rois_of_classes(classes):
     n = len(classes)
     shifts = 3.0 * torch.arange(n, dtype=torch.float32)[:, None]
     boxes = torch.tensor([[8.0, 8.0, 40.0, 40.0]]) + shifts
-    return Instances((64, 64), boxes=boxes, classes=torch.tensor(classes),
+    return Instances((64, 64), boxes=Boxes(boxes), classes=torch.tensor(classes),
                      matched_gt=torch.zeros(n, dtype=torch.int64))
 
 
@@ -314,7 +315,7 @@ def test_res5_upsample_head_is_trained_through_the_shared_res5():
 def test_inference_without_detections_gives_empty_mask_probs():
     heads = _tiny_mask_heads().eval()
     features, _, _ = _one_roi_batch(roi_class=2)
-    empty = [Instances((64, 64), boxes=torch.zeros(0, 4), scores=torch.zeros(0),
+    empty = [Instances((64, 64), boxes=Boxes(torch.zeros(0, 4)), scores=torch.zeros(0),
                        classes=torch.zeros(0, dtype=torch.int64))]
     out, _ = heads(features, empty)
     assert out[0].mask_probs.shape == (0, 14, 14)
@@ -329,7 +330,7 @@ def test_paste_of_constant_one_mask_covers_exactly_the_box():
     boxes = torch.tensor([[3.0, 5.0, 13.0, 12.0], [10.0, 2.0, 24.0, 20.0],
                           [30.0, 40.0, 86.0, 68.0], [0.0, 0.0, 28.0, 28.0]])
     ones = torch.ones(len(boxes), 28, 28)
-    detections = Instances((80, 96), boxes=boxes, mask_probs=ones)
+    detections = Instances((80, 96), boxes=Boxes(boxes), mask_probs=ones)
     ours = paste_mask_probs(detections, 80, 96, thresh=0.5)
     expected = torch.zeros(len(boxes), 80, 96, dtype=torch.bool)
     for k, (x1, y1, x2, y2) in enumerate(boxes.long().tolist()):

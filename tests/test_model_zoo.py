@@ -90,7 +90,7 @@ def test_get_loads_the_trained_weights_and_detects(tiny_zoo):
     image = torch.randint(0, 256, (3, 60, 80), dtype=torch.uint8)
     with torch.no_grad():
         (detections,) = model([image])
-    assert detections.boxes.shape == (7, 4)                  # TEST.DETECTIONS_PER_IM of the zoo
+    assert detections.boxes.tensor.shape == (7, 4)           # TEST.DETECTIONS_PER_IM of the zoo
     assert len(detections.scores) == len(detections.classes) == 7
 
 
@@ -99,7 +99,7 @@ def test_predictor_runs_on_the_config_and_weights_of_the_zoo(tiny_zoo):
     assert weights == str(tiny_zoo["weights"])
     predictor = Predictor(model_zoo.get_config(TRAINED, **tiny_zoo["where"]), weights)
     detections = predictor(np.random.default_rng(0).integers(0, 256, (60, 80, 3), np.uint8))
-    assert detections.boxes.shape == (7, 4)
+    assert detections.boxes.tensor.shape == (7, 4)
 
 
 def test_an_untrained_baseline_names_the_command_that_trains_it(tiny_zoo):

@@ -22,7 +22,7 @@ from detectron_lib.modeling.postprocess import (
     soft_nms_from_config,
 )
 from detectron_lib.modeling.roi_heads.fast_rcnn import box_results_with_nms_and_limit
-from detectron_lib.structures.boxes import CONTINUOUS, PIXEL_INDICES
+from detectron_lib.structures.boxes import CONTINUOUS, PIXEL_INDICES, Boxes
 
 # Two boxes overlapping with IoU 50 / 150 = 1/3 (same height, shifted by half the width).
 A = [0.0, 0.0, 10.0, 10.0]
@@ -83,20 +83,21 @@ def test_class_wise_soft_nms_decays_within_a_class_only():
     scores = torch.tensor([0.9, 0.6, 0.5, 0.4])
     classes = torch.tensor([0, 0, 1, 0])
     out_boxes, out_scores, out_classes = class_wise_nms(
-        boxes, scores, classes, 0.3, SoftNMS("linear", 0.5))
+        Boxes(boxes), scores, classes, 0.3, SoftNMS("linear", 0.5))
     # Box 1 (class 0) decays by 1 - 1/3 under box 0; box 2 (class 1) keeps its score.
     assert out_scores.tolist() == pytest.approx([0.9, 0.5, 0.4, 0.4])
     assert out_classes.tolist() == [0, 1, 0, 0]
-    assert torch.equal(out_boxes[1], boxes[2])
+    assert torch.equal(out_boxes.tensor[1], boxes[2])
     # The limit keeps the best over all classes.
-    _, limited, _ = class_wise_nms(boxes, scores, classes, 0.3, SoftNMS("linear", 0.5), None, 2)
+    _, limited, _ = class_wise_nms(Boxes(boxes), scores, classes, 0.3, SoftNMS("linear", 0.5),
+                                   None, 2)
     assert limited.tolist() == pytest.approx([0.9, 0.5])
 
 
 def test_class_wise_nms_without_candidates():
-    boxes, scores, classes = class_wise_nms(torch.zeros(0, 4), torch.zeros(0),
+    boxes, scores, classes = class_wise_nms(Boxes(torch.zeros(0, 4)), torch.zeros(0),
                                             torch.zeros(0, dtype=torch.long), 0.5, SoftNMS())
-    assert boxes.shape == (0, 4) and scores.shape == (0,) and classes.shape == (0,)
+    assert boxes.tensor.shape == (0, 4) and scores.shape == (0,) and classes.shape == (0,)
 
 
 # ---- box voting ----------------------------------------------------------------------------
@@ -197,7 +198,7 @@ def test_box_voting_rejects_unknown_method():
 def test_rcnn_post_processing_with_soft_nms_and_box_voting():
     # 3 RoIs, one fg class: RoI 1 overlaps RoI 0 with IoU 1/3, RoI 2 is TALL-like over RoI 0.
     rois = torch.tensor([A, B_THIRD, TALL])
-    boxes = rois.repeat(1, 2)
+    boxes = Boxes(rois.repeat(1, 2))
     scores = torch.tensor([[0.1, 0.9], [0.4, 0.6], [0.6, 0.4]])
     dets = box_results_with_nms_and_limit(scores, boxes, (50, 50), 0.05, 0.3, 100,
                                           soft_nms=SoftNMS("linear", 0.5))
@@ -209,7 +210,7 @@ def test_rcnn_post_processing_with_soft_nms_and_box_voting():
                                            box_voting=BoxVoting(0.8, "AVG"))
     # Plain NMS at 0.5 keeps RoI 0 and RoI 1; RoI 0 votes with RoI 2 (IoU 5/6 >= 0.8).
     assert voted.scores.tolist() == pytest.approx([(0.9 + 0.4) / 2, 0.6])
-    torch.testing.assert_close(voted.boxes[0], torch.tensor([0.0, 0.0, 10.0, (9 + 4.8) / 1.3]))
+    torch.testing.assert_close(voted.boxes.tensor[0], torch.tensor([0.0, 0.0, 10.0, (9 + 4.8) / 1.3]))
 
 
 def _legacy_iou(a, b):
@@ -238,22 +239,22 @@ def test_legacy_nms_soft_nms_and_voting_use_plus_one_iou():
     boxes = torch.tensor([[0.0, 0.0, 9.0, 9.0], [5.0, 0.0, 14.0, 9.0]])
     scores = torch.tensor([0.9, 0.6])
     classes = torch.tensor([0, 0])
-    assert len(class_wise_nms(boxes, scores, classes, 0.3)[0]) == 2
-    kept, _, _ = class_wise_nms(boxes, scores, classes, 0.3, convention=PIXEL_INDICES)
-    assert kept.tolist() == [[0.0, 0.0, 9.0, 9.0]]
-    kept, decayed, _ = class_wise_nms(boxes, scores, classes, 0.3, SoftNMS("linear", 0.5),
-                                      convention=PIXEL_INDICES)
+    assert len(class_wise_nms(Boxes(boxes), scores, classes, 0.3)[0]) == 2
+    pixels = Boxes(boxes, PIXEL_INDICES)
+    kept, _, _ = class_wise_nms(pixels, scores, classes, 0.3)
+    assert kept.tensor.tolist() == [[0.0, 0.0, 9.0, 9.0]]
+    kept, decayed, _ = class_wise_nms(pixels, scores, classes, 0.3, SoftNMS("linear", 0.5))
     assert decayed.tolist() == pytest.approx([0.9, 0.6 * (1 - 1 / 3)])
-    assert torch.equal(kept, boxes)  # the boxes come back in their own convention
+    # The boxes come back in their own coordinates and convention.
+    assert torch.equal(kept.tensor, boxes) and kept.convention is PIXEL_INDICES
     # Voting at VOTE_TH 0.825: pixel boxes 0..9 and 0..11 have legacy IoU 100/120 (a voter)
     # and plain IoU 81/99 (not one); the vote averages y2 to (0.9 * 9 + 0.6 * 11) / 1.5.
     tall = torch.tensor([[0.0, 0.0, 9.0, 9.0], [0.0, 0.0, 9.0, 11.0]])
     voting = BoxVoting(0.825, "ID")
-    voted, _, _ = class_wise_nms(tall, scores, classes, 0.5, None, voting,
-                                 convention=PIXEL_INDICES)
-    torch.testing.assert_close(voted, torch.tensor([[0.0, 0.0, 9.0, (8.1 + 6.6) / 1.5]]))
-    plain, _, _ = class_wise_nms(tall, scores, classes, 0.5, None, voting)
-    assert plain.tolist() == [[0.0, 0.0, 9.0, 9.0]]
+    voted, _, _ = class_wise_nms(Boxes(tall, PIXEL_INDICES), scores, classes, 0.5, None, voting)
+    torch.testing.assert_close(voted.tensor, torch.tensor([[0.0, 0.0, 9.0, (8.1 + 6.6) / 1.5]]))
+    plain, _, _ = class_wise_nms(Boxes(tall), scores, classes, 0.5, None, voting)
+    assert plain.tensor.tolist() == [[0.0, 0.0, 9.0, 9.0]]
 
 
 def test_config_turns_soft_nms_and_box_voting_on(reference_dir):

@@ -22,7 +22,7 @@ from detectron_lib.modeling.roi_heads.fast_rcnn import (
 )
 from detectron_lib.modeling.rpn import build_rpn_matcher, flatten_level_outputs
 from detectron_lib.modeling.sampling import Matcher, sample_labels
-from detectron_lib.structures.boxes import BoxCoder
+from detectron_lib.structures.boxes import BoxCoder, BoxConvention, Boxes
 from detectron_lib.structures.instances import Instances
 
 
@@ -72,7 +72,7 @@ def test_flatten_level_outputs_matches_anchor_order():
 def test_fpn_level_assignment_hand_computed():
     # sqrt(area) 224 -> level 4; 112 -> 3; 448 -> 5; 56 -> 2; 20 -> clamped to 2; 2000 -> 5.
     sizes = torch.tensor([224.0, 112.0, 448.0, 56.0, 20.0, 2000.0])
-    boxes = torch.stack([torch.zeros(6), torch.zeros(6), sizes, sizes], dim=1)
+    boxes = Boxes(torch.stack([torch.zeros(6), torch.zeros(6), sizes, sizes], dim=1))
     assert assign_fpn_levels(boxes, 2, 5).tolist() == [4, 3, 5, 2, 2, 5]
 
 
@@ -81,8 +81,8 @@ def test_multilevel_pooler_matches_torchvision_per_level():
     features = [torch.randn(1, 4, 32, 32), torch.randn(1, 4, 16, 16)]
     boxes = torch.tensor([[0.0, 0, 20, 20], [10.0, 10, 120, 110], [5.0, 5, 30, 60]])
     pooler = RoIPooler(7, [4, 8], sampling_ratio=2, aligned=True, canonical_level=3, canonical_scale=56)
-    out = pooler(features, [boxes])
-    levels = assign_fpn_levels(boxes, 2, 3, 3, 56)
+    out = pooler(features, [Boxes(boxes)])
+    levels = assign_fpn_levels(Boxes(boxes), 2, 3, 3, 56)
     for i, level in enumerate(levels.tolist()):
         rois = torch.cat([torch.zeros(1, 1), boxes[i:i + 1]], dim=1)
         expected = torchvision.ops.roi_align(features[level - 2], rois, 7, 1.0 / 2 ** level, 2, True)
@@ -103,23 +103,25 @@ def test_fast_rcnn_losses_hand_computed():
 
 
 def test_sample_rois_labels_and_targets():
-    gt = Instances((100, 100), boxes=torch.tensor([[10.0, 10, 50, 50]]), classes=torch.tensor([3]))
-    props = Instances((100, 100), boxes=torch.tensor([[12.0, 10, 50, 50], [60.0, 60, 90, 90]]))
+    gt = Instances((100, 100), boxes=Boxes(torch.tensor([[10.0, 10, 50, 50]])),
+                   classes=torch.tensor([3]))
+    props = Instances((100, 100), boxes=Boxes(torch.tensor([[12.0, 10, 50, 50], [60.0, 60, 90, 90]])))
     coder = BoxCoder((10, 10, 5, 5))
     (rois,) = sample_rois([props], [gt], Matcher(0.5, 0.5, 0.0), 8, 0.5, coder,
                           [torch.Generator().manual_seed(0)])
     # fg: the near proposal and the gt box itself (appended); bg: the far proposal.
     assert rois.classes.tolist() == [3, 3, 0]
     fg_boxes = rois.boxes[:2]
-    assert torch.allclose(coder.decode(rois.regression_targets[:2], fg_boxes),
-                          gt.boxes.expand(2, 4), atol=1e-4)
+    assert torch.allclose(coder.decode(rois.regression_targets[:2], fg_boxes).tensor,
+                          gt.boxes.tensor.expand(2, 4), atol=1e-4)
 
 
 def _bbox_thresh_case(bbox_thresh):
-    gt = Instances((100, 100), boxes=torch.tensor([[10.0, 10, 50, 50]]), classes=torch.tensor([3]))
+    gt = Instances((100, 100), boxes=Boxes(torch.tensor([[10.0, 10, 50, 50]])),
+                   classes=torch.tensor([3]))
     # IoUs with the gt box: 0.95 (fg), 0.4 (bg), 0 (bg); the gt box itself (1.0) is appended.
-    props = Instances((100, 100), boxes=torch.tensor([[12.0, 10, 50, 50], [10.0, 10, 50, 26],
-                                                      [60.0, 60, 90, 90]]))
+    props = Instances((100, 100), boxes=Boxes(torch.tensor([[12.0, 10, 50, 50], [10.0, 10, 50, 26],
+                                                            [60.0, 60, 90, 90]])))
     coder = BoxCoder((10, 10, 5, 5))
     (rois,) = sample_rois([props], [gt], Matcher(0.5, 0.5, 0.0), 8, 0.5, coder,
                           [torch.Generator().manual_seed(0)], bbox_thresh=bbox_thresh)
@@ -133,7 +135,7 @@ def test_bbox_thresh_selects_the_rois_that_regress():
     for thresh in (None, 0.5, 0.3, 0.96):
         rois, gt, coder = _bbox_thresh_case(thresh)
         by_box[thresh] = {tuple(box.tolist()): (int(label), int(reg), target)
-                          for box, label, reg, target in zip(rois.boxes, rois.classes,
+                          for box, label, reg, target in zip(rois.boxes.tensor, rois.classes,
                                                              rois.regression_classes,
                                                              rois.regression_targets)}
     near, half, far, own = (12.0, 10, 50, 50), (10.0, 10, 50, 26), (60.0, 60, 90, 90), (10.0, 10, 50, 50)
@@ -145,8 +147,8 @@ def test_bbox_thresh_selects_the_rois_that_regress():
     # 0.3: the bg RoI of IoU 0.4 also regresses toward the gt box, on class 3.
     assert {b: v[:2] for b, v in by_box[0.3].items()} == \
         {near: (3, 3), own: (3, 3), half: (0, 3), far: (0, 0)}
-    decoded = coder.decode(by_box[0.3][half][2][None], torch.tensor([half]))
-    assert torch.allclose(decoded, gt.boxes, atol=1e-4)
+    decoded = coder.decode(by_box[0.3][half][2][None], Boxes(torch.tensor([half])))
+    assert torch.allclose(decoded.tensor, gt.boxes.tensor, atol=1e-4)
     assert torch.equal(by_box[0.3][far][2], torch.zeros(4))
     # 0.96: only the gt box itself; the fg RoI of IoU 0.95 keeps its label but no target.
     assert {b: v[:2] for b, v in by_box[0.96].items()} == \
@@ -191,18 +193,19 @@ class _CoordinateHeads(BoxROIHeads):
         self.runs = []
 
     def predict(self, features, boxes_per_image):
-        boxes = torch.cat(boxes_per_image)
+        boxes = torch.cat([b.tensor for b in boxes_per_image])
         self.runs.append(len(boxes))
         logits = torch.stack([torch.zeros(len(boxes)), boxes[:, 0]], dim=1)
         return logits, torch.tensor([0.1, 0, 0, 0]).repeat(len(boxes), 2)
 
 
 def test_dedup_boxes_runs_each_group_once_and_shares_its_prediction():
-    proposals = Instances((64, 64), boxes=torch.tensor([[0.0, 0, 15, 15], [1.0, 1, 16, 16],
-                                                        [32.0, 0, 47, 15]]))
+    proposals = Instances((64, 64), boxes=Boxes(torch.tensor([[0.0, 0, 15, 15], [1.0, 1, 16, 16],
+                                                              [32.0, 0, 47, 15]])))
     plain, dedup = _CoordinateHeads(), _CoordinateHeads(dedup_boxes=1.0 / 16)
     ((plain_scores, plain_boxes),) = plain.predict_boxes({}, [proposals])
     ((scores, boxes),) = dedup.predict_boxes({}, [proposals])
+    plain_boxes, boxes = plain_boxes.tensor, boxes.tensor
     assert plain.runs == [3] and dedup.runs == [2]
     # Box 1 rounds to box 0's cells: it takes box 0's scores and box 0's decoded boxes.
     assert torch.equal(scores[1], plain_scores[0]) and torch.equal(boxes[1], plain_boxes[0])
@@ -215,9 +218,9 @@ def test_dedup_boxes_runs_each_group_once_and_shares_its_prediction():
 
 def test_bbox_reg_off_keeps_the_proposals_as_boxes():
     """TEST.BBOX_REG False (Detectron's im_detect_bbox): every class's box is the proposal."""
-    proposals = Instances((64, 64), boxes=torch.tensor([[0.0, 0, 15, 15], [32.0, 0, 47, 15]]))
+    proposals = Instances((64, 64), boxes=Boxes(torch.tensor([[0.0, 0, 15, 15], [32.0, 0, 47, 15]])))
     ((_, boxes),) = _CoordinateHeads(bbox_reg=False).predict_boxes({}, [proposals])
-    assert torch.equal(boxes, proposals.boxes.repeat(1, 2))
+    assert torch.equal(boxes.tensor, proposals.boxes.tensor.repeat(1, 2))
 
 
 def test_box_head_options_from_config():
@@ -237,7 +240,7 @@ def test_box_head_options_from_config():
 def test_post_processing_thresholds_nms_and_limit():
     # 3 RoIs, 2 fg classes. RoIs 0 and 1 overlap heavily and both score class 1.
     boxes = torch.tensor([[0.0, 0, 10, 10], [0.0, 0, 10, 11], [50.0, 50, 60, 60]])
-    all_boxes = boxes.repeat(1, 3)
+    all_boxes = Boxes(boxes.repeat(1, 3))
     scores = torch.tensor([[0.1, 0.8, 0.1], [0.2, 0.7, 0.1], [0.3, 0.02, 0.68]])
     dets = box_results_with_nms_and_limit(scores, all_boxes, (100, 100), 0.05, 0.5, 100)
     assert dets.classes.tolist() == [1, 2, 2] and dets.scores.tolist() == pytest.approx([0.8, 0.68, 0.1])
@@ -263,9 +266,12 @@ def test_detectron_config_trains_one_step_and_infers(reference_dir, name, expect
     model = build_model(cfg)
     sizes = [(96, 120), (90, 128)]
     images = noise_images(model, sizes)
+    convention = BoxConvention.of(cfg)
     targets = [
-        Instances(sizes[0], boxes=torch.tensor([[10.0, 10, 60, 80], [50, 40, 110, 90]]), classes=torch.tensor([1, 3])),
-        Instances(sizes[1], boxes=torch.tensor([[0.0, 0, 30, 30]]), classes=torch.tensor([4])),
+        Instances(sizes[0], boxes=Boxes(torch.tensor([[10.0, 10, 60, 80], [50, 40, 110, 90]]),
+                                        convention), classes=torch.tensor([1, 3])),
+        Instances(sizes[1], boxes=Boxes(torch.tensor([[0.0, 0, 30, 30]]), convention),
+                  classes=torch.tensor([4])),
     ]
     model.train()
     losses = model(images, [1.0, 0.5], targets, seeds=[1, 2])
@@ -280,9 +286,10 @@ def test_detectron_config_trains_one_step_and_infers(reference_dir, name, expect
         results = model(images, [1.0, 0.5])
     assert len(results) == 2
     for result, (h, w), scale in zip(results, sizes, [1.0, 0.5]):
-        assert result.boxes.shape[1] == 4
+        boxes = result.boxes.tensor
+        assert boxes.shape[1] == 4 and result.boxes.convention is convention
         # Boxes come back in original-image pixels: inside (w, h) / scale.
-        assert (result.boxes[:, 2] <= w / scale + 1e-3).all() and (result.boxes[:, 3] <= h / scale + 1e-3).all()
+        assert (boxes[:, 2] <= w / scale + 1e-3).all() and (boxes[:, 3] <= h / scale + 1e-3).all()
         assert (result.scores[:-1] >= result.scores[1:]).all()
 
 

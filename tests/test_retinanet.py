@@ -31,7 +31,7 @@ from detectron_lib.modeling.retinanet import (
     sigmoid_focal_loss,
     softmax_focal_loss,
 )
-from detectron_lib.structures.boxes import CONTINUOUS, PIXEL_INDICES, BoxCoder
+from detectron_lib.structures.boxes import CONTINUOUS, PIXEL_INDICES, BoxCoder, BoxConvention, Boxes
 from detectron_lib.structures.instances import Instances
 
 RETINANET_CONFIG = "12_2017_baselines/retinanet_R-50-FPN_1x.yaml"
@@ -81,7 +81,7 @@ def test_cell_anchors_in_detectron_retinanet_order_hand_computed():
     # P3 (stride 8), ANCHOR_SCALE 4, 3 octaves, ratios (1, 2, 0.5) as Detectron's config.
     specs = retinanet_anchor_specs(3, 7, 3, 4, (1.0, 2.0, 0.5))
     gen = AnchorGenerator(specs, PIXEL_INDICES, sizes_first=True)
-    cell = gen([(1, 1)] * 5)[0]
+    cell = gen([(1, 1)] * 5)[0].tensor
     assert cell.shape == (9, 4)
     # Detectron's generate_anchors, base box [0, 0, 7, 7] (centre 3.5):
     # anchor 0, octave 0 ratio 1: w = h = 8 * 32 / 8 = 32 -> 3.5 -+ 15.5
@@ -95,13 +95,13 @@ def test_cell_anchors_in_detectron_retinanet_order_hand_computed():
     for level, (stride, sizes, ratios) in enumerate(specs):
         loop = torch.cat([generate_cell_anchors(stride, (size,), (ratio,), PIXEL_INDICES)
                           for size in sizes for ratio in ratios])
-        assert torch.equal(gen([(1, 1)] * 5)[level], loop)
+        assert torch.equal(gen([(1, 1)] * 5)[level].tensor, loop)
 
 
 def test_cell_anchors_without_plus_one_hand_computed():
     gen = AnchorGenerator(retinanet_anchor_specs(3, 3, 3, 4, (1.0, 2.0, 0.5)),
                           CONTINUOUS, sizes_first=True)
-    cell = gen([(1, 1)])[0]
+    cell = gen([(1, 1)])[0].tensor
     # Centred on 0: size 32 ratio 1 -> +-16; ratio 2 -> w 32/sqrt2 = 22.6, h 45.3 -> round(+-11.3),
     # round(+-22.6); octave 1 (40.3 px) ratio 1 -> round(+-20.2).
     assert cell[0].tolist() == [-16.0, -16.0, 16.0, 16.0]
@@ -116,8 +116,9 @@ def test_anchor_counts_per_level_and_grid_order():
     anchors = gen(shapes)
     assert [len(a) for a in anchors] == [9 * h * w for h, w in shapes]
     # Anchor (y=1, x=2, a=4) of P4 (stride 16) is the cell anchor shifted by (32, 16).
-    p4 = anchors[1].view(6, 8, 9, 4)
-    torch.testing.assert_close(p4[1, 2, 4], gen([(1, 1)] * 5)[1][4] + torch.tensor([32.0, 16, 32, 16]))
+    p4 = anchors[1].tensor.view(6, 8, 9, 4)
+    torch.testing.assert_close(p4[1, 2, 4],
+                               gen([(1, 1)] * 5)[1].tensor[4] + torch.tensor([32.0, 16, 32, 16]))
 
 
 def test_flatten_anchor_maps_follows_anchor_order():
@@ -130,21 +131,21 @@ def test_flatten_anchor_maps_follows_anchor_order():
 
 # ---- targets and losses -----------------------------------------------------------------------
 def test_anchor_labels_follow_detectron():
-    gt = torch.tensor([[0.0, 0, 10, 10], [100.0, 100, 110, 110]])
+    gt = Boxes(torch.tensor([[0.0, 0, 10, 10], [100.0, 100, 110, 110]]))
     classes = torch.tensor([3, 5])
-    anchors = torch.tensor([
+    anchors = Boxes(torch.tensor([
         [0.0, 0, 10, 10],     # IoU 1 with gt 0 -> fg, class 3
         [0.0, 0, 10, 8],      # IoU 0.8 -> fg
         [0.0, 0, 10, 4.5],    # IoU 0.45 -> ignored
         [0.0, 0, 10, 3],      # IoU 0.3 -> bg
         [100.0, 100, 120, 120],  # IoU 0.25, gt 1's best anchor, but < 0.4: bg (Detectron)
         [50.0, 50, 60, 60],   # no overlap -> bg
-    ])
+    ]))
     labels, matched = retinanet_anchor_labels(anchors, gt, classes, 0.5, 0.4)
     assert labels.tolist() == [3, 3, -1, 0, 0, 0]
-    assert torch.equal(matched[1], gt[0])
+    assert torch.equal(matched[1], gt.tensor[0])
     # A best anchor between the thresholds is foreground; ties count too.
-    anchors = torch.tensor([[0.0, 0, 10, 4.5], [0.0, 5.5, 10, 10], [0.0, 0, 10, 3]])
+    anchors = Boxes(torch.tensor([[0.0, 0, 10, 4.5], [0.0, 5.5, 10, 10], [0.0, 0, 10, 3]]))
     labels, _ = retinanet_anchor_labels(anchors, gt[:1], classes[:1], 0.5, 0.4)
     assert labels.tolist() == [3, 3, 0]
     labels, _ = retinanet_anchor_labels(anchors, gt[:0], classes[:0], 0.5, 0.4)
@@ -192,8 +193,8 @@ def _toy_retinanet(**options):
 def test_detect_thresholds_topk_nms_and_rescales():
     model = _toy_retinanet(score_thresh=0.3, pre_nms_topk=2, nms_thresh=0.5,
                            detections_per_image=10)
-    anchors = [torch.tensor([[0.0, 0, 16, 16], [2.0, 0, 18, 16], [40.0, 40, 56, 56]]),
-               torch.tensor([[0.0, 0, 32, 32]])]
+    anchors = [Boxes(torch.tensor([[0.0, 0, 16, 16], [2.0, 0, 18, 16], [40.0, 40, 56, 56]])),
+               Boxes(torch.tensor([[0.0, 0, 32, 32]]))]
     logit = torch.logit
     # Level 0: (anchor, class) probs; anchors 0 and 1 overlap (IoU 0.78), same class 0.
     level0 = logit(torch.tensor([[[0.9, 0.1], [0.8, 0.35], [0.2, 0.7]]]))
@@ -206,19 +207,19 @@ def test_detect_thresholds_topk_nms_and_rescales():
     # NMS removes (a1, c0). Level 1: 0.05 (c0) and 0.01 (c1), both kept.
     assert result.scores.tolist() == pytest.approx([0.9, 0.05, 0.01])
     assert result.classes.tolist() == [1, 1, 2]
-    assert result.boxes[0].tolist() == [0.0, 0.0, 8.0, 8.0]  # rescaled by 1 / 2
+    assert result.boxes.tensor[0].tolist() == [0.0, 0.0, 8.0, 8.0]  # rescaled by 1 / 2
 
 
 def test_detect_decodes_clips_and_soft_nms_decays():
     model = _toy_retinanet(score_thresh=0.05, pre_nms_topk=10, nms_thresh=0.3,
                            soft_nms=SoftNMS("linear"), detections_per_image=10)
-    anchors = [torch.tensor([[0.0, 0, 16, 16], [2.0, 0, 18, 16]]), torch.zeros(0, 4)]
+    anchors = [Boxes(torch.tensor([[0.0, 0, 16, 16], [2.0, 0, 18, 16]])), Boxes(torch.zeros(0, 4))]
     level0 = torch.logit(torch.tensor([[[0.9, 0.01], [0.8, 0.01]]]))
     deltas = torch.zeros(1, 2, 4)
     deltas[0, 0, 0] = 1.0  # shift anchor 0 by one width: [16, 0, 32, 16] -> clipped at 20
     (result,) = model.detect(anchors, [level0, torch.zeros(1, 0, 2)],
                              [deltas, torch.zeros(1, 0, 4)], [(16, 20)])
-    assert result.boxes[0].tolist() == [16.0, 0.0, 20.0, 16.0]
+    assert result.boxes.tensor[0].tolist() == [16.0, 0.0, 20.0, 16.0]
     # IoU([16, 0, 20, 16], [2, 0, 18, 16]) = 32 / 288: below the 0.3 threshold, no decay.
     assert result.scores.tolist() == pytest.approx([0.9, 0.8])
 
@@ -227,7 +228,7 @@ def test_detectron2_thresholds_every_level():
     """RETINANET.THRESH_ALL_LEVELS: the coarsest level's weak candidates go too (detectron2)."""
     model = _toy_retinanet(score_thresh=0.3, pre_nms_topk=2, nms_thresh=0.5,
                            detections_per_image=10, thresh_all_levels=True)
-    anchors = [torch.tensor([[0.0, 0, 16, 16]]), torch.tensor([[0.0, 0, 32, 32]])]
+    anchors = [Boxes(torch.tensor([[0.0, 0, 16, 16]])), Boxes(torch.tensor([[0.0, 0, 32, 32]]))]
     levels = [torch.logit(torch.tensor([[[0.9, 0.1]]])), torch.logit(torch.tensor([[[0.05, 0.01]]]))]
     (result,) = model.detect(anchors, levels, [torch.zeros(1, 1, 4), torch.zeros(1, 1, 4)],
                              [(64, 64)])
@@ -245,21 +246,23 @@ def test_clip_before_or_after_nms(clip_after_nms, expected_boxes):
                            detections_per_image=10, clip_after_nms=clip_after_nms)
     # anchors as boxes (zero deltas) in a 20 x 20 image: A runs out to the right, B inside,
     # C wholly right of the image
-    anchors = [torch.tensor([[10.0, 0, 40, 10], [10.0, 0, 20, 10], [30.0, 0, 40, 10]]),
-               torch.zeros(0, 4)]
+    anchors = [Boxes(torch.tensor([[10.0, 0, 40, 10], [10.0, 0, 20, 10], [30.0, 0, 40, 10]])),
+               Boxes(torch.zeros(0, 4))]
     level0 = torch.logit(torch.tensor([[[0.9, 0.01], [0.8, 0.01], [0.7, 0.01]]]))
     (result,) = model.detect(anchors, [level0, torch.zeros(1, 0, 2)],
                              [torch.zeros(1, 3, 4), torch.zeros(1, 0, 4)], [(20, 20)])
     keep = result.classes == 1
-    assert result.boxes[keep].tolist() == expected_boxes
+    assert result.boxes[keep].tensor.tolist() == expected_boxes
 
 
 # ---- models from configs ----------------------------------------------------------------------
-def _targets(sizes):
+def _targets(sizes, convention):
     return [
-        Instances(sizes[0], boxes=torch.tensor([[10.0, 10, 60, 80], [50, 40, 110, 90]]),
+        Instances(sizes[0], boxes=Boxes(torch.tensor([[10.0, 10, 60, 80], [50, 40, 110, 90]]),
+                                        convention),
                   classes=torch.tensor([1, 3])),
-        Instances(sizes[1], boxes=torch.tensor([[0.0, 0, 30, 30]]), classes=torch.tensor([4])),
+        Instances(sizes[1], boxes=Boxes(torch.tensor([[0.0, 0, 30, 30]]), convention),
+                  classes=torch.tensor([4])),
     ]
 
 
@@ -277,7 +280,7 @@ def test_detectron_config_trains_one_step_and_infers(reference_dir, overrides):
     sizes = [(96, 120), (90, 128)]
     images = noise_images(model, sizes)
     model.train()
-    losses = model(images, [1.0, 0.5], _targets(sizes), seeds=[1, 2])
+    losses = model(images, [1.0, 0.5], _targets(sizes, BoxConvention.of(cfg)), seeds=[1, 2])
     assert set(losses) == {"loss_retnet_cls", "loss_retnet_bbox"}
     total = sum(losses.values())
     assert torch.isfinite(total) and losses["loss_retnet_bbox"] > 0
@@ -291,7 +294,8 @@ def test_detectron_config_trains_one_step_and_infers(reference_dir, overrides):
     for result, (h, w), scale in zip(results, sizes, [1.0, 0.5]):
         assert 0 < len(result) <= cfg.TEST.DETECTIONS_PER_IM
         assert ((result.classes >= 1) & (result.classes <= 4)).all()
-        assert (result.boxes[:, 2] <= w / scale + 1e-3).all() and (result.boxes[:, 3] <= h / scale + 1e-3).all()
+        boxes = result.boxes.tensor
+        assert (boxes[:, 2] <= w / scale + 1e-3).all() and (boxes[:, 3] <= h / scale + 1e-3).all()
         assert (result.scores[:-1] >= result.scores[1:]).all()
 
 
@@ -377,7 +381,8 @@ def test_overfits_one_tiny_image(repo_root):
     model.train()
     sizes = [(128, 128)]
     images = noise_images(model, sizes)
-    targets = [Instances(sizes[0], boxes=torch.tensor([[20.0, 30, 60, 70], [70, 60, 120, 100]]),
+    targets = [Instances(sizes[0], boxes=Boxes(torch.tensor([[20.0, 30, 60, 70],
+                                                             [70, 60, 120, 100]])),
                          classes=torch.tensor([2, 5]))]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     history = []
@@ -395,5 +400,5 @@ def test_overfits_one_tiny_image(repo_root):
     # The two objects come out on top, with their classes.
     top = result[:2]
     assert sorted(top.classes.tolist()) == [2, 5]
-    assert torchvision.ops.box_iou(top.boxes, targets[0].boxes).max(dim=1).values.min() > 0.5
+    assert top.boxes.iou(targets[0].boxes).max(dim=1).values.min() > 0.5
 

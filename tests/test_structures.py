@@ -16,15 +16,16 @@ from detectron_lib.modeling.anchors import (
     retinanet_anchor_specs,
     straddle_mask,
 )
-from detectron_lib.structures.boxes import CONTINUOUS, PIXEL_INDICES, BoxCoder, BoxConvention
+from detectron_lib.structures.boxes import CONTINUOUS, PIXEL_INDICES, BoxCoder, BoxConvention, Boxes
 from detectron_lib.structures.instances import Instances
 
 
 def test_detectron_deltas_hand_computed_pixel_indices():
     # Box [0,0,9,9] is 10 px wide (legacy +1), centre 5; gt [5,5,14,14] has centre 10.
     # dx = 10 * (10 - 5) / 10 = 5, dw = 5 * log(10 / 10) = 0.
-    coder = BoxCoder(weights=(10, 10, 5, 5), convention=PIXEL_INDICES)
-    deltas = coder.encode(torch.tensor([[0.0, 0, 9, 9]]), torch.tensor([[5.0, 5, 14, 14]]))
+    coder = BoxCoder(weights=(10, 10, 5, 5))
+    deltas = coder.encode(Boxes(torch.tensor([[0.0, 0, 9, 9]]), PIXEL_INDICES),
+                          Boxes(torch.tensor([[5.0, 5, 14, 14]]), PIXEL_INDICES))
     assert torch.allclose(deltas, torch.tensor([[5.0, 5.0, 0.0, 0.0]]))
 
 
@@ -32,7 +33,8 @@ def test_deltas_hand_computed_without_plus_one():
     # Box [0,0,10,20]: w=10, h=20, centre (5, 10). gt [2,4,22,24]: w=20, h=20, centre (12, 14).
     # dx = (12-5)/10 = 0.7, dy = (14-10)/20 = 0.2, dw = log 2, dh = log 1 = 0.
     coder = BoxCoder()
-    deltas = coder.encode(torch.tensor([[0.0, 0, 10, 20]]), torch.tensor([[2.0, 4, 22, 24]]))
+    deltas = coder.encode(Boxes(torch.tensor([[0.0, 0, 10, 20]])),
+                          Boxes(torch.tensor([[2.0, 4, 22, 24]])))
     assert torch.allclose(deltas, torch.tensor([[0.7, 0.2, math.log(2.0), 0.0]]))
 
 
@@ -43,8 +45,11 @@ def test_decode_inverts_encode(convention):
     ref = torch.cat([ref, ref + 5 + torch.rand(50, 2, generator=g) * 50], dim=1)
     tgt = torch.rand(50, 2, generator=g) * 100
     tgt = torch.cat([tgt, tgt + 5 + torch.rand(50, 2, generator=g) * 50], dim=1)
-    coder = BoxCoder(weights=(10, 10, 5, 5), convention=convention)
-    assert torch.allclose(coder.decode(coder.encode(ref, tgt), ref), tgt, atol=1e-4)
+    coder = BoxCoder(weights=(10, 10, 5, 5))
+    ref, tgt = Boxes(ref, convention), Boxes(tgt, convention)
+    decoded = coder.decode(coder.encode(ref, tgt), ref)
+    assert decoded.convention is convention
+    assert torch.allclose(decoded.tensor, tgt.tensor, atol=1e-4)
 
 
 def test_coder_matches_torchvision_without_plus_one():
@@ -52,12 +57,12 @@ def test_coder_matches_torchvision_without_plus_one():
     ref = torch.rand(30, 2, generator=g) * 200
     ref = torch.cat([ref, ref + 1 + torch.rand(30, 2, generator=g) * 100], dim=1)
     deltas = torch.randn(30, 8, generator=g)
-    ours = BoxCoder(weights=(10, 10, 5, 5)).decode(deltas, ref)
+    ours = BoxCoder(weights=(10, 10, 5, 5)).decode(deltas, Boxes(ref)).tensor
     theirs = TorchvisionBoxCoder(weights=(10.0, 10.0, 5.0, 5.0)).decode_single(deltas, ref)
     assert torch.allclose(ours, theirs, atol=1e-4)
     tgt = ours[:, :4]
     assert torch.allclose(
-        BoxCoder(weights=(10, 10, 5, 5)).encode(ref, tgt),
+        BoxCoder(weights=(10, 10, 5, 5)).encode(Boxes(ref), Boxes(tgt)),
         TorchvisionBoxCoder(weights=(10.0, 10.0, 5.0, 5.0)).encode_single(tgt, ref),
         atol=1e-4,
     )
@@ -65,7 +70,8 @@ def test_coder_matches_torchvision_without_plus_one():
 
 def test_decode_clamps_large_dw():
     coder = BoxCoder(xform_clip=math.log(1000.0 / 16))
-    out = coder.decode(torch.tensor([[0.0, 0.0, 100.0, 100.0]]), torch.tensor([[0.0, 0, 16, 16]]))
+    out = coder.decode(torch.tensor([[0.0, 0.0, 100.0, 100.0]]),
+                       Boxes(torch.tensor([[0.0, 0, 16, 16]]))).tensor
     assert torch.isfinite(out).all()
     assert torch.allclose(out[0, 2] - out[0, 0], torch.tensor(1000.0), rtol=1e-5)
 
@@ -92,6 +98,42 @@ def test_box_helpers_hand_computed():
     assert CONTINUOUS.clip(two, 80, 100).tolist() == [[0, 0, 100, 80, 3, 80, 50, 60]]
     assert BoxConvention.of(SimpleNamespace(MODEL=SimpleNamespace(BBOX_LEGACY_PLUS_ONE=True))) \
         is PIXEL_INDICES
+
+
+def test_boxes_carry_their_convention():
+    """Every method answers in the boxes' own convention, and every box derived from them
+    (indexed, concatenated, decoded, clipped, flipped, rescaled) keeps it."""
+    xyxy = torch.tensor([[0.0, 0, 9, 9], [5.0, 5, 4, 20]])
+    pixels, continuous = Boxes(xyxy, PIXEL_INDICES), Boxes(xyxy)
+    assert pixels.area().tolist() == [100.0, 0.0] and continuous.area().tolist() == [81.0, -15.0]
+    assert pixels.nonempty().tolist() == [True, False]
+    assert pixels.clip(8, 8).tensor.tolist() == [[0, 0, 7, 7], [5, 5, 4, 7]]
+    assert continuous.clip(8, 8).tensor.tolist() == [[0, 0, 8, 8], [5, 5, 4, 8]]
+    assert pixels.flip(10).tensor[0].tolist() == [0, 0, 9, 9]
+    assert continuous.flip(10).tensor[0].tolist() == [1, 0, 10, 9]
+    assert pixels.regions()[0].tolist() == [0, 0, 10, 10]
+    assert pixels.to_xywh()[0].tolist() == [0, 0, 10, 10]
+    assert Boxes.from_xywh(torch.tensor([[0.0, 0, 10, 10]]), PIXEL_INDICES).tensor.tolist()         == [[0, 0, 9, 9]]
+    # IoU of [0, 9] with [5, 14]: legacy 5 * 10 / (100 + 100 - 50) = 1/3 (plain: 16 / 146).
+    other = Boxes(torch.tensor([[5.0, 0, 14, 9]]), PIXEL_INDICES)
+    assert pixels[:1].iou(other).item() == pytest.approx(50 / 150)
+    assert continuous[:1].iou(Boxes(other.tensor)).item() == pytest.approx(36 / 126)
+    for derived in (pixels[0], pixels[torch.tensor([True, False])], Boxes.cat([pixels, other]),
+                    pixels.clip(8, 8), pixels.flip(10), pixels * 2.0, pixels / 2.0,
+                    pixels.to(torch.float64),
+                    BoxCoder().decode(torch.zeros(2, 8), pixels)):
+        assert derived.convention is PIXEL_INDICES and derived.tensor.ndim == 2
+    assert (pixels * 2.0).tensor[0].tolist() == [0, 0, 18, 18]
+    # Boxes of two conventions never meet silently.
+    with pytest.raises(ValueError, match="plus_one True and False"):
+        pixels.iou(continuous)
+    with pytest.raises(ValueError, match="conventions"):
+        Boxes.cat([pixels, continuous])
+    with pytest.raises(ValueError, match="BBOX_LEGACY_PLUS_ONE"):
+        BoxCoder().encode(pixels, continuous)
+    inst = Instances((10, 20), boxes=pixels, scores=torch.tensor([0.9, 0.1]))
+    assert inst[inst.scores > 0.5].boxes.convention is PIXEL_INDICES
+    assert Instances.cat([inst, inst]).boxes.tensor.shape == (4, 4)
 
 
 def test_detectron_cell_anchors_hand_listed():
@@ -138,7 +180,7 @@ def test_level_specs():
     assert sizes == pytest.approx((32.0, 32.0 * 2 ** (1 / 3), 32.0 * 2 ** (2 / 3)))
     gen = AnchorGenerator(retina)
     assert gen.num_anchors == [9] * 5
-    assert [a.shape[0] for a in gen([(4, 4), (2, 2), (1, 1), (1, 1), (1, 1)])] == [144, 36, 9, 9, 9]
+    assert [len(a) for a in gen([(4, 4), (2, 2), (1, 1), (1, 1), (1, 1)])] == [144, 36, 9, 9, 9]
 
 
 def test_straddle_mask():
@@ -150,7 +192,7 @@ def test_straddle_mask():
 
 
 def test_instances_index_and_cat():
-    inst = Instances((10, 20), boxes=torch.zeros(3, 4), scores=torch.tensor([0.1, 0.9, 0.5]),
+    inst = Instances((10, 20), boxes=Boxes(torch.zeros(3, 4)), scores=torch.tensor([0.1, 0.9, 0.5]),
                      polygons=[["a"], ["b"], ["c"]])
     kept = inst[inst.scores > 0.3]
     assert len(kept) == 2 and kept.polygons == [["b"], ["c"]]

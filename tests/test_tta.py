@@ -37,7 +37,7 @@ from detectron_lib.modeling.image_io import DetectorIO
 from detectron_lib.modeling.meta_arch import build_model
 from detectron_lib.modeling.postprocess import BoxVoting
 from detectron_lib.modeling.roi_heads.fast_rcnn import box_results_with_nms_and_limit
-from detectron_lib.structures.boxes import CONTINUOUS, PIXEL_INDICES
+from detectron_lib.structures.boxes import CONTINUOUS, PIXEL_INDICES, Boxes
 from detectron_lib.structures.instances import Instances
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,21 +69,22 @@ def test_flip_boxes_hand_computed_both_conventions():
 def test_box_mapping_round_trip(aug, convention):
     g = torch.Generator().manual_seed(0)
     xy = torch.rand(20, 2, generator=g) * 70
-    boxes = torch.cat([xy, xy + torch.rand(20, 2, generator=g) * 30], dim=1).repeat(1, 3)
-    there = map_boxes(boxes, aug, 101, convention)
-    assert not torch.allclose(there, boxes)
-    torch.testing.assert_close(map_boxes(there, aug, 101, convention, inverse=True), boxes)
+    boxes = Boxes(torch.cat([xy, xy + torch.rand(20, 2, generator=g) * 30], dim=1).repeat(1, 3),
+                  convention)
+    there = map_boxes(boxes, aug, 101)
+    assert not torch.allclose(there.tensor, boxes.tensor) and there.convention is convention
+    torch.testing.assert_close(map_boxes(there, aug, 101, inverse=True).tensor, boxes.tensor)
 
 
 def test_box_mapping_follows_the_image_transform():
     """A box drawn in an image lands on the same pixels of the transformed image."""
     image = np.zeros((40, 60, 3), dtype=np.uint8)
     image[10:20, 8:24] = 255
-    box = torch.tensor([[8.0, 10.0, 24.0, 20.0]])
+    box = Boxes(torch.tensor([[8.0, 10.0, 24.0, 20.0]]))
     for aug in (Augmentation(40, 100, hflip=True), Augmentation(40, 100, aspect_ratio=0.5),
                 Augmentation(40, 100, hflip=True, aspect_ratio=0.5)):
         moved = transform_image(image, aug)[:, :, 0] > 127
-        x1, y1, x2, y2 = map_boxes(box, aug, 60)[0].tolist()
+        x1, y1, x2, y2 = map_boxes(box, aug, 60).tensor[0].tolist()
         expected = np.zeros_like(moved)
         expected[int(y1):int(y2), int(x1):int(x2)] = True
         assert np.array_equal(moved, expected), aug
@@ -106,26 +107,27 @@ def test_augmentations_follow_the_config():
 
 
 def test_combine_box_predictions_heuristics():
-    identity = (torch.tensor([[0.2, 0.8]]), torch.tensor([[0.0, 0, 10, 10, 2, 2, 12, 12]]))
-    flipped = (torch.tensor([[0.4, 0.6]]), torch.tensor([[0.0, 0, 10, 10, 4, 2, 14, 12]]))
+    identity = (torch.tensor([[0.2, 0.8]]), Boxes(torch.tensor([[0.0, 0, 10, 10, 2, 2, 12, 12]])))
+    flipped = (torch.tensor([[0.4, 0.6]]), Boxes(torch.tensor([[0.0, 0, 10, 10, 4, 2, 14, 12]])))
     scores, boxes = combine_box_predictions([identity, flipped], "ID", "ID")
-    assert scores.tolist() == identity[0].tolist() and boxes.tolist() == identity[1].tolist()
+    assert scores.tolist() == identity[0].tolist()
+    assert boxes.tensor.tolist() == identity[1].tensor.tolist()
     scores, boxes = combine_box_predictions([identity, flipped], "AVG", "AVG")
     torch.testing.assert_close(scores, torch.tensor([[0.3, 0.7]]))
-    assert boxes.tolist() == [[0.0, 0, 10, 10, 3, 2, 13, 12]]
+    assert boxes.tensor.tolist() == [[0.0, 0, 10, 10, 3, 2, 13, 12]]
     scores, boxes = combine_box_predictions([identity, flipped], "UNION", "UNION")
-    assert scores.shape == (2, 2) and boxes.shape == (2, 8)
+    assert scores.shape == (2, 2) and boxes.tensor.shape == (2, 8)
     with pytest.raises(ConfigError, match="AVG needs the same RoIs"):
         combine_box_predictions([identity, (scores, boxes)], "AVG", "AVG")
 
 
 def test_drop_by_size():
     scores = torch.tensor([[0.1, 0.9, 0.8]])
-    boxes = torch.tensor([[0.0, 0, 10, 10, 0, 0, 4, 4, 0, 0, 30, 30]])  # areas 100, 16, 900
+    boxes = Boxes(torch.tensor([[0.0, 0, 10, 10, 0, 0, 4, 4, 0, 0, 30, 30]]))  # areas 100, 16, 900
     assert drop_by_size(scores, boxes, "down", 50, 500).flatten().tolist() == pytest.approx([0.1, 0.0, 0.8])
     assert drop_by_size(scores, boxes, "up", 50, 500).flatten().tolist() == pytest.approx([0.1, 0.9, 0.0])
     assert drop_by_size(scores, boxes, None, 50, 500) is scores
-    agnostic = torch.tensor([[0.0, 0, 10, 10, 0, 0, 30, 30]])  # the fg box serves both classes
+    agnostic = Boxes(torch.tensor([[0.0, 0, 10, 10, 0, 0, 30, 30]]))  # the fg box serves both classes
     assert drop_by_size(scores, agnostic, "up", 50, 500).flatten().tolist() == [0.0, 0.0, 0.0]
 
 
@@ -162,7 +164,7 @@ class _Image(nn.Module):
 
 class _WholeImageRPN(nn.Module):
     def forward(self, image_sizes, features, scales):
-        return [Instances(size, boxes=torch.tensor([[0.0, 0.0, size[1], size[0]]]))
+        return [Instances(size, boxes=Boxes(torch.tensor([[0.0, 0.0, size[1], size[0]]])))
                 for size in image_sizes], {}
 
 
@@ -177,7 +179,7 @@ class _ThresholdBoxHeads(nn.Module):
         (h, w) = proposals[0].image_size
         ys, xs = torch.nonzero(features["image"][0, 0, :h, :w] > 127.5, as_tuple=True)
         box = torch.stack([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).float()
-        return [(torch.tensor([[0.1, 0.9]]), box.repeat(2)[None])]
+        return [(torch.tensor([[0.1, 0.9]]), Boxes(box.repeat(2)[None]))]
 
     def postprocess(self, scores, boxes, size):
         return box_results_with_nms_and_limit(scores, boxes, size, 0.05, 0.5, 100,
@@ -190,7 +192,8 @@ class _RampMaskHeads(nn.Module):
     def forward(self, features, instances, targets=None, scales=None):
         out = []
         for image_instances in instances:
-            rois = torch.cat([torch.zeros(len(image_instances), 1), image_instances.boxes], dim=1)
+            rois = torch.cat([torch.zeros(len(image_instances), 1), image_instances.boxes.tensor],
+                             dim=1)
             crops = torchvision.ops.roi_align(features["image"][:, 1:2], rois, (8, 8), 1.0, 2,
                                               aligned=True)
             result = image_instances[:]
@@ -240,7 +243,7 @@ def stub_image():
 def test_stub_detector_passes_agree_with_the_identity_pass():
     image = stub_image()
     plain = detect_with_augmentation(ThresholdDetector(), stub_config(), image)
-    assert plain.boxes.tolist() == [[10.0, 8.0, 30.0, 28.0]]
+    assert plain.boxes.tensor.tolist() == [[10.0, 8.0, 30.0, 28.0]]
     assert plain.scores.tolist() == pytest.approx([0.9])
     cfg = stub_config(**{"TEST.BBOX_AUG.ENABLED": "True", "TEST.BBOX_AUG.H_FLIP": "True",
                          "TEST.BBOX_AUG.SCALES": "(80,)", "TEST.BBOX_AUG.SCALE_H_FLIP": "True",
@@ -251,7 +254,7 @@ def test_stub_detector_passes_agree_with_the_identity_pass():
     augmented = detect_with_augmentation(ThresholdDetector(BoxVoting(0.5, "AVG")), cfg, image)
     # Seven passes mapped back onto the same box: NMS leaves one detection, and voting over
     # all seven (score-weighted mean box) moves it nowhere.
-    torch.testing.assert_close(augmented.boxes, plain.boxes)
+    torch.testing.assert_close(augmented.boxes.tensor, plain.boxes.tensor)
     assert augmented.scores.tolist() == pytest.approx([0.9])
     # The flipped pass's mask is mirrored back: the max over both equals the identity mask.
     torch.testing.assert_close(augmented.mask_probs, plain.mask_probs)
@@ -262,7 +265,8 @@ def test_stub_masks_without_unflipping_would_differ():
     """Guards the test above: the hflip pass's raw mask is the mirror of the identity mask."""
     model, image = ThresholdDetector(), stub_image()
     flipped = np.ascontiguousarray(image[:, ::-1])
-    boxes = map_boxes(torch.tensor([[10.0, 8.0, 30.0, 28.0]]), Augmentation(40, 1000, hflip=True), 64)
+    boxes = map_boxes(Boxes(torch.tensor([[10.0, 8.0, 30.0, 28.0]])),
+                      Augmentation(40, 1000, hflip=True), 64)
     features = {"image": image_tensor(flipped)[None].float()}
     (raw,), _ = model.mask_heads(features, [Instances((40, 64), boxes=boxes)])
     plain = detect_with_augmentation(model, stub_config(), image)
@@ -287,7 +291,7 @@ def test_identity_only_augmentation_equals_plain_inference(tmp_path):
     assert len(plain) > 0
     cfg_aug = load_config(str(SHAPES_CONFIG), SMALL_MODEL + ["TEST.BBOX_AUG.ENABLED", "True"])
     augmented = Predictor(cfg_aug, weights)(image)
-    torch.testing.assert_close(augmented.boxes, plain.boxes)
+    torch.testing.assert_close(augmented.boxes.tensor, plain.boxes.tensor)
     torch.testing.assert_close(augmented.scores, plain.scores)
     assert torch.equal(augmented.classes, plain.classes)
     # With a flipped pass the union has more candidates and still comes out sorted.
@@ -295,7 +299,7 @@ def test_identity_only_augmentation_equals_plain_inference(tmp_path):
         "TEST.BBOX_AUG.ENABLED", "True", "TEST.BBOX_AUG.H_FLIP", "True", "TEST.SOFT_NMS.ENABLED", "True"])
     flipped = Predictor(cfg_flip, weights)(image)
     assert len(flipped) > 0 and (flipped.scores[:-1] >= flipped.scores[1:]).all()
-    assert (flipped.boxes[:, 2] <= 90 + 1e-4).all() and (flipped.boxes[:, 0] >= 0).all()
+    assert (flipped.boxes.tensor[:, 2] <= 90 + 1e-4).all() and (flipped.boxes.tensor[:, 0] >= 0).all()
 
 
 def test_mask_rcnn_mask_augmentation(reference_dir):
@@ -317,7 +321,7 @@ def test_mask_rcnn_mask_augmentation(reference_dir):
             "TEST.MASK_AUG.SCALES", "(48, 80)", "TEST.MASK_AUG.SCALE_SIZE_DEP", "True",
             "TEST.MASK_AUG.AREA_TH", "400"])
         out = detect_with_augmentation(model, cfg, image)
-        torch.testing.assert_close(out.boxes, plain.boxes)  # masks only: boxes unchanged
+        torch.testing.assert_close(out.boxes.tensor, plain.boxes.tensor)  # masks only: boxes unchanged
         assert out.mask_probs.shape == plain.mask_probs.shape
         assert ((out.mask_probs >= 0) & (out.mask_probs <= 1)).all()
         assert not torch.allclose(out.mask_probs, plain.mask_probs)
@@ -354,11 +358,11 @@ def test_keypoint_rcnn_keypoint_augmentation(reference_dir):
             "TEST.KPS_AUG.SCALES", "(48, 80)", "TEST.KPS_AUG.SCALE_H_FLIP", "True",
             "TEST.KPS_AUG.SCALE_SIZE_DEP", "True", "TEST.KPS_AUG.AREA_TH", "400"])
         out = detect_with_augmentation(model, cfg, image)
-        torch.testing.assert_close(out.boxes, plain.boxes)
+        torch.testing.assert_close(out.boxes.tensor, plain.boxes.tensor)
         assert out.keypoints.shape == plain.keypoints.shape and out.keypoint_probs.shape == (len(plain), 17)
         # Decoded inside their boxes. A box under 1 pixel wide decodes over 1 pixel from x1;
         # in Detectron's +1 convention its x2 is then below x1 (x2 = x1 + width - 1).
-        x, y, boxes = out.keypoints[:, :, 0], out.keypoints[:, :, 1], out.boxes[:, None]
+        x, y, boxes = out.keypoints[:, :, 0], out.keypoints[:, :, 1], out.boxes.tensor[:, None]
         right = torch.maximum(boxes[..., 0], boxes[..., 2]) + 1
         bottom = torch.maximum(boxes[..., 1], boxes[..., 3]) + 1
         assert ((x >= boxes[..., 0]) & (x <= right)).all()

@@ -91,7 +91,7 @@ def test_test_and_infer_take_test_weights_and_infer_writes_json(tiny, tmp_path, 
     assert written["height"] == bgr.shape[0] and written["width"] == bgr.shape[1]
     detections = written["detections"]
     assert len(detections) == len(expected) > 0
-    np.testing.assert_allclose([d["box"] for d in detections], expected.boxes.numpy(), atol=1e-4)
+    np.testing.assert_allclose([d["box"] for d in detections], expected.boxes.tensor.numpy(), atol=1e-4)
     assert [d["label"] for d in detections] == expected.classes.tolist()
     np.testing.assert_allclose([d["score"] for d in detections], expected.scores.numpy(), atol=1e-6)
     names = {k: f"class{k}" for k in range(1, 7)}

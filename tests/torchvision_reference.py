@@ -65,7 +65,7 @@ def pair_detections(expected, ours):
 def match_detections(expected, ours, tolerance=0.01):
     """(order, matched): for each expected detection the index of the nearest of ours with the
     same label (max coordinate distance), and whether that one lies within ``tolerance`` px."""
-    distance = (expected["boxes"][:, None] - ours.boxes[None]).abs().amax(dim=2)
+    distance = (expected["boxes"][:, None] - ours.boxes.tensor[None]).abs().amax(dim=2)
     distance[expected["labels"][:, None] != ours.classes[None]] = float("inf")
     if distance.shape[1] == 0:
         return (torch.zeros(len(distance), dtype=torch.int64),

@@ -113,7 +113,7 @@ class TrainingDataset(Dataset):
         use_flip: random horizontal flip with probability 0.5 (TRAIN.USE_FLIPPED).
         seed: RNG_SEED; augmentation is a pure function of (seed, position).
         keypoint_flip_perm: (K,) from structures.keypoints.flip_permutation, for keypoints.
-        convention: the model's structures.boxes.BoxConvention; target boxes in it.
+        convention: the model's structures.boxes.BoxConvention: target boxes are Boxes in it.
     """
 
     def __init__(self, records, scales, max_size, use_flip, seed, keypoint_flip_perm=None,
@@ -143,18 +143,21 @@ class TrainingDataset(Dataset):
 class InferenceDataset(Dataset):
     """Records to test samples at one scale (TEST.SCALE, TEST.MAX_SIZE), never flipped; with
     ``scale`` None at their original size (for a model that resizes them itself, as
-    test-time augmentation does)."""
+    test-time augmentation does). Boxes and precomputed proposals come as Boxes in the
+    model's ``convention``."""
 
-    def __init__(self, records, scale, max_size):
+    def __init__(self, records, scale, max_size, convention=CONTINUOUS):
         self.records = records
         self.scale = scale
         self.max_size = max_size
+        self.convention = convention
 
     def __len__(self):
         return len(self.records)
 
     def __getitem__(self, index):
-        return prepare_sample(self.records[index], self.scale, self.max_size)
+        return prepare_sample(self.records[index], self.scale, self.max_size,
+                              convention=self.convention)
 
 
 def aspect_group_ids(records):
@@ -316,11 +319,13 @@ def build_test_loader(cfg, dataset_name, rank=0, world_size=1, data_root=None,
     at the original sizes), sharded by rank, with the top TEST.PROPOSAL_LIMIT proposals of
     ``proposal_file`` if given."""
     register_datasets_from_cfg(cfg)
+    convention = BoxConvention.of(cfg)
     records, categories, _ = load_datasets(
         (dataset_name,), data_root or cfg.DATA_ROOT or None,
         proposal_files=(proposal_file,) if proposal_file else (),
-        proposal_limit=cfg.TEST.PROPOSAL_LIMIT, convention=BoxConvention.of(cfg))
+        proposal_limit=cfg.TEST.PROPOSAL_LIMIT, convention=convention)
     check_num_classes(cfg, categories, (dataset_name,))
-    dataset = InferenceDataset(records, cfg.TEST.SCALE if resize else None, cfg.TEST.MAX_SIZE)
+    dataset = InferenceDataset(records, cfg.TEST.SCALE if resize else None, cfg.TEST.MAX_SIZE,
+                               convention)
     return InferenceLoader(dataset, num_workers=cfg.DATA_LOADER.NUM_THREADS, rank=rank,
                            world_size=world_size, categories=categories)

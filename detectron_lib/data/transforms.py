@@ -12,7 +12,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from detectron_lib.errors import DatasetError
-from detectron_lib.structures.boxes import CONTINUOUS
+from detectron_lib.structures.boxes import CONTINUOUS, Boxes
 from detectron_lib.structures.instances import Instances
 from detectron_lib.structures.keypoints import flip_keypoints, scale_keypoints
 from detectron_lib.structures.masks import flip_segm, scale_segm
@@ -140,22 +140,26 @@ def image_array(image):
 def transform_annotations(record, scale, flip, keypoint_flip_perm=None, convention=CONTINUOUS):
     """The record's annotations for its image flipped (optionally) and then scaled.
 
-    Boxes come out in the model's ``convention`` (a structures.boxes.BoxConvention; records'
-    boxes are continuous, x2 = x + w); precomputed proposals are taken to be in it already,
-    as a model of the same convention wrote them.
-    Returns a dict of boxes (N, 4) float32 tensor, classes (N,) int64, is_crowd (N,) bool,
+    Boxes come out as Boxes in the model's ``convention`` (a structures.boxes.BoxConvention;
+    records' boxes are continuous, x2 = x + w); precomputed proposals are taken to be in it
+    already, as a model of the same convention wrote them.
+    Returns a dict of boxes (Boxes (N, 4) float32), classes (N,) int64, is_crowd (N,) bool,
     segms (list or None), keypoints (N, K, 3) float32 or None, and, when the record has
-    precomputed proposals, proposals (P, 4) float32 and proposal_scores (P,).
+    precomputed proposals, proposals (Boxes (P, 4) float32) and proposal_scores (P,).
     """
     height, width = record["height"], record["width"]
     new_height, new_width = resized_size(height, width, scale)
-    boxes = convention.from_regions(np.asarray(record["boxes"], dtype=np.float32))
+    scale_32 = float(np.float32(scale))
+    boxes = Boxes.from_regions(
+        torch.as_tensor(np.asarray(record["boxes"], dtype=np.float32).reshape(-1, 4)), convention)
+    proposals = record.get("proposals")
+    if proposals is not None:
+        proposals = Boxes(torch.as_tensor(proposals), convention)
     segms = record.get("segms")
     keypoints = record.get("keypoints")
-    proposals = record.get("proposals")
     if flip:
         last_x = convention.last(width)
-        boxes = convention.flip(boxes, width)
+        boxes = boxes.flip(width)
         if segms is not None:
             segms = [flip_segm(s, last_x) for s in segms]
         if keypoints is not None:
@@ -164,9 +168,9 @@ def transform_annotations(record, scale, flip, keypoint_flip_perm=None, conventi
                                    f"dataset's keypoint flip map")
             keypoints = flip_keypoints(keypoints, last_x, keypoint_flip_perm)
         if proposals is not None:
-            proposals = convention.flip(proposals, width)
+            proposals = proposals.flip(width)
     targets = {
-        "boxes": torch.from_numpy(np.asarray(boxes, dtype=np.float32) * np.float32(scale)),
+        "boxes": boxes * scale_32,
         "classes": torch.from_numpy(np.asarray(record["classes"], dtype=np.int64)),
         "is_crowd": torch.from_numpy(np.asarray(record["is_crowd"], dtype=bool)),
         "segms": None if segms is None else [scale_segm(s, scale, new_height, new_width)
@@ -175,7 +179,7 @@ def transform_annotations(record, scale, flip, keypoint_flip_perm=None, conventi
             scale_keypoints(keypoints, scale)),
     }
     if proposals is not None:
-        targets["proposals"] = torch.from_numpy(proposals * np.float32(scale))
+        targets["proposals"] = proposals * scale_32
         targets["proposal_scores"] = torch.from_numpy(record["proposal_scores"])
     return targets
 
@@ -236,7 +240,7 @@ class Batch:
     original size (the model resizes them); original_sizes: [(h, w)]; image_ids; flipped:
     [bool]; positions / seeds: [int] global stream positions and per-sample RNG seeds
     (training only, else None); targets: [Instances(boxes, classes[, segms, keypoints])] of
-    the non-crowd objects in resized-image pixels; crowd_boxes: [(C, 4) float32] crowd
+    the non-crowd objects in resized-image pixels; crowd_boxes: [Boxes (C, 4)] crowd
     regions (to ignore, as Detectron's CROWD_FILTER_THRESH does); proposals:
     [Instances(boxes, scores)] precomputed proposals in resized-image pixels, or None.
     """

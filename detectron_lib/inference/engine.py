@@ -103,16 +103,16 @@ def run_inference(model, loader, device, log_period=50):
     return results, seconds / max(len(results), 1)
 
 
-def coco_results(results, label_to_json_id, convention, keypoint_confidence="bbox",
+def coco_results(results, label_to_json_id, keypoint_confidence="bbox",
                  keypoint_format="detectron"):
-    """COCO result lists by type: 'bbox' (boxes in the model's ``convention``, written as the
-    regions they cover), 'segm' when masks are present, 'keypoints' when keypoints are, scored
+    """COCO result lists by type: 'bbox' (boxes written as the regions they cover in their
+    convention), 'segm' when masks are present, 'keypoints' when keypoints are, scored
     as KRCNN.KEYPOINT_CONFIDENCE ('bbox', 'logit' or 'prob') says and written as
     KRCNN.RESULTS_FORMAT (``keypoint_format``) says."""
     by_type = {"bbox": []}
     for image_id, inst in results:
         by_type["bbox"].extend(detections_to_coco_results(
-            image_id, convention.regions(inst.boxes.double()), inst.scores, inst.classes,
+            image_id, inst.boxes.to(torch.float64).regions(), inst.scores, inst.classes,
             label_to_json_id))
         if inst.has("masks"):
             by_type.setdefault("segm", []).extend(masks_to_coco_results(
@@ -152,13 +152,13 @@ def test(cfg, weights, output_dir=None):
         metrics = {"inference_time_s_per_im": statistics.mean(t for _, t in gathered)}
         if cfg.MODEL.RPN_ONLY:
             metrics.update(evaluate_proposals(str(annotation_file),
-                                              _proposal_arrays(results, BoxConvention.of(cfg))))
+                                              _proposal_arrays(results)))
         else:
             label_map = loader.categories.label_to_json_id(cfg.MODEL.LABELS_ARE_CATEGORY_IDS)
             if cfg.MODEL.LABELS_ARE_CATEGORY_IDS:
                 results = _drop_unknown_labels(results, label_map)
-            by_type = coco_results(results, label_map, BoxConvention.of(cfg),
-                                   cfg.KRCNN.KEYPOINT_CONFIDENCE, cfg.KRCNN.RESULTS_FORMAT)
+            by_type = coco_results(results, label_map, cfg.KRCNN.KEYPOINT_CONFIDENCE,
+                                   cfg.KRCNN.RESULTS_FORMAT)
             for kind, entries in by_type.items():
                 write_json_atomic(output_dir / f"{dataset_name}_{kind}_results.json", entries)
             metrics.update(evaluate_coco(str(annotation_file), by_type,
@@ -204,10 +204,10 @@ def evaluate_from_proposal_dumps(cfg, dump_metrics_files, output_dir=None):
     return all_metrics[cfg.TEST.DATASETS[0]]
 
 
-def _proposal_arrays(results, convention):
+def _proposal_arrays(results):
     """{image_id: (N, 5) [x1, y1, x2, y2, score]} in rank order, from RPN-only results, boxes
-    as the regions they cover in the model's box ``convention``."""
-    return {image_id: torch.cat([convention.regions(inst.boxes.double()),
+    as the regions they cover in their convention."""
+    return {image_id: torch.cat([inst.boxes.to(torch.float64).regions(),
                                  inst.scores[:, None].double()], dim=1).numpy()
             for image_id, inst in results}
 
@@ -234,12 +234,12 @@ def dump_proposals(cfg, weights, dataset_name, output_path, recall=True):
     if not dist_info.is_main:
         return {}
     results = sorted((r for part, _ in gathered for r in part), key=lambda r: r[0])
-    save_proposals(output_path, [inst.boxes.numpy() for _, inst in results],
+    save_proposals(output_path, [inst.boxes.tensor.numpy() for _, inst in results],
                    [inst.scores.numpy() for _, inst in results], [image_id for image_id, _ in results])
     metrics = {"proposals/images": len(results),
                "proposals/per_image": sum(len(inst) for _, inst in results) / max(len(results), 1),
                "inference_time_s_per_im": statistics.mean(t for _, t in gathered)}
     if recall:
         metrics.update(evaluate_proposals(str(annotation_file),
-                                          _proposal_arrays(results, BoxConvention.of(cfg))))
+                                          _proposal_arrays(results)))
     return metrics

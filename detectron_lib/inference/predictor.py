@@ -110,7 +110,7 @@ def detections_to_json(detections, class_names=None):
     with KRCNN.NORMALIZED_KEYPOINT_SCORES)."""
     masks = encode_masks_rle(detections.masks) if detections.has("masks") else None
     entries = []
-    for i, (box, label, score) in enumerate(zip(detections.boxes.tolist(),
+    for i, (box, label, score) in enumerate(zip(detections.boxes.tensor.tolist(),
                                                 detections.classes.tolist(),
                                                 detections.scores.tolist())):
         entry = {"box": box, "label": label, "score": score}
@@ -146,7 +146,8 @@ def infer_images(cfg, weights, input_path, output_dir, score_thresh=0.7, write_j
             skipped.append((path, err.problem))
             continue
         detections = predictor(bgr)
-        drawn = draw_detections(bgr[:, :, ::-1], detections.boxes.numpy(), detections.classes.numpy(),
+        drawn = draw_detections(bgr[:, :, ::-1], detections.boxes.tensor.numpy(),
+                                detections.classes.numpy(),
                                 detections.scores.numpy(), names,
                                 masks=detections.masks.numpy() if detections.has("masks") else None,
                                 keypoints=(detections.keypoints.numpy()

@@ -37,7 +37,6 @@ from detectron_lib.data.transforms import image_array, image_tensor
 from detectron_lib.errors import ConfigError
 from detectron_lib.modeling.backbone.build import body_features
 from detectron_lib.modeling.roi_heads.keypoint_head import heatmaps_to_keypoints
-from detectron_lib.structures.boxes import CONTINUOUS, BoxConvention
 from detectron_lib.structures.instances import Instances
 from detectron_lib.structures.keypoints import flip_permutation
 
@@ -104,21 +103,21 @@ def transform_image(image_bgr, aug):
     return np.ascontiguousarray(image_bgr)
 
 
-def map_boxes(boxes, aug, width, convention=CONTINUOUS, inverse=False):
+def map_boxes(boxes, aug, width, inverse=False):
     """Boxes (N, 4k) of the original image (``width`` pixels wide) in the image of pass ``aug``
-    before resizing, or, with ``inverse``, from that image back to the original; flips in the
-    box ``convention``."""
+    before resizing, or, with ``inverse``, from that image back to the original."""
     new_width = transformed_width(width, aug.aspect_ratio) if aug.aspect_ratio != 1.0 else width
     stretch = new_width / width
     if inverse:
         if aug.hflip:
-            boxes = convention.flip(boxes, new_width)
+            boxes = boxes.flip(new_width)
         stretch = 1.0 / stretch
     if stretch != 1.0:
-        boxes = boxes.clone()
-        boxes[:, 0::2] *= stretch
+        stretched = boxes.tensor.clone()
+        stretched[:, 0::2] *= stretch
+        boxes = boxes.like(stretched)
     if aug.hflip and not inverse:
-        boxes = convention.flip(boxes, new_width)
+        boxes = boxes.flip(new_width)
     return boxes
 
 
@@ -126,12 +125,12 @@ def map_boxes(boxes, aug, width, convention=CONTINUOUS, inverse=False):
 
 
 def combine_box_predictions(predictions, score_heur, coord_heur):
-    """predictions: [(scores (R_t, K+1), boxes (R_t, 4C))] per pass, the identity first.
-    Returns combined (scores, boxes) by the ID / AVG / UNION heuristics."""
+    """predictions: [(scores (R_t, K+1), Boxes (R_t, 4C))] per pass, the identity first.
+    Returns combined (scores, Boxes) by the ID / AVG / UNION heuristics."""
     scores_ts = [p[0] for p in predictions]
-    boxes_ts = [p[1] for p in predictions]
+    boxes_ts = [p[1].tensor for p in predictions]
     return (_combine(scores_ts, score_heur, "SCORE_HEUR"),
-            _combine(boxes_ts, coord_heur, "COORD_HEUR"))
+            predictions[0][1].like(_combine(boxes_ts, coord_heur, "COORD_HEUR")))
 
 
 def _combine(values, heuristic, key):
@@ -147,14 +146,14 @@ def _combine(values, heuristic, key):
     raise ConfigError(f"TEST.BBOX_AUG.{key}: unknown value '{heuristic}'; use ID, AVG or UNION")
 
 
-def drop_by_size(scores, boxes, size_tag, area_lo, area_hi, convention=CONTINUOUS):
+def drop_by_size(scores, boxes, size_tag, area_lo, area_hi):
     """Zero the scores of class boxes a size-tagged pass should not contribute: areas below
     ``area_lo`` in a "down" pass, above ``area_hi`` in an "up" pass. scores: (R, K+1),
-    boxes: (R, 4(K+1)) or (R, 8) class-agnostic, areas in the box ``convention``. Returns
+    boxes: Boxes (R, 4(K+1)) or (R, 8) class-agnostic, areas in their convention. Returns
     new scores."""
     if size_tag is None:
         return scores
-    areas = convention.area(boxes.reshape(-1, 4)).view(len(boxes), -1)
+    areas = boxes.like(boxes.tensor.reshape(-1, 4)).area().view(len(boxes), -1)
     if areas.shape[1] != scores.shape[1]:  # class-agnostic: the fg box serves every class
         areas = areas[:, 1:2].expand_as(scores)
     drop = areas < area_lo if size_tag == "down" else areas > area_hi
@@ -270,7 +269,6 @@ class DetectorWithTTA(nn.Module):
                               "only); disable them")
         self.model = model
         self.box_aug, self.mask_aug, self.kps_aug = cfg.TEST.BBOX_AUG, cfg.TEST.MASK_AUG, cfg.TEST.KPS_AUG
-        self.convention = BoxConvention.of(cfg)
         scale, max_size = cfg.TEST.SCALE, cfg.TEST.MAX_SIZE
         self.passes = {"box": augmentations(cfg.TEST.BBOX_AUG, scale, max_size),
                        "mask": augmentations(cfg.TEST.MASK_AUG, scale, max_size),
@@ -296,7 +294,7 @@ class DetectorWithTTA(nn.Module):
 
     def detect(self, image_bgr, device, proposals=None):
         """Detections of one (H, W, 3) uint8 BGR image, the model run on ``device``;
-        proposals: (P, 4) in the image's pixels."""
+        proposals: Boxes (P, 4) in the image's pixels."""
         model, box_aug = self.model, self.box_aug
         height, width = image_bgr.shape[:2]
         predictions = []
@@ -307,7 +305,7 @@ class DetectorWithTTA(nn.Module):
             scores, boxes = self._predict_boxes(p, aug, width, proposals)
             if box_aug.SCALE_SIZE_DEP:
                 scores = drop_by_size(scores, boxes, aug.size_tag, box_aug.AREA_TH_LO,
-                                      box_aug.AREA_TH_HI, self.convention)
+                                      box_aug.AREA_TH_HI)
             predictions.append((scores, boxes))
         scores, boxes = combine_box_predictions(predictions, box_aug.SCORE_HEUR, box_aug.COORD_HEUR)
         detections = self._instance_heads(identity, model.roi_heads.postprocess(scores, boxes,
@@ -322,17 +320,17 @@ class DetectorWithTTA(nn.Module):
         return detections
 
     def _predict_boxes(self, p, aug, width, proposals):
-        """(scores (R, K+1), class boxes (R, 4C)) of one pass, boxes in the original image."""
+        """(scores (R, K+1), class Boxes (R, 4C)) of one pass, in the original image."""
         model = self.model
         if model.rpn is not None:
             rois, _ = model.rpn([p.image_size], p.features, [p.scale])
         elif proposals is None:
             raise ValueError("a model without RPN needs precomputed proposals")
         else:
-            boxes = map_boxes(proposals.to(torch.float32), aug, width, self.convention)
+            boxes = map_boxes(proposals.to(torch.float32), aug, width)
             rois = [Instances(p.image_size, boxes=(boxes * p.scale).to(p.device))]
         ((scores, boxes),) = model.roi_heads.predict_boxes(p.features, rois)
-        return scores, map_boxes(boxes / p.scale, aug, width, self.convention, inverse=True)
+        return scores, map_boxes(boxes / p.scale, aug, width, inverse=True)
 
     def _instance_heads(self, p, detections):
         """The detections (original-image pixels) with the fields every instance head of the
@@ -349,7 +347,7 @@ class DetectorWithTTA(nn.Module):
     def _moved_pass(self, image_bgr, detections, aug, device):
         """(pass, the detections' boxes in that pass's resized image)."""
         p = _Pass(self.model, image_bgr, aug, device)
-        boxes = map_boxes(detections.boxes, aug, image_bgr.shape[1], self.convention)
+        boxes = map_boxes(detections.boxes, aug, image_bgr.shape[1])
         return p, boxes * p.scale
 
     def _augmented_masks(self, image_bgr, detections, device):
@@ -365,8 +363,7 @@ class DetectorWithTTA(nn.Module):
         use = None
         if self.mask_aug.SCALE_SIZE_DEP:
             use = size_dependent_use([a.size_tag for a in passes],
-                                     self.convention.area(detections.boxes),
-                                     self.mask_aug.AREA_TH)
+                                     detections.boxes.area(), self.mask_aug.AREA_TH)
         return combine_soft_masks(torch.stack(masks), self.mask_aug.HEUR, use)
 
     def _augmented_keypoints(self, image_bgr, detections, identity, device):
@@ -382,8 +379,7 @@ class DetectorWithTTA(nn.Module):
         use = None
         if self.kps_aug.SCALE_SIZE_DEP:
             use = size_dependent_use([a.size_tag for a in passes],
-                                     self.convention.area(detections.boxes),
-                                     self.kps_aug.AREA_TH)
+                                     detections.boxes.area(), self.kps_aug.AREA_TH)
         combined = combine_heatmaps(torch.stack(all_heatmaps), self.kps_aug.HEUR, use)
-        return heatmaps_to_keypoints(combined, detections.boxes, heads.inference_min_size,
+        return heatmaps_to_keypoints(combined, detections.boxes.tensor, heads.inference_min_size,
                                      heads.normalized_scores)

@@ -16,7 +16,7 @@ Two geometries exist, one per box convention (structures.boxes.BoxConvention):
 import numpy as np
 import torch
 
-from detectron_lib.structures.boxes import PIXEL_INDICES
+from detectron_lib.structures.boxes import PIXEL_INDICES, Boxes
 
 
 def generate_cell_anchors(stride, sizes, aspect_ratios, convention=PIXEL_INDICES,
@@ -107,14 +107,16 @@ class AnchorGenerator(torch.nn.Module):
     """Anchors for a list of feature maps, one (stride, sizes, aspect_ratios) spec per map.
 
     Cell anchors are computed once; grids are cached per feature-map size since training
-    images take only a few distinct padded sizes. ``sizes_first``, ``round_to_pixels``: as for
-    generate_cell_anchors.
+    images take only a few distinct padded sizes. ``convention``: the model's box convention,
+    decided here once: every proposal and detection decoded from these anchors keeps it.
+    ``sizes_first``, ``round_to_pixels``: as for generate_cell_anchors.
     """
 
     def __init__(self, specs, convention=PIXEL_INDICES, sizes_first=False, round_to_pixels=True):
         super().__init__()
         self.strides = [stride for stride, _, _ in specs]
         self.num_anchors = [len(sizes) * len(ratios) for _, sizes, ratios in specs]
+        self.convention = convention
         self._cell_anchors = [
             generate_cell_anchors(stride, sizes, ratios, convention, sizes_first,
                                   round_to_pixels)
@@ -123,18 +125,19 @@ class AnchorGenerator(torch.nn.Module):
         self._cache = {}
 
     def forward(self, feature_shapes, device=torch.device("cpu")):
-        """feature_shapes: [(H, W)] per level. Returns [(H * W * A, 4)] per level on ``device``."""
+        """feature_shapes: [(H, W)] per level. Returns [Boxes (H * W * A, 4)] per level on
+        ``device``."""
         out = []
         for cell, stride, (h, w) in zip(self._cell_anchors, self.strides, feature_shapes):
             key = (stride, int(h), int(w), str(device))
             if key not in self._cache:
                 self._cache[key] = grid_anchors(cell.to(device), stride, int(h), int(w))
-            out.append(self._cache[key])
+            out.append(Boxes(self._cache[key], self.convention))
         return out
 
 
 def straddle_mask(anchors, height, width, straddle_thresh):
-    """(N,) bool: anchors inside the image up to ``straddle_thresh`` pixels (RPN.STRADDLE_THRESH).
+    """(N,) bool: anchors ((N, 4) tensor) inside the image up to ``straddle_thresh`` pixels (RPN.STRADDLE_THRESH).
 
     A negative threshold keeps every anchor, as in Detectron.
     """

@@ -27,7 +27,6 @@ from detectron_lib.data.transforms import (
     resized_size,
 )
 from detectron_lib.modeling.roi_heads.mask_head import paste_mask_probs
-from detectron_lib.structures.boxes import CONTINUOUS
 
 
 def normalize_image(image, pixel_means, pixel_stds=(1.0, 1.0, 1.0), channel_order="BGR"):
@@ -148,14 +147,14 @@ def _rescaled_per_axis(result, size):
     (height, width), (resized_height, resized_width) = size, result.image_size
     scale_x, scale_y = width / resized_width, height / resized_height
     result = result[:]
-    result.boxes = CONTINUOUS.clip(result.boxes * result.boxes.new_tensor([scale_x, scale_y] * 2),
-                                   height, width)
+    result.boxes = (result.boxes * result.boxes.tensor.new_tensor([scale_x, scale_y] * 2)).clip(
+        height, width)
     if result.has("keypoints"):
         keypoints = result.keypoints.clone()
         keypoints[..., 0] *= scale_x
         keypoints[..., 1] *= scale_y
         result.keypoints = keypoints
-    return result[CONTINUOUS.nonempty(result.boxes)]
+    return result[result.boxes.nonempty()]
 
 
 def detector_io_from_config(cfg):

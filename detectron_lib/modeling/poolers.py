@@ -11,7 +11,6 @@ from torch import nn
 
 from detectron_lib import ops
 from detectron_lib.errors import ConfigError
-from detectron_lib.structures.boxes import CONTINUOUS, BoxConvention
 
 
 def feature_level_names(min_level, max_level, backbone_out_channels):
@@ -33,11 +32,10 @@ def roi_feature_names(cfg, backbone_out_channels):
     return [list(backbone_out_channels)[-1]]
 
 
-def assign_fpn_levels(boxes, min_level, max_level, canonical_level=4, canonical_scale=224,
-                      convention=CONTINUOUS):
-    """(N,) int64 FPN level of each box (N, 4), its scale the square root of its area in the
-    box ``convention``."""
-    scale = convention.area(boxes).clamp(min=0).sqrt()
+def assign_fpn_levels(boxes, min_level, max_level, canonical_level=4, canonical_scale=224):
+    """(N,) int64 FPN level of each box (Boxes (N, 4)), its scale the square root of its area
+    in the boxes' convention."""
+    scale = boxes.area().clamp(min=0).sqrt()
     levels = torch.floor(canonical_level + torch.log2(scale / canonical_scale + 1e-6))
     return levels.clamp(min=min_level, max=max_level).to(torch.int64)
 
@@ -47,11 +45,10 @@ class RoIPooler(nn.Module):
 
     method: 'RoIAlign' or 'RoIPoolF' (MODEL.ROI_XFORM_METHOD names). aligned: False is
     Detectron's RoIAlign, True the half-pixel-corrected one of detectron2 / torchvision.
-    convention: the boxes' structures.boxes.BoxConvention, whose areas assign FPN levels.
     """
 
     def __init__(self, output_size, strides, sampling_ratio=0, method="RoIAlign", aligned=False,
-                 canonical_level=4, canonical_scale=224, convention=CONTINUOUS):
+                 canonical_level=4, canonical_scale=224):
         super().__init__()
         if method not in ("RoIAlign", "RoIPoolF"):
             raise ValueError(f"ROI_XFORM_METHOD must be RoIAlign or RoIPoolF, got '{method}'")
@@ -63,7 +60,6 @@ class RoIPooler(nn.Module):
         self.aligned = aligned
         self.canonical_level = canonical_level
         self.canonical_scale = canonical_scale
-        self.convention = convention
 
     def _pool(self, feature, rois, scale):
         if self.method == "RoIPoolF":
@@ -71,15 +67,16 @@ class RoIPooler(nn.Module):
         return ops.roi_align(feature, rois, self.output_size, scale, self.sampling_ratio, self.aligned)
 
     def forward(self, features, boxes_per_image):
-        """features: [(N, C, H, W)] in stride order. boxes_per_image: [(Ni, 4)].
+        """features: [(N, C, H, W)] in stride order. boxes_per_image: [Boxes (Ni, 4)], whose
+        areas in their convention assign FPN levels.
 
         Returns (sum Ni, C, out_h, out_w), rows in the order of the concatenated boxes.
         """
-        rois = ops.boxes_to_rois(list(boxes_per_image), features[0].dtype)
+        rois = ops.boxes_to_rois([b.tensor for b in boxes_per_image], features[0].dtype)
         if len(features) == 1:
             return self._pool(features[0], rois, self.scales[0])
-        levels = assign_fpn_levels(rois[:, 1:], self.levels[0], self.levels[-1],
-                                   self.canonical_level, self.canonical_scale, self.convention)
+        levels = assign_fpn_levels(boxes_per_image[0].like(rois[:, 1:]), self.levels[0],
+                                   self.levels[-1], self.canonical_level, self.canonical_scale)
         levels -= self.levels[0]
         if self.method == "RoIAlign":
             return ops.multilevel_roi_align(features, rois, levels, self.output_size, self.scales,
@@ -103,5 +100,4 @@ def roi_pooler_from_config(cfg, head_cfg, strides, resolution=None):
         aligned=cfg.MODEL.ROI_ALIGN_ALIGNED,
         canonical_level=cfg.FPN.ROI_CANONICAL_LEVEL,
         canonical_scale=cfg.FPN.ROI_CANONICAL_SCALE,
-        convention=BoxConvention.of(cfg),
     )

@@ -9,8 +9,6 @@ from dataclasses import dataclass
 
 import torch
 
-from detectron_lib.structures.boxes import CONTINUOUS
-
 # Detectron's test.py drops a box once soft-NMS has decayed its score below this.
 SOFT_NMS_SCORE_THRESH = 0.0001
 
@@ -47,35 +45,35 @@ def box_voting_from_config(cfg):
 
 
 def class_wise_nms(boxes, scores, classes, nms_thresh, soft_nms=None, box_voting=None,
-                   detections_per_image=0, convention=CONTINUOUS):
+                   detections_per_image=0):
     """NMS (or soft-NMS) within each class, then box voting, then the top detections.
 
-    boxes: (N, 4), scores: (N,), classes: (N,) int - the candidates above the score threshold.
-    soft_nms: SoftNMS or None (plain NMS at IoU ``nms_thresh``). box_voting: BoxVoting or None;
-    the kept boxes vote with all candidates of their class. detections_per_image: keep the
-    best that many over all classes (<= 0: keep all). convention: the boxes'
-    structures.boxes.BoxConvention, whose IoU NMS, soft-NMS and box voting use (Detectron's
-    +1 widths and areas for its pixel indices).
+    boxes: Boxes (N, 4), scores: (N,), classes: (N,) int - the candidates above the score
+    threshold; NMS, soft-NMS and box voting use the IoU of the boxes' convention (Detectron's
+    +1 widths and areas for its pixel indices). soft_nms: SoftNMS or None (plain NMS at IoU
+    ``nms_thresh``). box_voting: BoxVoting or None; the kept boxes vote with all candidates of
+    their class. detections_per_image: keep the best that many over all classes (<= 0: keep
+    all).
     Returns (boxes, scores, classes) of the kept detections, in decreasing score order.
     """
     if soft_nms is None:
-        keep = convention.batched_nms(boxes, scores, classes, nms_thresh)
+        keep = boxes.batched_nms(scores, classes, nms_thresh)
         kept_scores = scores[keep]
     else:
         # One soft-NMS per class: the kernel is quadratic in its input, classes are few.
         parts = []
         for label in torch.unique(classes):
             members = torch.nonzero(classes == label).flatten()
-            keep, decayed = convention.soft_nms(
-                boxes[members], scores[members], method=soft_nms.method, sigma=soft_nms.sigma,
+            keep, decayed = boxes[members].soft_nms(
+                scores[members], method=soft_nms.method, sigma=soft_nms.sigma,
                 iou_threshold=nms_thresh, score_threshold=soft_nms.score_thresh)
             parts.append((members[keep], decayed.to(scores.dtype)))
         keep = torch.cat([p[0] for p in parts]) if parts else classes.new_zeros(0)
         kept_scores = torch.cat([p[1] for p in parts]) if parts else scores[:0]
     kept_boxes, kept_classes = boxes[keep], classes[keep]
     if box_voting is not None:
-        kept_boxes, kept_scores = convention.box_voting(
-            kept_boxes, kept_scores, boxes, scores, box_voting.iou_thresh,
+        kept_boxes, kept_scores = kept_boxes.box_voting(
+            kept_scores, boxes, scores, box_voting.iou_thresh,
             scoring_method=box_voting.scoring_method, beta=box_voting.beta,
             top_labels=kept_classes, all_labels=classes)
     order = torch.sort(kept_scores, descending=True, stable=True).indices

@@ -43,7 +43,7 @@ from detectron_lib.modeling.postprocess import (
     class_wise_nms,
     soft_nms_from_config,
 )
-from detectron_lib.structures.boxes import CONTINUOUS, BoxCoder, BoxConvention
+from detectron_lib.structures.boxes import BoxCoder, BoxConvention, Boxes
 from detectron_lib.structures.instances import Instances
 
 
@@ -154,19 +154,17 @@ def flatten_anchor_maps(maps, dim):
 
 
 @torch.no_grad()
-def retinanet_anchor_labels(anchors, gt_boxes, gt_classes, positive_overlap, negative_overlap,
-                            convention=CONTINUOUS):
+def retinanet_anchor_labels(anchors, gt_boxes, gt_classes, positive_overlap, negative_overlap):
     """Detectron's RetinaNet assignment of one image's anchors (see the module docstring).
 
-    anchors: (R, 4); gt_boxes: (G, 4); gt_classes: (G,) in 1..K; IoUs in the box
-    ``convention`` (a structures.boxes.BoxConvention).
-    Returns labels (R,) int64 (class of the matched box, 0 background, -1 ignored) and the
-    matched box of each anchor (R, 4) (meaningful where labels > 0).
+    anchors: Boxes (R, 4); gt_boxes: Boxes (G, 4), IoUs in their convention; gt_classes: (G,)
+    in 1..K. Returns labels (R,) int64 (class of the matched box, 0 background, -1 ignored)
+    and the matched box of each anchor, an (R, 4) tensor (meaningful where labels > 0).
     """
     if len(gt_boxes) == 0:
         return (torch.zeros(len(anchors), dtype=torch.int64, device=anchors.device),
-                torch.zeros_like(anchors))
-    iou = convention.iou(gt_boxes, anchors)
+                torch.zeros_like(anchors.tensor))
+    iou = gt_boxes.iou(anchors)
     max_iou, matched = iou.max(dim=0)
     best_for_gt = iou.max(dim=1, keepdim=True).values
     # A box no anchor touches (best IoU 0) has no best anchor.
@@ -174,7 +172,7 @@ def retinanet_anchor_labels(anchors, gt_boxes, gt_classes, positive_overlap, neg
     fg = (max_iou >= positive_overlap) | is_best
     labels = torch.where(fg, gt_classes[matched].to(torch.int64), -1)
     labels[max_iou < negative_overlap] = 0
-    return labels, gt_boxes[matched]
+    return labels, gt_boxes.tensor[matched]
 
 
 def retinanet_losses(cls_logits, box_deltas, labels, box_targets, *, alpha, gamma, softmax,
@@ -266,24 +264,24 @@ class RetinaNet(nn.Module):
         cls_logits = flatten_anchor_maps(cls_maps, self.head.cls_dim)
         box_deltas = flatten_anchor_maps(box_maps, self.head.box_dim)
         if targets is not None:
-            return self.losses(torch.cat(anchors), torch.cat(cls_logits, dim=1),
+            return self.losses(Boxes.cat(anchors), torch.cat(cls_logits, dim=1),
                                torch.cat(box_deltas, dim=1), targets)
         detections = self.detect(anchors, cls_logits, box_deltas, image_sizes)
         return self.io.postprocess(detections, scales, original_sizes)
 
     def losses(self, anchors, cls_logits, box_deltas, targets):
-        """anchors: (R, 4); cls_logits: (N, R, C); box_deltas: (N, R, B); targets per image."""
+        """anchors: Boxes (R, 4); cls_logits: (N, R, C); box_deltas: (N, R, B); targets per
+        image."""
         labels, matched = [], []
         for gt in targets:
             image_labels, image_matched = retinanet_anchor_labels(
-                anchors, gt.boxes, gt.classes, self.positive_overlap, self.negative_overlap,
-                self.box_coder.convention)
+                anchors, gt.boxes, gt.classes, self.positive_overlap, self.negative_overlap)
             labels.append(image_labels)
             matched.append(image_matched)
         labels = torch.stack(labels)
         fg_image, fg_anchor = torch.nonzero(labels > 0, as_tuple=True)
-        box_targets = self.box_coder.encode(anchors[fg_anchor],
-                                            torch.stack(matched)[fg_image, fg_anchor])
+        box_targets = self.box_coder.encode(
+            anchors[fg_anchor], anchors.like(torch.stack(matched)[fg_image, fg_anchor]))
         return retinanet_losses(
             cls_logits, box_deltas, labels, box_targets, alpha=self.focal_alpha,
             gamma=self.focal_gamma, softmax=self.head.softmax, bbox_reg_beta=self.bbox_reg_beta,
@@ -291,9 +289,8 @@ class RetinaNet(nn.Module):
 
     @torch.no_grad()
     def detect(self, anchors, cls_logits, box_deltas, image_sizes):
-        """Per-level anchors [(R_l, 4)], logits [(N, R_l, C)], deltas [(N, R_l, B)] ->
+        """Per-level anchors [Boxes (R_l, 4)], logits [(N, R_l, C)], deltas [(N, R_l, B)] ->
         [Instances] per image in resized-image pixels (see the module docstring)."""
-        convention = self.box_coder.convention
         results = []
         for i, (h, w) in enumerate(image_sizes):
             candidates = [
@@ -303,22 +300,24 @@ class RetinaNet(nn.Module):
                 for level, (level_anchors, logits, deltas)
                 in enumerate(zip(anchors, cls_logits, box_deltas))
             ]
-            boxes, scores, classes = (torch.cat(parts) for parts in zip(*candidates))
+            level_boxes, level_scores, level_classes = zip(*candidates)
+            boxes = Boxes.cat(level_boxes)
+            scores, classes = torch.cat(level_scores), torch.cat(level_classes)
             if not self.clip_after_nms:
-                boxes = convention.clip(boxes, h, w)
+                boxes = boxes.clip(h, w)
             boxes, scores, classes = class_wise_nms(
                 boxes, scores, classes, self.nms_thresh, self.soft_nms, self.box_voting,
-                self.detections_per_image, convention)
+                self.detections_per_image)
             detections = Instances((h, w), boxes=boxes, scores=scores, classes=classes + 1)
             if self.clip_after_nms:
-                detections.boxes = convention.clip(boxes, h, w)
-                detections = detections[convention.nonempty(detections.boxes)]
+                detections.boxes = boxes.clip(h, w)
+                detections = detections[detections.boxes.nonempty()]
             results.append(detections)
         return results
 
     def _level_candidates(self, anchors, logits, deltas, score_thresh):
-        """One image, one level: logits (R, C), deltas (R, B) -> the best pre_nms_topk
-        (boxes (k, 4), scores (k,), classes (k,) in 0..K-1) scoring above score_thresh."""
+        """One image, one level: anchors (Boxes), logits (R, C), deltas (R, B) -> the best
+        pre_nms_topk (Boxes (k, 4), scores (k,), classes (k,) in 0..K-1) scoring above score_thresh."""
         if self.head.softmax:
             probs = F.softmax(logits, dim=1)[:, 1:]
         else:
@@ -360,8 +359,7 @@ def build_retinanet(cfg):
             "and FPN.EXTRA_CONV_LEVELS: True for levels above P6")
     specs = retinanet_anchor_specs(min_level, max_level, r.SCALES_PER_OCTAVE, r.ANCHOR_SCALE,
                                    r.ASPECT_RATIOS, r.INTEGER_ANCHOR_SIZES)
-    convention = BoxConvention.of(cfg)
-    anchor_generator = AnchorGenerator(specs, convention,
+    anchor_generator = AnchorGenerator(specs, BoxConvention.of(cfg),
                                        sizes_first=not r.RATIO_MAJOR_ANCHORS,
                                        round_to_pixels=cfg.MODEL.ROUND_ANCHORS)
     head = RetinaNetHead(
@@ -373,7 +371,7 @@ def build_retinanet(cfg):
         precision=cfg.MODEL.HEAD_PRECISION)
     return RetinaNet(
         detector_io_from_config(cfg), backbone, head, anchor_generator, in_features,
-        box_coder=BoxCoder((1.0, 1.0, 1.0, 1.0), cfg.BBOX_XFORM_CLIP, convention),
+        box_coder=BoxCoder((1.0, 1.0, 1.0, 1.0), cfg.BBOX_XFORM_CLIP),
         positive_overlap=r.POSITIVE_OVERLAP, negative_overlap=r.NEGATIVE_OVERLAP,
         focal_alpha=r.LOSS_ALPHA, focal_gamma=r.LOSS_GAMMA,
         bbox_reg_beta=r.BBOX_REG_BETA, bbox_reg_weight=r.BBOX_REG_WEIGHT,

@@ -16,7 +16,7 @@ from detectron_lib.modeling.anchors import AnchorGenerator, fpn_rpn_anchor_specs
 from detectron_lib.modeling.backbone.precision import run_in_precision
 from detectron_lib.modeling.poolers import feature_level_names
 from detectron_lib.modeling.sampling import Matcher, sample_labels
-from detectron_lib.structures.boxes import BoxCoder, BoxConvention
+from detectron_lib.structures.boxes import BoxCoder, BoxConvention, Boxes
 from detectron_lib.structures.instances import Instances
 
 
@@ -66,7 +66,7 @@ class RPN(nn.Module):
         collect step; equals post_nms_topk for one level). nms_thresh: (train, test).
         min_size: (train, test); proposals smaller than this (in original-image pixels, before
         resizing) are dropped, as RPN_MIN_SIZE. box_coder: deltas relative to anchors (unit
-        weights); its box convention also serves the IoUs, clipping and NMS.
+        weights). The anchors' box convention serves the IoUs, clipping and NMS.
     """
 
     def __init__(self, head, anchor_generator, in_features, *, matcher, batch_size_per_image,
@@ -87,7 +87,6 @@ class RPN(nn.Module):
         self.straddle_thresh = straddle_thresh
         self.smooth_l1_beta = smooth_l1_beta
         self.box_coder = box_coder
-        self.convention = box_coder.convention
 
     def forward(self, image_sizes, features, scales, gt_instances=None, generators=None):
         """Propose boxes for a batch.
@@ -114,7 +113,7 @@ class RPN(nn.Module):
         return proposals, losses
 
     def losses(self, anchors, level_logits, level_deltas, image_sizes, gt_instances, generators):
-        all_anchors = torch.cat(anchors)
+        all_anchors = Boxes.cat(anchors)
         logits = torch.cat(level_logits, dim=1)
         deltas = torch.cat(level_deltas, dim=1)
         labels, targets = [], []
@@ -136,12 +135,13 @@ class RPN(nn.Module):
 
     @torch.no_grad()
     def label_anchors(self, anchors, gt_boxes, height, width, generator=None):
-        """Sampled labels (A,) in {1, 0, -1} and regression targets (A, 4) for one image."""
-        inside = straddle_mask(anchors, height, width, self.straddle_thresh)
+        """Sampled labels (A,) in {1, 0, -1} and regression targets (A, 4) for one image
+        (anchors, gt_boxes: Boxes)."""
+        inside = straddle_mask(anchors.tensor, height, width, self.straddle_thresh)
         labels = torch.full((len(anchors),), -1, dtype=torch.int8, device=anchors.device)
-        targets = torch.zeros_like(anchors)
+        targets = torch.zeros_like(anchors.tensor)
         inside_idx = inside.nonzero().flatten()
-        iou = self.convention.iou(gt_boxes, anchors[inside_idx])
+        iou = gt_boxes.iou(anchors[inside_idx])
         matched, inside_labels = self.matcher(iou)
         fg, bg = sample_labels(inside_labels, self.batch_size_per_image, self.fg_fraction, generator)
         labels[inside_idx[bg]] = 0
@@ -161,26 +161,25 @@ class RPN(nn.Module):
                 scores = logits[i]
                 k = min(self.pre_nms_topk[mode], scores.numel())
                 scores, idx = scores.topk(k)
-                boxes = self.box_coder.decode(deltas[i, idx], level_anchors[idx])
-                boxes = self.convention.clip(boxes, h, w)
+                boxes = self.box_coder.decode(deltas[i, idx], level_anchors[idx]).clip(h, w)
                 keep = self._keep_large_enough(boxes, h, w, self.min_size[mode] * scale)
                 boxes, scores = boxes[keep], scores[keep]
-                keep = self.convention.nms(boxes, scores,
-                                           self.nms_thresh[mode])[: self.post_nms_topk[mode]]
+                keep = boxes.nms(scores, self.nms_thresh[mode])[: self.post_nms_topk[mode]]
                 boxes_per_level.append(boxes[keep])
                 scores_per_level.append(scores[keep])
-            boxes = torch.cat(boxes_per_level)
+            boxes = Boxes.cat(boxes_per_level)
             scores = torch.cat(scores_per_level)
             k = min(self.collect_topk[mode], scores.numel())
             scores, order = scores.topk(k)
             proposals.append(Instances((h, w), boxes=boxes[order], objectness_logits=scores))
         return proposals
 
-    def _keep_large_enough(self, boxes, height, width, min_size):
+    @staticmethod
+    def _keep_large_enough(boxes, height, width, min_size):
         """Detectron's _filter_boxes: at least ``min_size`` wide and high, centre inside the image."""
-        ws, hs = self.convention.widths_heights(boxes)
-        x_ctr = boxes[:, 0] + ws / 2.0
-        y_ctr = boxes[:, 1] + hs / 2.0
+        ws, hs = boxes.widths_heights()
+        x_ctr = boxes.tensor[:, 0] + ws / 2.0
+        y_ctr = boxes.tensor[:, 1] + hs / 2.0
         nonempty = (ws > 0) & (hs > 0)
         return nonempty & (ws >= min_size) & (hs >= min_size) & (x_ctr < width) & (y_ctr < height)
 
@@ -203,8 +202,7 @@ def build_rpn(cfg, backbone):
     channels = {backbone.out_channels[f] for f in in_features}
     if len(channels) != 1:
         raise ConfigError(f"RPN levels {in_features} have different channel counts {channels}")
-    convention = BoxConvention.of(cfg)
-    anchor_generator = AnchorGenerator(specs, convention,
+    anchor_generator = AnchorGenerator(specs, BoxConvention.of(cfg),
                                        sizes_first=cfg.RPN.SIZE_MAJOR_ANCHORS,
                                        round_to_pixels=cfg.MODEL.ROUND_ANCHORS)
     head = RPNHead(channels.pop(), anchor_generator.num_anchors[0],
@@ -221,5 +219,5 @@ def build_rpn(cfg, backbone):
         nms_thresh=(t.RPN_NMS_THRESH, s.RPN_NMS_THRESH),
         min_size=(t.RPN_MIN_SIZE, s.RPN_MIN_SIZE),
         straddle_thresh=t.RPN_STRADDLE_THRESH,
-        box_coder=BoxCoder(convention=convention),
+        box_coder=BoxCoder(),
     )

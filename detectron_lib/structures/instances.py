@@ -3,11 +3,13 @@
 Every field has one entry per object, so the set can be indexed like a tensor:
 ``dets[dets.scores > 0.5]`` keeps the matching entries of every field at once.
 
-    dets = Instances((480, 640), boxes=boxes, scores=scores, classes=classes)
-    dets.boxes        # (N, 4)
+    dets = Instances((480, 640), boxes=Boxes(xyxy), scores=scores, classes=classes)
+    dets.boxes        # Boxes (N, 4), carrying the box convention
     dets[:10]         # first ten objects, all fields
 """
 import torch
+
+from detectron_lib.structures.boxes import Boxes
 
 
 class Instances:
@@ -52,7 +54,7 @@ class Instances:
             index = slice(index, index + 1 if index != -1 else None)
         out = Instances(self.image_size)
         for name, value in self._fields.items():
-            if isinstance(value, torch.Tensor):
+            if isinstance(value, (torch.Tensor, Boxes)):
                 out.set(name, value[index])
             else:  # a python list, e.g. polygons
                 out.set(name, _index_list(value, index))
@@ -61,7 +63,7 @@ class Instances:
     def to(self, device):
         out = Instances(self.image_size)
         for name, value in self._fields.items():
-            out.set(name, value.to(device) if isinstance(value, torch.Tensor) else value)
+            out.set(name, value.to(device) if isinstance(value, (torch.Tensor, Boxes)) else value)
         return out
 
     @staticmethod
@@ -75,6 +77,8 @@ class Instances:
             values = [inst._fields[name] for inst in instances_list]
             if isinstance(value, torch.Tensor):
                 out.set(name, torch.cat(values))
+            elif isinstance(value, Boxes):
+                out.set(name, Boxes.cat(values))
             else:
                 out.set(name, [v for vs in values for v in vs])
         return out

@@ -10,7 +10,7 @@ from detectron_lib.modeling.backbone.build import build_roi_box_head
 from detectron_lib.modeling.poolers import roi_feature_names, roi_pooler_from_config
 from detectron_lib.modeling.postprocess import box_voting_from_config, class_wise_nms, soft_nms_from_config
 from detectron_lib.modeling.sampling import Matcher, sample_labels
-from detectron_lib.structures.boxes import CONTINUOUS, BoxCoder, BoxConvention
+from detectron_lib.structures.boxes import BoxCoder, Boxes
 from detectron_lib.structures.instances import Instances
 
 
@@ -35,7 +35,8 @@ def sample_rois(proposals, gt_instances, matcher, batch_size_per_image, fg_fract
                 generators=None, bbox_thresh=None):
     """Detectron's RoI minibatch: proposals plus the ground-truth boxes, labeled and sampled.
 
-    proposals: [Instances(boxes)], gt_instances: [Instances(boxes, classes)], generators:
+    proposals: [Instances(boxes)], gt_instances: [Instances(boxes, classes)] (Boxes of one
+    convention, whose IoU labels the RoIs), generators:
     [torch.Generator] per image (or None). bbox_thresh: TRAIN.BBOX_THRESH, Detectron's
     compute_bbox_regression_targets: every sampled RoI whose best IoU is >= it, fg or bg,
     regresses onto its matched box, on that box's class (None: the fg RoIs do).
@@ -46,8 +47,8 @@ def sample_rois(proposals, gt_instances, matcher, batch_size_per_image, fg_fract
     sampled = []
     generators = generators or [None] * len(proposals)
     for props, gt, generator in zip(proposals, gt_instances, generators):
-        boxes = torch.cat([props.boxes, gt.boxes.to(props.boxes.dtype)])
-        iou = box_coder.convention.iou(gt.boxes, boxes)
+        boxes = Boxes.cat([props.boxes, gt.boxes.to(props.boxes.dtype)])
+        iou = gt.boxes.iou(boxes)
         matched, labels = matcher(iou)
         fg, bg = sample_labels(labels, batch_size_per_image, fg_fraction, generator)
         keep = torch.cat([fg, bg])
@@ -73,7 +74,7 @@ def sample_rois(proposals, gt_instances, matcher, batch_size_per_image, fg_fract
 
 
 def unique_boxes(boxes, scale):
-    """Detectron's DEDUP_BOXES: which of ``boxes`` (N, 4) coincide once multiplied by ``scale``
+    """Detectron's DEDUP_BOXES: which of ``boxes`` ((N, 4) tensor) coincide once multiplied by ``scale``
     (1/16: the cells of a stride-16 feature map) and rounded (half to even, as numpy).
 
     Returns (first (U,) int64: the first box of each distinct group, inverse (N,) int64: the
@@ -111,32 +112,30 @@ def fast_rcnn_losses(cls_logits, box_deltas, classes, regression_targets, smooth
 
 
 def box_results_with_nms_and_limit(scores, boxes, image_size, score_thresh, nms_thresh,
-                                   detections_per_image, soft_nms=None, box_voting=None,
-                                   convention=CONTINUOUS):
+                                   detections_per_image, soft_nms=None, box_voting=None):
     """Per-class thresholding and NMS (or soft-NMS, then box voting when given: see
     modeling.postprocess), then the top ``detections_per_image`` over classes; IoUs and empty
-    boxes in the box ``convention`` (a structures.boxes.BoxConvention).
+    boxes in the boxes' convention.
 
-    scores: (R, K+1) softmax probabilities. boxes: (R, 4(K+1)) decoded and clipped.
+    scores: (R, K+1) softmax probabilities. boxes: Boxes (R, 4(K+1)) decoded and clipped.
     soft_nms: postprocess.SoftNMS or None; box_voting: postprocess.BoxVoting or None.
     Returns Instances(boxes, scores, classes) with classes in 1..K.
     """
     num_classes = scores.shape[1]
-    boxes = boxes.view(len(boxes), -1, 4)
-    if boxes.shape[1] == 2:  # class-agnostic regression: one box for every foreground class
-        boxes = boxes[:, 1:2].expand(-1, num_classes - 1, 4)
+    per_class = boxes.tensor.view(len(boxes), -1, 4)
+    if per_class.shape[1] == 2:  # class-agnostic regression: one box for every foreground class
+        per_class = per_class[:, 1:2].expand(-1, num_classes - 1, 4)
     else:
-        boxes = boxes[:, 1:]
+        per_class = per_class[:, 1:]
     scores = scores[:, 1:]
     candidates = torch.nonzero(scores > score_thresh)
     roi_idx, cls_idx = candidates[:, 0], candidates[:, 1]
-    det_boxes = boxes[roi_idx, cls_idx]
+    det_boxes = boxes.like(per_class[roi_idx, cls_idx])
     det_scores = scores[roi_idx, cls_idx]
-    keep = convention.nonempty(det_boxes)
+    keep = det_boxes.nonempty()
     det_boxes, det_scores, cls_idx = det_boxes[keep], det_scores[keep], cls_idx[keep]
     det_boxes, det_scores, cls_idx = class_wise_nms(
-        det_boxes, det_scores, cls_idx, nms_thresh, soft_nms, box_voting, detections_per_image,
-        convention)
+        det_boxes, det_scores, cls_idx, nms_thresh, soft_nms, box_voting, detections_per_image)
     return Instances(image_size, boxes=det_boxes, scores=det_scores, classes=cls_idx + 1)
 
 
@@ -201,7 +200,7 @@ class BoxROIHeads(nn.Module):
 
     @torch.no_grad()
     def predict_boxes(self, features, proposals):
-        """Per image, before NMS: (scores (R, K+1) softmax probabilities, boxes (R, 4(K+1)) or
+        """Per image, before NMS: (scores (R, K+1) softmax probabilities, Boxes (R, 4(K+1)) or
         (R, 8) class-agnostic, decoded and clipped, in the pixels of the proposals' image).
 
         Detectron's im_detect_bbox: with ``dedup_boxes`` > 0, proposals that coincide after
@@ -212,7 +211,7 @@ class BoxROIHeads(nn.Module):
         boxes_per_image = [p.boxes for p in proposals]
         groups = [None] * len(proposals)
         if self.dedup_boxes > 0:
-            groups = [unique_boxes(boxes, self.dedup_boxes) for boxes in boxes_per_image]
+            groups = [unique_boxes(boxes.tensor, self.dedup_boxes) for boxes in boxes_per_image]
             boxes_per_image = [boxes[first] for boxes, (first, _) in zip(boxes_per_image, groups)]
         cls_logits, deltas = self.predict(features, boxes_per_image)
         scores = F.softmax(cls_logits, dim=1)
@@ -223,10 +222,9 @@ class BoxROIHeads(nn.Module):
             h, w = props.image_size
             image_scores, image_deltas = scores[start:start + n], deltas[start:start + n]
             if self.bbox_reg:
-                boxes = self.box_coder.decode(image_deltas, rois)
-                boxes = self.box_coder.convention.clip(boxes, h, w)
+                boxes = self.box_coder.decode(image_deltas, rois).clip(h, w)
             else:
-                boxes = rois.repeat(1, image_deltas.shape[1] // 4)
+                boxes = rois.like(rois.tensor.repeat(1, image_deltas.shape[1] // 4))
             if group is not None:
                 image_scores, boxes = image_scores[group[1]], boxes[group[1]]
             results.append((image_scores, boxes))
@@ -238,8 +236,7 @@ class BoxROIHeads(nn.Module):
         soft-NMS, box voting and the limit. Returns Instances(boxes, scores, classes)."""
         return box_results_with_nms_and_limit(
             scores, boxes, image_size, self.score_thresh, self.nms_thresh,
-            self.detections_per_image, self.soft_nms, self.box_voting,
-            self.box_coder.convention)
+            self.detections_per_image, self.soft_nms, self.box_voting)
 
 
 def build_fast_rcnn_matcher(fg_thresh, bg_thresh_hi, bg_thresh_lo):
@@ -269,7 +266,7 @@ def box_roi_head_options(cfg):
         matcher=build_fast_rcnn_matcher(t.FG_THRESH, t.BG_THRESH_HI, t.BG_THRESH_LO),
         batch_size_per_image=t.BATCH_SIZE_PER_IM,
         fg_fraction=t.FG_FRACTION,
-        box_coder=BoxCoder(cfg.MODEL.BBOX_REG_WEIGHTS, cfg.BBOX_XFORM_CLIP, BoxConvention.of(cfg)),
+        box_coder=BoxCoder(cfg.MODEL.BBOX_REG_WEIGHTS, cfg.BBOX_XFORM_CLIP),
         score_thresh=s.SCORE_THRESH,
         nms_thresh=s.NMS,
         detections_per_image=s.DETECTIONS_PER_IM,

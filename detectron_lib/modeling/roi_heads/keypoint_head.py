@@ -26,6 +26,7 @@ from detectron_lib.modeling.init import constant_fill_, fill_
 from detectron_lib.modeling.poolers import roi_feature_names, roi_pooler_from_config
 from detectron_lib.modeling.roi_heads.instance_heads import register_instance_head
 from detectron_lib.modeling.roi_heads.mask_head import BilinearUpsample
+from detectron_lib.structures.boxes import Boxes
 
 # Detectron's stds under GaussianFill: head convs and kps_deconv 0.01, heatmap logits 0.001
 KEYPOINT_CONV_STD = 0.01
@@ -270,15 +271,15 @@ class KeypointROIHeads(nn.Module):
 
     def select_rois(self, rois, gt_instances):
         """Detectron's keypoint RoIs: fg RoIs whose matched ground truth has a keypoint with
-        v > 0 inside the RoI. Returns per image (boxes (R, 4), their gt keypoints (R, K, 3))."""
+        v > 0 inside the RoI. Returns per image (Boxes (R, 4), their gt keypoints (R, K, 3))."""
         selected = []
         for image_rois, gt in zip(rois, gt_instances):
             fg = image_rois[image_rois.classes > 0]
             if len(fg) == 0:
-                selected.append((fg.boxes, fg.boxes.new_zeros((0, self.num_keypoints, 3))))
+                selected.append((fg.boxes, fg.boxes.tensor.new_zeros((0, self.num_keypoints, 3))))
                 continue
             keypoints = self._gt_keypoints(gt)[fg.matched_gt].to(fg.boxes.dtype)
-            keep = visible_keypoint_in_box(keypoints, fg.boxes)
+            keep = visible_keypoint_in_box(keypoints, fg.boxes.tensor)
             selected.append((fg.boxes[keep], keypoints[keep]))
         return selected
 
@@ -297,9 +298,9 @@ class KeypointROIHeads(nn.Module):
         selected = self.select_rois(rois, gt_instances)
         if sum(len(boxes) for boxes, _ in selected) == 0:
             first = rois[0].boxes[:1]
-            selected = [(first, first.new_zeros((len(first), self.num_keypoints, 3)))]
+            selected = [(first, first.tensor.new_zeros((len(first), self.num_keypoints, 3)))]
         logits = self.heatmap_logits(features, [boxes for boxes, _ in selected])
-        boxes = torch.cat([b for b, _ in selected])
+        boxes = Boxes.cat([b for b, _ in selected]).tensor
         labels, valid = keypoints_to_heatmap_labels(torch.cat([k for _, k in selected]), boxes,
                                                     logits.shape[-1])
         normalizer = None
@@ -319,7 +320,8 @@ class KeypointROIHeads(nn.Module):
             boxes = image_detections.boxes
             if not self.decode_in_input_pixels:
                 boxes = boxes / scale
-            keypoints, probs = heatmaps_to_keypoints(image_logits, boxes, self.inference_min_size,
+            keypoints, probs = heatmaps_to_keypoints(image_logits, boxes.tensor,
+                                                     self.inference_min_size,
                                                      self.normalized_scores)
             out = image_detections[:]
             out.keypoints = keypoints

@@ -259,7 +259,7 @@ def mask_probs_of_channels(mask_logits, channels):
 def paste_mask_probs(detections, image_height, image_width, thresh=0.5, legacy=False):
     """Binary full-image instance masks of ``detections``.
 
-    detections: Instances(boxes (N, 4) x1y1x2y2 in the pixels of the image, mask_probs
+    detections: Instances(boxes: Boxes (N, 4) in the pixels of the image, mask_probs
     (N, M, M)), i.e. after boxes were scaled back to the original image. Each soft mask is
     resampled into its box and binarized at > ``thresh`` (MRCNN.THRESH_BINARIZE): by
     detectron2's bilinear sampling (ops.paste_masks), or with ``legacy`` (MRCNN.LEGACY_PASTE)
@@ -270,9 +270,10 @@ def paste_mask_probs(detections, image_height, image_width, thresh=0.5, legacy=F
         return torch.zeros((0, image_height, image_width), dtype=torch.bool,
                            device=detections.boxes.device)
     if legacy:
-        return paste_masks_legacy(detections.mask_probs, detections.boxes, image_height,
+        return paste_masks_legacy(detections.mask_probs, detections.boxes.tensor, image_height,
                                   image_width, thresh)
-    probs = ops.paste_masks(detections.mask_probs, detections.boxes, image_height, image_width)
+    probs = ops.paste_masks(detections.mask_probs, detections.boxes.tensor, image_height,
+                            image_width)
     return probs > thresh
 
 
@@ -348,7 +349,7 @@ class MaskROIHeads(nn.Module):
                         "image has no 'segms' (its annotations carry no 'segmentation'); use a "
                         "dataset with masks or set MODEL.MASK_ON False")
                 segms = [gt.segms[i] for i in image_rois.matched_gt.tolist()]
-                targets.append(mask_targets(image_rois.boxes, segms, resolution))
+                targets.append(mask_targets(image_rois.boxes.tensor, segms, resolution))
             else:
                 targets.append(logits.new_full((len(image_rois), resolution, resolution),
                                                IGNORE_TARGET))

@@ -52,7 +52,7 @@ class RFCNPredictor(nn.Module):
                                 self.sampling_ratio)
 
     def forward(self, feature, boxes_per_image):
-        rois = ops.boxes_to_rois(list(boxes_per_image), feature.dtype)
+        rois = ops.boxes_to_rois([b.tensor for b in boxes_per_image], feature.dtype)
         cls_logits = self.ps_pool(self.conv_cls(feature), rois).mean(dim=(2, 3))
         box_deltas = self.ps_pool(self.conv_bbox_pred(feature), rois).mean(dim=(2, 3))
         return cls_logits, box_deltas
