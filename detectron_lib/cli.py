@@ -13,6 +13,7 @@ from detectron_lib.zoo.manifest import DEFAULT_MANIFEST
 
 WEIGHTS_HELP = ("weights file or URL, of ours or Detectron (.pkl), detectron2 (.pkl/.pth) or "
                 "torchvision (.pth), told apart by content (default: TEST.WEIGHTS)")
+INFER_WEIGHTS_HELP = WEIGHTS_HELP[:-1] + "; or a model `detectron export` wrote (.onnx)"
 
 
 def _add_cfg_args(parser):
@@ -128,6 +129,17 @@ def cmd_infer(args):
     for path in infer_images(cfg, args.weights, args.input, args.output, args.thresh,
                              write_json=args.json):
         print(path)
+
+
+def cmd_export(args):
+    """Write a model as an ONNX graph (one BGR image in, detections out); prints its path."""
+    from detectron_lib.config import load_config
+    from detectron_lib.export.onnx import export_model
+
+    # The graph runs in float32, whatever precision the config picks for PyTorch.
+    cfg = load_config(args.cfg_file, list(args.opts) + [
+        "MODEL.BODY_PRECISION", "float32", "MODEL.HEAD_PRECISION", "float32"])
+    print(export_model(cfg, args.weights, args.output))
 
 
 # `detectron zoo STEP`: one handler per job of the model-zoo DAG (detectron_lib.zoo.steps),
@@ -271,7 +283,7 @@ def build_parser():
     p.set_defaults(func=cmd_proposals)
 
     p = sub.add_parser("infer", help="draw detections on images (like Detectron's infer_simple)")
-    p.add_argument("--weights", default="", help=WEIGHTS_HELP)
+    p.add_argument("--weights", default="", help=INFER_WEIGHTS_HELP)
     p.add_argument("--input", required=True, help="an image file or a directory of images")
     p.add_argument("--output", required=True, help="directory for the PNG files")
     p.add_argument("--thresh", type=float, default=0.7, help="score threshold for drawing")
@@ -280,6 +292,14 @@ def build_parser():
                         "image pixels), label, score, mask (COCO RLE) and keypoints")
     _add_cfg_args(p)
     p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("export", help="write a model as an ONNX graph for ONNX Runtime: a BGR "
+                                      "image in, detections in its pixels out")
+    p.add_argument("--weights", default="", help=WEIGHTS_HELP)
+    p.add_argument("--format", choices=("onnx",), default="onnx", help="graph format (onnx)")
+    p.add_argument("--output", required=True, help="file to write, e.g. model.onnx")
+    _add_cfg_args(p)
+    p.set_defaults(func=cmd_export)
 
     _add_zoo_parser(sub)
     return parser

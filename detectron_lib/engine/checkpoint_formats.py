@@ -126,7 +126,12 @@ def _load_object(path):
     weights_only=True), or a (Python 2) pickle (the restricted unpickler of utils.safe_pickle).
     Anything but data in it: a CheckpointRefusedError naming the file and the object."""
     with open(path, "rb") as f:
-        is_zip = f.read(4) == b"PK\x03\x04"
+        head = f.read(4)
+    if head[:1] == b"\x08":  # an ONNX ModelProto's first field (inference.onnx_runtime)
+        raise CheckpointError(f"'{path}' is an exported ONNX model, not weights: `detectron "
+                              "infer` and Predictor run it; other uses need the .pth it was "
+                              "exported from")
+    is_zip = head == b"PK\x03\x04"
     try:
         if not is_zip:
             with open(path, "rb") as f:

@@ -12,9 +12,10 @@ import torch
 from detectron_lib.data.catalog import get_dataset
 from detectron_lib.data.transforms import ImageReadError, image_tensor, read_image_bgr
 from detectron_lib.engine.distributed import resolve_device
-from detectron_lib.errors import DatasetError, DetectronError
+from detectron_lib.errors import ConfigError, DatasetError, DetectronError
 from detectron_lib.evaluation.coco import encode_masks_rle
 from detectron_lib.inference.engine import load_model_for_inference
+from detectron_lib.inference.onnx_runtime import OnnxRuntimeDetector, is_onnx_file
 from detectron_lib.inference.tta import DetectorWithTTA, augmentation_enabled
 from detectron_lib.inference.vis import draw_detections
 from detectron_lib.utils.io import atomic_write, write_json_atomic
@@ -84,10 +85,20 @@ def keypoint_skeleton_for(cfg):
 
 class Predictor:
     """Runs a model on single BGR images: ``predictor(image) -> Instances``; with
-    TEST.BBOX_AUG / MASK_AUG / KPS_AUG through DetectorWithTTA."""
+    TEST.BBOX_AUG / MASK_AUG / KPS_AUG through DetectorWithTTA. ``weights`` may be a model
+    exported by `detectron export` (told by content), run by ONNX Runtime on the CPU."""
 
     def __init__(self, cfg, weights):
         self.cfg = cfg
+        weights = weights or cfg.TEST.WEIGHTS
+        if weights and is_onnx_file(weights):
+            if augmentation_enabled(cfg):
+                raise ConfigError(f"'{weights}' is an exported ONNX model, which runs without "
+                                  "test-time augmentation: turn TEST.BBOX_AUG / MASK_AUG / "
+                                  "KPS_AUG off, or give the .pth weights")
+            self.device = torch.device("cpu")
+            self.model = OnnxRuntimeDetector(weights)
+            return
         self.device = resolve_device(cfg.DEVICE)
         self.model = load_model_for_inference(cfg, weights, self.device)
         if augmentation_enabled(cfg):

@@ -117,7 +117,7 @@ class AnchorGenerator(torch.nn.Module):
         self.strides = [stride for stride, _, _ in specs]
         self.num_anchors = [len(sizes) * len(ratios) for _, sizes, ratios in specs]
         self.convention = convention
-        self._cell_anchors = [
+        self.cell_anchors = [  # (A, 4) per level, as generate_cell_anchors gives them
             generate_cell_anchors(stride, sizes, ratios, convention, sizes_first,
                                   round_to_pixels)
             for stride, sizes, ratios in specs
@@ -128,7 +128,7 @@ class AnchorGenerator(torch.nn.Module):
         """feature_shapes: [(H, W)] per level. Returns [Boxes (H * W * A, 4)] per level on
         ``device``."""
         out = []
-        for cell, stride, (h, w) in zip(self._cell_anchors, self.strides, feature_shapes):
+        for cell, stride, (h, w) in zip(self.cell_anchors, self.strides, feature_shapes):
             key = (stride, int(h), int(w), str(device))
             if key not in self._cache:
                 self._cache[key] = grid_anchors(cell.to(device), stride, int(h), int(w))

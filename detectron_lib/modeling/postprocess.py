@@ -44,6 +44,14 @@ def box_voting_from_config(cfg):
     return BoxVoting(v.VOTE_TH, v.SCORING_METHOD, v.SCORING_METHOD_BETA) if v.ENABLED else None
 
 
+def topk_size(values, k):
+    """min(k, len(values)), the size of a top-k of ``values``: an int, or while traced for
+    ONNX export a traced tensor, so that the graph takes each image's own count."""
+    if torch.jit.is_tracing():
+        return torch._shape_as_tensor(values)[0].clamp(max=k)
+    return min(k, len(values))
+
+
 def class_wise_nms(boxes, scores, classes, nms_thresh, soft_nms=None, box_voting=None,
                    detections_per_image=0):
     """NMS (or soft-NMS) within each class, then box voting, then the top detections.
@@ -76,7 +84,10 @@ def class_wise_nms(boxes, scores, classes, nms_thresh, soft_nms=None, box_voting
             kept_scores, boxes, scores, box_voting.iou_thresh,
             scoring_method=box_voting.scoring_method, beta=box_voting.beta,
             top_labels=kept_classes, all_labels=classes)
-    order = torch.sort(kept_scores, descending=True, stable=True).indices
+    if torch.jit.is_tracing():  # the ONNX exporter has no stable sort; ONNX's TopK is stable
+        order = kept_scores.topk(kept_scores.shape[0]).indices
+    else:
+        order = torch.sort(kept_scores, descending=True, stable=True).indices
     if detections_per_image > 0:
         order = order[:detections_per_image]
     return kept_boxes[order], kept_scores[order], kept_classes[order]

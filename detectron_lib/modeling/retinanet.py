@@ -42,6 +42,7 @@ from detectron_lib.modeling.postprocess import (
     box_voting_from_config,
     class_wise_nms,
     soft_nms_from_config,
+    topk_size,
 )
 from detectron_lib.structures.boxes import BoxCoder, BoxConvention, Boxes
 from detectron_lib.structures.instances import Instances
@@ -325,7 +326,7 @@ class RetinaNet(nn.Module):
         num_classes = probs.shape[1]
         flat = probs.flatten()
         candidates = torch.nonzero(flat > score_thresh).flatten()
-        scores, order = flat[candidates].topk(min(self.pre_nms_topk, len(candidates)))
+        scores, order = flat[candidates].topk(topk_size(candidates, self.pre_nms_topk))
         chosen = candidates[order]
         anchor_idx = chosen // num_classes
         classes = chosen % num_classes
@@ -334,7 +335,7 @@ class RetinaNet(nn.Module):
             chosen_deltas = deltas[anchor_idx]
             if chosen_deltas.shape[1] > 4:
                 chosen_deltas = chosen_deltas.view(len(chosen), num_classes, 4)[
-                    torch.arange(len(chosen)), classes]
+                    torch.arange(chosen.shape[0]), classes]
             boxes = self.box_coder.decode(chosen_deltas, boxes)
         return boxes, scores, classes
 

@@ -15,6 +15,7 @@ from detectron_lib.errors import ConfigError
 from detectron_lib.modeling.anchors import AnchorGenerator, fpn_rpn_anchor_specs, straddle_mask
 from detectron_lib.modeling.backbone.precision import run_in_precision
 from detectron_lib.modeling.poolers import feature_level_names
+from detectron_lib.modeling.postprocess import topk_size
 from detectron_lib.modeling.sampling import Matcher, sample_labels
 from detectron_lib.structures.boxes import BoxCoder, BoxConvention, Boxes
 from detectron_lib.structures.instances import Instances
@@ -159,8 +160,7 @@ class RPN(nn.Module):
             boxes_per_level, scores_per_level = [], []
             for level_anchors, logits, deltas in zip(anchors, level_logits, level_deltas):
                 scores = logits[i]
-                k = min(self.pre_nms_topk[mode], scores.numel())
-                scores, idx = scores.topk(k)
+                scores, idx = scores.topk(topk_size(scores, self.pre_nms_topk[mode]))
                 boxes = self.box_coder.decode(deltas[i, idx], level_anchors[idx]).clip(h, w)
                 keep = self._keep_large_enough(boxes, h, w, self.min_size[mode] * scale)
                 boxes, scores = boxes[keep], scores[keep]
@@ -169,8 +169,7 @@ class RPN(nn.Module):
                 scores_per_level.append(scores[keep])
             boxes = Boxes.cat(boxes_per_level)
             scores = torch.cat(scores_per_level)
-            k = min(self.collect_topk[mode], scores.numel())
-            scores, order = scores.topk(k)
+            scores, order = scores.topk(topk_size(scores, self.collect_topk[mode]))
             proposals.append(Instances((h, w), boxes=boxes[order], objectness_logits=scores))
         return proposals
 

@@ -105,7 +105,7 @@ def box_voting(top_boxes, top_scores, all_boxes, all_scores, iou_threshold, scor
     iou = (box_iou(top_boxes, all_boxes) if ious is None else ious).to(dtype)
     voters = iou >= iou_threshold
     if top_labels is not None:
-        voters &= top_labels[:, None] == all_labels[None, :]
+        voters = voters & (top_labels[:, None] == all_labels[None, :])
     is_voter = voters.to(dtype)
     scores = all_scores.to(dtype)
     weights = is_voter * scores[None, :]

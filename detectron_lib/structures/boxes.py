@@ -313,7 +313,7 @@ class BoxCoder:
 
         ``k > 1`` holds class-specific deltas laid out as [class0 (4), class1 (4), ...].
         """
-        if deltas.numel() == 0:
+        if deltas.numel() == 0 and not torch.jit.is_tracing():  # a traced graph takes any count
             return reference_boxes.like(deltas.new_zeros(deltas.shape))
         reference_boxes = reference_boxes.to(deltas.dtype)
         cx, cy, w, h = self._centers_sizes(reference_boxes)

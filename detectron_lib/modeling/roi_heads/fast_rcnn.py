@@ -122,7 +122,7 @@ def box_results_with_nms_and_limit(scores, boxes, image_size, score_thresh, nms_
     Returns Instances(boxes, scores, classes) with classes in 1..K.
     """
     num_classes = scores.shape[1]
-    per_class = boxes.tensor.view(len(boxes), -1, 4)
+    per_class = boxes.tensor.unflatten(1, (-1, 4))
     if per_class.shape[1] == 2:  # class-agnostic regression: one box for every foreground class
         per_class = per_class[:, 1:2].expand(-1, num_classes - 1, 4)
     else:

@@ -201,7 +201,7 @@ class MaskFCPredictor(nn.Module):
 
     def forward(self, x):
         x = self.logits(x.flatten(1))
-        return x.view(len(x), self.num_masks, self.resolution, self.resolution)
+        return x.view(-1, self.num_masks, self.resolution, self.resolution)
 
 
 # ---- targets, loss, inference ---------------------------------------------------------------
@@ -231,7 +231,7 @@ def mask_targets(rois_boxes, segms, resolution):
 
 def _channel_of_each_roi(mask_logits, channels):
     """(R, C, M, M), (R,) -> (R, M, M): row r's map of channel channels[r]."""
-    return mask_logits[torch.arange(len(channels), device=channels.device), channels]
+    return mask_logits[torch.arange(channels.shape[0], device=channels.device), channels]
 
 
 def mask_rcnn_loss(mask_logits, channels, targets, weight=1.0):

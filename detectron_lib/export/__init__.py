@@ -1,0 +1,1 @@
+"""Exporting detectors to other runtimes: ONNX (export.onnx)."""

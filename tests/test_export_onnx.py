@@ -1,0 +1,177 @@
+"""ONNX export (export.onnx) against our PyTorch models: the exported graph run by ONNX Runtime
+(inference.onnx_runtime) gives the model's detections on shapes images and on a demo photo,
+for RetinaNet, Faster R-CNN FPN, Mask R-CNN FPN and RPN-only models of the shapes configs;
+`detectron infer` on the .onnx writes the JSON it writes on the .pth.
+
+The models are the shapes baselines with seeded initial weights (the body GroupNorm, no
+pretrained file), loaded the way `detectron infer` loads weights; boxes and scores are
+compared directly. The reference is the PyTorch model called on the same uint8 image.
+"""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+pytest.importorskip("onnxruntime")
+
+from detectron_lib import cli  # noqa: E402
+from detectron_lib.config import load_config  # noqa: E402
+from detectron_lib.data.transforms import (  # noqa: E402
+    compute_resize_scale,
+    image_array,
+    image_tensor,
+    read_image_bgr,
+    resize_image,
+)
+from detectron_lib.engine.checkpoint import CheckpointError, save_checkpoint  # noqa: E402
+from detectron_lib.engine.checkpoint_formats import read_weights_file  # noqa: E402
+from detectron_lib.errors import ConfigError  # noqa: E402
+from detectron_lib.export.onnx import export_model, pil_bilinear_resize  # noqa: E402
+from detectron_lib.inference.engine import load_model_for_inference  # noqa: E402
+from detectron_lib.inference.onnx_runtime import OnnxRuntimeDetector  # noqa: E402
+from detectron_lib.inference.predictor import Predictor  # noqa: E402
+from detectron_lib.modeling.meta_arch import build_model  # noqa: E402
+
+FLOAT32 = ["MODEL.BODY_PRECISION", "float32", "MODEL.HEAD_PRECISION", "float32"]
+FAMILIES = {
+    "retinanet": "retinanet_R-18-FPN_1x",
+    "faster_rcnn": "e2e_faster_rcnn_R-18-FPN_1x",
+    "mask_rcnn": "e2e_mask_rcnn_R-18-FPN_1x",
+    "rpn": "rpn_R-18-FPN_1x",
+}
+
+
+def _config(repo_root, name, extra=()):
+    return load_config(str(repo_root / "configs" / "shapes" / f"{name}.yaml"),
+                       FLOAT32 + ["TRAIN.WEIGHTS", ""] + list(extra))
+
+
+def _seeded_weights(cfg, path, seed=0):
+    torch.manual_seed(seed)
+    save_checkpoint(path, build_model(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def test_images(tiny_dataset, reference_dir):
+    """Three shapes images (upscaled to TEST.SCALE) and a demo photo (shrunk), uint8 BGR."""
+    catalog = yaml.safe_load(tiny_dataset.read_text())
+    shapes = sorted(p for p in (tiny_dataset.parent / "tiny" / "images").iterdir())[:3]
+    assert catalog["tiny_shapes"]["image_directory"].endswith("images") and len(shapes) == 3
+    photo = sorted((reference_dir / "demo_images").glob("*.jpg"))[0]
+    return [image_tensor(read_image_bgr(p)) for p in shapes + [photo]]
+
+
+@pytest.mark.parametrize("height,width", [(150, 400), (500, 333), (200, 300), (7, 900)])
+def test_graph_resize_is_pil_bilinear(height, width):
+    """The graph's resize against the io's (data.transforms.resize_image, PIL): bit for bit,
+    shrinking and enlarging."""
+    image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8,
+                          generator=torch.Generator().manual_seed(height))
+    expected = image_tensor(resize_image(image_array(image),
+                                         compute_resize_scale(height, width, 256, 384)))
+    assert torch.equal(pil_bilinear_resize(image, torch.tensor(expected.shape[1:])), expected)
+
+
+def _mask_iou(a, b):
+    """(N,) IoU of bool masks (N, H, W); two empty masks agree (1)."""
+    union = (a | b).sum(dim=(1, 2))
+    return torch.where(union > 0, (a & b).sum(dim=(1, 2)) / union.clamp(min=1), 1.0)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_onnx_runtime_matches_pytorch(family, repo_root, tmp_path, test_images):
+    """Each family exported (traced on a mid-grey image of TEST.SCALE) and run by ONNX Runtime
+    on images of other sizes: the PyTorch model's detections, boxes within 0.05 px, scores
+    within 1e-3, the same labels, masks of IoU > 0.99."""
+    cfg = _config(repo_root, FAMILIES[family])
+    weights = _seeded_weights(cfg, tmp_path / "model.pth")
+    model = load_model_for_inference(cfg, str(weights), torch.device("cpu"))
+    runtime = OnnxRuntimeDetector(export_model(cfg, str(weights), tmp_path / "model.onnx"),
+                                  threads=2)
+    for image in test_images:
+        with torch.no_grad():
+            (expected,) = model([image])
+        (got,) = runtime([image])
+        assert len(got) == len(expected) > 0, family
+        assert got.boxes.convention == expected.boxes.convention
+        assert torch.allclose(got.boxes.tensor, expected.boxes.tensor, rtol=0, atol=0.05)
+        assert torch.allclose(got.scores, expected.scores, rtol=0, atol=1e-3)
+        if family != "rpn":
+            assert torch.equal(got.classes, expected.classes)
+        if family == "mask_rcnn":
+            assert got.masks.shape == expected.masks.shape == (len(got), *image.shape[1:])
+            assert bool((_mask_iou(got.masks, expected.masks) > 0.99).all())
+
+
+def test_infer_writes_the_same_json_on_onnx_and_pth(repo_root, tmp_path, tiny_dataset,
+                                                    capsys):
+    """`detectron export` of a Mask R-CNN .pth, then `detectron infer --json` on the .pth and
+    on the .onnx: the same files, the same detections (labels, masks' RLE; boxes within
+    0.05 px, scores within 1e-3) and both pictures written."""
+    name = FAMILIES["mask_rcnn"]
+    cfg = _config(repo_root, name)
+    weights = _seeded_weights(cfg, tmp_path / "model.pth", seed=1)
+    cfg_file = str(repo_root / "configs" / "shapes" / f"{name}.yaml")
+    overrides = FLOAT32 + ["TRAIN.WEIGHTS", ""]
+    images = tmp_path / "images"
+    images.mkdir()
+    for source in sorted((tiny_dataset.parent / "tiny" / "images").iterdir())[:3]:
+        shutil.copy(source, images)
+    onnx_path = tmp_path / "model.onnx"
+    assert cli.main(["export", "--cfg", cfg_file, "--weights", str(weights), "--format", "onnx",
+                     "--output", str(onnx_path), *overrides]) == 0
+    assert capsys.readouterr().out.strip() == str(onnx_path)
+    outputs = {}
+    for kind, path in (("pth", weights), ("onnx", onnx_path)):
+        out_dir = tmp_path / kind
+        assert cli.main(["infer", "--cfg", cfg_file, "--weights", str(path), "--input",
+                         str(images), "--output", str(out_dir), "--json", *overrides]) == 0
+        outputs[kind] = {p.name: json.loads(p.read_text()) for p in out_dir.glob("*.json")}
+        assert len(list(out_dir.glob("*.png"))) == len(outputs[kind]) == 3
+    assert outputs["pth"].keys() == outputs["onnx"].keys()
+    for file_name, expected in outputs["pth"].items():
+        got = outputs["onnx"][file_name]
+        assert {k: v for k, v in got.items() if k != "detections"} == {
+            k: v for k, v in expected.items() if k != "detections"}
+        assert len(got["detections"]) == len(expected["detections"]) > 0
+        # Best first; seeded weights score some detections within float noise of each other
+        for g, e in zip(*(sorted(d["detections"], key=lambda d: (d["label"], d["box"]))
+                          for d in (got, expected))):
+            assert g.keys() == e.keys()
+            assert (g["label"], g.get("category"), g["mask"]) == (
+                e["label"], e.get("category"), e["mask"])
+            assert np.allclose(g["box"], e["box"], rtol=0, atol=0.05)
+            assert abs(g["score"] - e["score"]) <= 1e-3
+
+
+def test_onnx_model_is_told_apart_from_weights(repo_root, tmp_path):
+    """An exported model given where weights are loaded (TRAIN.WEIGHTS, `detectron test`) is
+    refused naming the file and what runs it; Predictor runs it (content, not suffix)."""
+    cfg = _config(repo_root, FAMILIES["faster_rcnn"], ["TEST.SCALE", "128", "TEST.MAX_SIZE", "160"])
+    weights = _seeded_weights(cfg, tmp_path / "model.pth")
+    exported = export_model(cfg, str(weights), tmp_path / "model.weights")
+    with pytest.raises(CheckpointError, match=r"model\.weights' is an exported ONNX model"):
+        read_weights_file(exported)
+    detections = Predictor(cfg, str(exported))(np.zeros((100, 120, 3), np.uint8))
+    assert detections.boxes.tensor.shape[1] == 4 and detections.has("classes")
+
+
+def test_export_refuses_what_it_does_not_cover(repo_root, tmp_path):
+    """A keypoint head is not exported: one ConfigError naming it."""
+    cfg = _config(repo_root, "e2e_keypoint_rcnn_R-18-FPN_1x")
+    weights = _seeded_weights(cfg, tmp_path / "model.pth")
+    with pytest.raises(ConfigError, match="keypoint_heads"):
+        export_model(cfg, str(weights), tmp_path / "model.onnx")
+    assert not (tmp_path / "model.onnx").exists()
+
+
+def test_corrupt_onnx_file_names_the_file(tmp_path):
+    """A truncated .onnx: one CheckpointError naming the file and what to do."""
+    path = tmp_path / "broken.onnx"
+    path.write_bytes(b"\x08\x07\x12\x03abc")
+    with pytest.raises(CheckpointError, match=r"broken\.onnx' cannot be loaded.*detectron export"):
+        OnnxRuntimeDetector(path)
