@@ -29,10 +29,11 @@ def unavailable(what, reasons):
     pytest.skip(message)
 
 
-def require_programs(what, programs, as_root=False):
-    """Skip (in CI: fail) the test unless every one of ``programs`` is on PATH and, with
-    ``as_root``, the test runs as root; the message names what is missing."""
-    reasons = [f"{name} not found" for name in programs if shutil.which(name) is None]
+def require_programs(what, programs, as_root=False, path=None):
+    """Skip (in CI: fail) the test unless every one of ``programs`` is on ``path`` (default:
+    PATH) and, with ``as_root``, the test runs as root; the message names what is missing."""
+    reasons = [f"{name} not found" for name in programs
+               if shutil.which(name, path=path) is None]
     if as_root and os.geteuid() != 0:
         reasons.append("not running as root")
     if reasons:

@@ -11,8 +11,9 @@ the rule in its comment, and MODEL_ZOO.md must hold both rows.
 
 The cluster, as a probe of Debian 12's SLURM 22.05 found it works: proctrack/linuxproc,
 task/none, select/cons_tres on the node `slurmd -C` describes (this machine's CPUs and
-memory, named `hostname -s`), root as SlurmUser, munge on a socket and key of its own, free
-ports, no accounting database: the job-completion plugin jobcomp/filetxt records each job,
+memory, named `hostname -s`; each CPU shared by up to 2 jobs, so that the two dataset steps,
+2 threads each, run side by side), root as SlurmUser, munge on a socket and key of its own,
+free ports, no accounting database: the job-completion plugin jobcomp/filetxt records each job,
 and Snakemake polls with squeue (kept valid by MinJobAge 300 s, over 3x the 1 s first
 status delay). The jobstep executor clears SLURM_CONF before it calls srun inside a job, so
 an srun first on PATH sets it again: nothing is written under /etc.
@@ -36,6 +37,8 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROGRAMS = ["munged", "munge", "slurmctld", "slurmd", "sbatch", "srun", "squeue", "sinfo",
             "scancel", "sacct"]
+# The daemons are in /usr/sbin, which a root shell may not have on PATH.
+SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
 BASELINES = ("rpn_R-18-FPN_1x", "fast_rcnn_R-18-FPN_1x")
 # Jobs the DAG submits to SLURM (its local rules, mlflow_init and the table, run on the
 # submit host), as the executor writes their comments: rule_<rule>_wildcards_<values>.
@@ -75,7 +78,7 @@ JobCompType=jobcomp/filetxt
 JobCompLoc={root}/jobcomp.txt
 MinJobAge=300
 {node} NodeAddr=127.0.0.1 State=UNKNOWN
-PartitionName=local Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+PartitionName=local Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:2
 """
 
 
@@ -84,24 +87,28 @@ def _run(argv, env, check=True):
                           check=check)
 
 
+def _tail(path, chars=3000):
+    return path.read_text(errors="replace")[-chars:] if path.exists() else "(none)"
+
+
 def _munge_works(socket_path):
     return subprocess.run(["munge", "-n", "-S", str(socket_path)], capture_output=True,
                           timeout=10).returncode == 0
 
 
-def _start_munged(daemons, root):
+def _start_munged(daemons, root, env):
     daemons.start("munged", [
         "munged", "--foreground", "--force", f"--socket={root}/munge.socket",
         f"--key-file={root}/munge.key", f"--log-file={root}/munged.log",
-        f"--pid-file={root}/munged.pid", f"--seed-file={root}/munged.seed"])
+        f"--pid-file={root}/munged.pid", f"--seed-file={root}/munged.seed"], env=env)
     wait_until(lambda: _munge_works(root / "munge.socket") or daemons.require_alive("munged"),
                20, "munged answering on its socket")
 
 
-def _node_line():
+def _node_line(env):
     """This machine as SLURM sees it: `NodeName=<hostname -s> CPUs=.. RealMemory=..`."""
-    described = subprocess.run(["slurmd", "-C"], capture_output=True, text=True, timeout=30,
-                               check=True).stdout
+    described = subprocess.run(["slurmd", "-C"], env=env, capture_output=True, text=True,
+                               timeout=30, check=True).stdout
     line = next((l for l in described.splitlines() if l.startswith("NodeName=")), None)
     if line is None:
         raise RuntimeError(f"`slurmd -C` described no node:\n{described}")
@@ -124,7 +131,7 @@ def slurm(tmp_path_factory):
     """A one-node SLURM cluster on this machine, stopped (jobs cancelled, daemons ended) when
     the module's tests are done, however they ended; its env is what a submit shell needs
     (SLURM_CONF, and an srun on PATH that keeps it inside jobs)."""
-    require_programs("SLURM", PROGRAMS, as_root=True)
+    require_programs("SLURM", PROGRAMS, as_root=True, path=SEARCH_PATH)
     root = tmp_path_factory.mktemp("slurm")
     for folder in ("state", "spool", "bin"):
         (root / folder).mkdir()
@@ -132,20 +139,20 @@ def slurm(tmp_path_factory):
     key.write_bytes(os.urandom(1024))
     key.chmod(0o600)
     conf = root / "slurm.conf"
+    env = {**os.environ, "SLURM_CONF": str(conf),
+           "PATH": f"{root / 'bin'}{os.pathsep}{SEARCH_PATH}"}
     conf.write_text(SLURM_CONF.format(
         host=subprocess.run(["hostname", "-s"], capture_output=True, text=True,
                             check=True).stdout.strip(),
         ctld_port=free_port(), slurmd_port=free_port(), munge_socket=root / "munge.socket",
-        root=root, node=_node_line()))
+        root=root, node=_node_line(env)))
     srun = root / "bin" / "srun"
     srun.write_text("#!/bin/sh\n# The jobstep executor clears SLURM_CONF before it calls srun.\n"
-                    f"SLURM_CONF={conf} exec {shutil.which('srun')} \"$@\"\n")
+                    f"SLURM_CONF={conf} exec {shutil.which('srun', path=SEARCH_PATH)} \"$@\"\n")
     srun.chmod(0o755)
-    env = {**os.environ, "SLURM_CONF": str(conf),
-           "PATH": f"{root / 'bin'}{os.pathsep}{os.environ['PATH']}"}
     with Daemons(root) as daemons:
         try:
-            _start_munged(daemons, root)
+            _start_munged(daemons, root, env)
             daemons.start("slurmctld", ["slurmctld", "-D", "-f", str(conf)], env=env)
             daemons.start("slurmd", ["slurmd", "-D", "-f", str(conf)], env=env)
             try:
@@ -153,27 +160,31 @@ def slurm(tmp_path_factory):
                                         check=False).stdout.strip() == "idle"
                            or daemons.require_alive("slurmctld", "slurmd"), 30, "node idle")
             except TimeoutError as error:
-                pytest.fail(f"{error}; slurmctld.log:\n"
-                            f"{(root / 'slurmctld.log').read_text()[-3000:]}\nslurmd.log:\n"
-                            f"{(root / 'slurmd.log').read_text()[-3000:]}")
+                pytest.fail(f"{error}; slurmctld.log:\n{_tail(root / 'slurmctld.log')}\n"
+                            f"slurmd.log:\n{_tail(root / 'slurmd.log')}")
             yield SimpleNamespace(root=root, env=env, daemons=daemons)
         finally:
             if daemons.alive("slurmctld"):
                 _cancel_jobs(env)
 
 
-@pytest.fixture(autouse=True)
-def munged_alive(slurm):
-    """munged must answer before each test (a probe once saw it killed mid-run); the other
-    daemons must still run."""
+def _check_daemons(slurm):
+    """munged must answer (a probe once saw it killed mid-run) and the other daemons run."""
     if not _munge_works(slurm.root / "munge.socket"):
         pytest.fail(f"munged does not answer; its log:\n{slurm.daemons.log_tail('munged')}")
     slurm.daemons.require_alive("slurmctld", "slurmd")
 
 
+@pytest.fixture(autouse=True)
+def daemons_alive(slurm):
+    """The cluster's daemons are checked before each test (and before the DAG runs)."""
+    _check_daemons(slurm)
+
+
 @pytest.fixture(scope="module")
 def slurm_zoo(slurm, tmp_path_factory):
     """The two-baseline micro zoo run by Snakemake through workflow/profiles/slurm."""
+    _check_daemons(slurm)
     workdir = tmp_path_factory.mktemp("slurm_zoo")
     manifest = write_micro_zoo(workdir, BASELINES)
     env = {k: v for k, v in slurm.env.items() if k != "MLFLOW_TRACKING_URI"}
@@ -193,7 +204,7 @@ def slurm_zoo(slurm, tmp_path_factory):
                          for p in sorted(workdir.rglob("*.log")))
         pytest.fail(f"snakemake through SLURM failed (rc {proc.returncode}):\n"
                     f"{proc.stderr[-6000:]}\n{logs}\nslurmctld.log:\n"
-                    f"{(slurm.root / 'slurmctld.log').read_text()[-2000:]}")
+                    f"{_tail(slurm.root / 'slurmctld.log')}")
     print(f"micro zoo through SLURM: {seconds:.1f} s")
     return SimpleNamespace(dir=workdir, seconds=seconds, stderr=proc.stderr)
 
