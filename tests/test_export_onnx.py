@@ -1,6 +1,6 @@
 """ONNX export (export.onnx) against our PyTorch models: the exported graph run by ONNX Runtime
 (inference.onnx_runtime) gives the model's detections on shapes images and on a demo photo,
-for RetinaNet, Faster R-CNN FPN, Mask R-CNN FPN and RPN-only models of the shapes configs;
+for RetinaNet, Faster R-CNN FPN and Mask R-CNN FPN models of the shapes configs;
 `detectron infer` on the .onnx writes the JSON it writes on the .pth.
 
 The models are the shapes baselines with seeded initial weights (the body GroupNorm, no
@@ -40,7 +40,6 @@ FAMILIES = {
     "retinanet": "retinanet_R-18-FPN_1x",
     "faster_rcnn": "e2e_faster_rcnn_R-18-FPN_1x",
     "mask_rcnn": "e2e_mask_rcnn_R-18-FPN_1x",
-    "rpn": "rpn_R-18-FPN_1x",
 }
 
 
@@ -50,8 +49,13 @@ def _config(repo_root, name, extra=()):
 
 
 def _seeded_weights(cfg, path, seed=0):
+    """Seeded initial weights, the RPN's objectness predictor spread (std 1, not 0.01) so that
+    no two proposals score alike (ties make the order of equal scores, NMS included, arbitrary)."""
     torch.manual_seed(seed)
-    save_checkpoint(path, build_model(cfg))
+    model = build_model(cfg)
+    if getattr(model, "rpn", None) is not None:
+        torch.nn.init.normal_(model.rpn.head.cls_logits.weight, std=1.0)
+    save_checkpoint(path, model)
     return path
 
 
@@ -100,8 +104,7 @@ def test_onnx_runtime_matches_pytorch(family, repo_root, tmp_path, test_images):
         assert got.boxes.convention == expected.boxes.convention
         assert torch.allclose(got.boxes.tensor, expected.boxes.tensor, rtol=0, atol=0.05)
         assert torch.allclose(got.scores, expected.scores, rtol=0, atol=1e-3)
-        if family != "rpn":
-            assert torch.equal(got.classes, expected.classes)
+        assert torch.equal(got.classes, expected.classes)
         if family == "mask_rcnn":
             assert got.masks.shape == expected.masks.shape == (len(got), *image.shape[1:])
             assert bool((_mask_iou(got.masks, expected.masks) > 0.99).all())
@@ -160,11 +163,13 @@ def test_onnx_model_is_told_apart_from_weights(repo_root, tmp_path):
     assert detections.boxes.tensor.shape[1] == 4 and detections.has("classes")
 
 
-def test_export_refuses_what_it_does_not_cover(repo_root, tmp_path):
-    """A keypoint head is not exported: one ConfigError naming it."""
-    cfg = _config(repo_root, "e2e_keypoint_rcnn_R-18-FPN_1x")
+@pytest.mark.parametrize("name,switch", [("e2e_keypoint_rcnn_R-18-FPN_1x", "keypoint_heads"),
+                                         ("rpn_R-18-FPN_1x", "MODEL.RPN_ONLY")])
+def test_export_refuses_what_it_does_not_cover(repo_root, tmp_path, name, switch):
+    """Keypoint heads and RPN-only models are not exported: one ConfigError naming them."""
+    cfg = _config(repo_root, name)
     weights = _seeded_weights(cfg, tmp_path / "model.pth")
-    with pytest.raises(ConfigError, match="keypoint_heads"):
+    with pytest.raises(ConfigError, match=switch):
         export_model(cfg, str(weights), tmp_path / "model.onnx")
     assert not (tmp_path / "model.onnx").exists()
 
