@@ -40,6 +40,7 @@ FAMILIES = {
     "retinanet": "retinanet_R-18-FPN_1x",
     "faster_rcnn": "e2e_faster_rcnn_R-18-FPN_1x",
     "mask_rcnn": "e2e_mask_rcnn_R-18-FPN_1x",
+    "faster_rcnn_c4": "e2e_faster_rcnn_R-18-C4_1x",
 }
 
 
@@ -164,9 +165,11 @@ def test_onnx_model_is_told_apart_from_weights(repo_root, tmp_path):
 
 
 @pytest.mark.parametrize("name,switch", [("e2e_keypoint_rcnn_R-18-FPN_1x", "keypoint_heads"),
-                                         ("rpn_R-18-FPN_1x", "MODEL.RPN_ONLY")])
+                                         ("rpn_R-18-FPN_1x", "MODEL.RPN_ONLY"),
+                                         ("rfcn_R-18-DC5_1x", "R-FCN")])
 def test_export_refuses_what_it_does_not_cover(repo_root, tmp_path, name, switch):
-    """Keypoint heads and RPN-only models are not exported: one ConfigError naming them."""
+    """Keypoint heads, RPN-only and R-FCN models are not exported: one ConfigError naming
+    them."""
     cfg = _config(repo_root, name)
     weights = _seeded_weights(cfg, tmp_path / "model.pth")
     with pytest.raises(ConfigError, match=switch):

@@ -213,10 +213,12 @@ def check_exportable(model):
         if model.roi_heads is None:  # its proposals differ from PyTorch's: not yet found why
             unsupported.append("MODEL.RPN_ONLY")
         heads = model.roi_heads
-        if heads is not None and (heads.pooler.method != "RoIAlign" or not heads.bbox_reg
-                                  or heads.dedup_boxes > 0):
+        if heads is not None and heads.pooler is None:  # position-sensitive pooling
+            unsupported.append("MODEL.TYPE rfcn (R-FCN's heads)")
+        elif heads is not None and (heads.pooler.method != "RoIAlign" or not heads.bbox_reg
+                                    or heads.dedup_boxes > 0):
             unsupported.append("FAST_RCNN.ROI_XFORM_METHOD other than RoIAlign / TEST.BBOX_REG "
-                               "False / R-FCN heads")
+                               "False")
         unsupported += [f"{name} (the {name} head)" for name in model.instance_head_names
                         if name != "mask_heads"]
     if unsupported:
