@@ -94,9 +94,9 @@ def test_retinanet_anchor_switches_give_torchvisions_cell_anchors():
     specs = retinanet_anchor_specs(3, 7, 3, 4, (0.5, 1.0, 2.0), integer_sizes=True)
     ours = AnchorGenerator(specs, CONTINUOUS, sizes_first=False)
     for level, expected in enumerate(reference.cell_anchors):
-        torch.testing.assert_close(ours._cell_anchors[level], expected, rtol=0, atol=0)
+        torch.testing.assert_close(ours.cell_anchors[level], expected, rtol=0, atol=0)
     detectron_order = AnchorGenerator(specs, CONTINUOUS, sizes_first=True)
-    assert not torch.equal(detectron_order._cell_anchors[0], reference.cell_anchors[0])
+    assert not torch.equal(detectron_order.cell_anchors[0], reference.cell_anchors[0])
 
 
 # ---- detectron2's anchors --------------------------------------------------------------------
@@ -122,7 +122,7 @@ def test_exact_size_first_anchors_are_detectron2s(repo_root):
         "TRAIN.WEIGHTS", ""])
     from detectron_lib.modeling.meta_arch import build_model
 
-    (cell,) = build_model(cfg).rpn.anchor_generator._cell_anchors
+    (cell,) = build_model(cfg).rpn.anchor_generator.cell_anchors
     expected = detectron2_cell_anchors((32, 64, 128, 256, 512), (0.5, 1.0, 2.0))
     torch.testing.assert_close(cell, expected, rtol=0, atol=1e-5)
     assert cell[0, 2] - cell[0, 0] == pytest.approx(45.2548, abs=1e-4)  # not rounded to 45
@@ -131,7 +131,7 @@ def test_exact_size_first_anchors_are_detectron2s(repo_root):
 def test_exact_retinanet_anchors_are_detectron2s():
     sizes = tuple(32 * 2 ** (o / 3) for o in range(3))
     cell = AnchorGenerator(retinanet_anchor_specs(3, 3, 3, 4, (0.5, 1.0, 2.0)),
-                           CONTINUOUS, sizes_first=True, round_to_pixels=False)._cell_anchors[0]
+                           CONTINUOUS, sizes_first=True, round_to_pixels=False).cell_anchors[0]
     torch.testing.assert_close(cell, detectron2_cell_anchors(sizes, (0.5, 1.0, 2.0)), rtol=0, atol=1e-5)
 
 

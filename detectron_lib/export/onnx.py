@@ -1,9 +1,10 @@
 """Export of a detector to ONNX: one uint8 BGR image in, detections in its pixels out.
 
 The graph holds the model's whole image contract (modeling.image_io): the resize to
-TEST.SCALE / TEST.MAX_SIZE (PIL's 8-bit bilinear resize, bit for bit), normalization, padding to FPN.COARSEST_STRIDE, then the body, the
-heads and the post-processing (decoding, NMS, box voting, the per-image limit) and the
-rescaling to the input image. Inputs and outputs:
+TEST.SCALE / TEST.MAX_SIZE (PIL's 8-bit bilinear resize, bit for bit), normalization,
+padding to FPN.COARSEST_STRIDE, then the body, the heads and the post-processing (decoding,
+NMS, box voting, the per-image limit) and the rescaling to the input image. Inputs and
+outputs:
 
   image   (3, H, W) uint8 BGR, H and W dynamic
   boxes   (N, 4) float32 x1y1x2y2 in input-image pixels, in the model's box convention
