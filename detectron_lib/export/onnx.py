@@ -9,7 +9,8 @@ outputs:
   image   (3, H, W) uint8 BGR, H and W dynamic
   boxes   (N, 4) float32 x1y1x2y2 in input-image pixels, in the model's box convention
   scores  (N,) float32
-  classes (N,) int64, 1..K
+  classes (N,) int64, 1..K (RPN-only models have none: their scores are the proposals'
+          objectness probabilities, as the PyTorch model gives them)
   mask_probs (N, M, M) float32, with mask heads: each detection's soft mask in its box; the
           runtime (inference.onnx_runtime) pastes it into the image as the model's io does
 
@@ -176,6 +177,9 @@ class OnnxDetector(nn.Module):
         proposals = rpn.find_proposals(self._anchors(rpn.anchor_generator, maps),
                                        [f[0] for f in flat], [f[1] for f in flat],
                                        [image_size], [scale])[0]
+        if model.roi_heads is None:
+            proposals.scores = torch.sigmoid(proposals.objectness_logits)
+            return proposals
         heads = model.roi_heads
         cls_logits, box_deltas = heads.predict(features, [proposals.boxes])
         boxes = heads.box_coder.decode(box_deltas, proposals.boxes).clip(*image_size)
@@ -191,6 +195,8 @@ class OnnxDetector(nn.Module):
 
 def output_names(model):
     """The graph's outputs for ``model`` (see the module docstring)."""
+    if isinstance(model, GeneralizedRCNN) and model.roi_heads is None:
+        return ["boxes", "scores"]
     names = ["boxes", "scores", "classes"]
     if getattr(model, "mask_heads", None) is not None:
         names.append("mask_probs")
@@ -211,8 +217,6 @@ def check_exportable(model):
     if isinstance(model, GeneralizedRCNN):
         if model.rpn is None:
             unsupported.append("RPN.RPN_ON False (precomputed proposals)")
-        if model.roi_heads is None:  # its proposals differ from PyTorch's: not yet found why
-            unsupported.append("MODEL.RPN_ONLY")
         heads = model.roi_heads
         if heads is not None and heads.pooler is None:  # position-sensitive pooling
             unsupported.append("MODEL.TYPE rfcn (R-FCN's heads)")
