@@ -1,7 +1,7 @@
 """ONNX export (export.onnx) against our PyTorch models: the exported graph run by ONNX Runtime
 (inference.onnx_runtime) gives the model's detections on shapes images and on a demo photo,
-for RetinaNet, Faster R-CNN (FPN and C4), Mask R-CNN FPN and RPN-only models of the shapes
-configs;
+for RetinaNet, Faster R-CNN (FPN and C4), Mask R-CNN FPN, R-FCN and RPN-only models of the
+shapes configs;
 `detectron infer` on the .onnx writes the JSON it writes on the .pth.
 
 The models are the shapes baselines with seeded initial weights (the body GroupNorm, no
@@ -42,6 +42,7 @@ FAMILIES = {
     "faster_rcnn": "e2e_faster_rcnn_R-18-FPN_1x",
     "mask_rcnn": "e2e_mask_rcnn_R-18-FPN_1x",
     "faster_rcnn_c4": "e2e_faster_rcnn_R-18-C4_1x",
+    "rfcn": "rfcn_R-18-DC5_1x",
 }
 
 
@@ -188,11 +189,13 @@ def test_onnx_model_is_told_apart_from_weights(repo_root, tmp_path):
     assert detections.boxes.tensor.shape[1] == 4 and detections.has("classes")
 
 
-@pytest.mark.parametrize("name,switch", [("e2e_keypoint_rcnn_R-18-FPN_1x", "keypoint_heads"),
-                                         ("rfcn_R-18-DC5_1x", "R-FCN")])
-def test_export_refuses_what_it_does_not_cover(repo_root, tmp_path, name, switch):
-    """Keypoint heads and R-FCN models are not exported: one ConfigError naming them."""
-    cfg = _config(repo_root, name)
+@pytest.mark.parametrize("name,extra,switch", [
+    ("e2e_keypoint_rcnn_R-18-FPN_1x", [], "keypoint_heads"),
+    ("rfcn_R-18-DC5_1x", ["FAST_RCNN.ROI_XFORM_METHOD", "RoIPoolF"], "ROI_XFORM_METHOD"),
+])
+def test_export_refuses_what_it_does_not_cover(repo_root, tmp_path, name, extra, switch):
+    """Keypoint heads and (PS-)RoIPool are not exported: one ConfigError naming them."""
+    cfg = _config(repo_root, name, extra)
     weights = _seeded_weights(cfg, tmp_path / "model.pth")
     with pytest.raises(ConfigError, match=switch):
         export_model(cfg, str(weights), tmp_path / "model.onnx")

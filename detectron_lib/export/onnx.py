@@ -218,10 +218,10 @@ def check_exportable(model):
         if model.rpn is None:
             unsupported.append("RPN.RPN_ON False (precomputed proposals)")
         heads = model.roi_heads
-        if heads is not None and heads.pooler is None:  # position-sensitive pooling
-            unsupported.append("MODEL.TYPE rfcn (R-FCN's heads)")
-        elif heads is not None and (heads.pooler.method != "RoIAlign" or not heads.bbox_reg
-                                    or heads.dedup_boxes > 0):
+        # R-FCN's heads pool position-sensitively in their predictor, others in a pooler
+        pooling = getattr(heads, "pooler", None) or getattr(heads, "predictor", None)
+        if heads is not None and (pooling.method != "RoIAlign" or not heads.bbox_reg
+                                  or heads.dedup_boxes > 0):
             unsupported.append("FAST_RCNN.ROI_XFORM_METHOD other than RoIAlign / TEST.BBOX_REG "
                                "False")
         unsupported += [f"{name} (the {name} head)" for name in model.instance_head_names

@@ -10,6 +10,9 @@ exporter, opset >= 18), in standard ONNX operators ONNX Runtime runs:
                  output_half_pixel (Detectron's RoIAlign: aligned=False)
   multilevel_roi_align
                  one RoiAlign per FPN level on that level's RoIs, scattered into place
+  ps_roi_align   R-FCN's position-sensitive RoIAlign: RoiAlign (half_pixel) of every channel
+                 into every bin, then each bin's own channel picked (C_out * B channels x B
+                 bins, B = PH * PW: B times the work of the op itself, small for R-FCN's heads)
   max_pool2d     MaxPool (floor output sizes, as the kernel)
 
 ``register()`` installs them (once per process); export.onnx calls it.
@@ -124,6 +127,18 @@ def _multilevel_roi_align(g, features, rois, levels, scales, pooled_h, pooled_w,
     return out
 
 
+@symbolic_helper.parse_args("v", "v", "f", "i", "i", "i")
+def _ps_roi_align(g, features, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio):
+    bins = pooled_h * pooled_w
+    pooled = _roi_align_onnx(g, features, rois, spatial_scale, pooled_h, pooled_w,
+                             sampling_ratio, True)                       # (K, C_out * B, PH, PW)
+    # Channel c * B + b of bin b' is kept where b == b' (torchvision's layout).
+    grouped = g.op("Reshape", pooled, _const(g, [0, -1, bins, bins]))  # (K, C_out, B, B)
+    own_bin = g.op("ReduceSum", g.op("Mul", grouped, _const(g, torch.eye(bins), torch.float32)),
+                   _const(g, [3]), keepdims_i=0)                        # (K, C_out, B)
+    return g.op("Reshape", own_bin, _const(g, [0, -1, pooled_h, pooled_w]))
+
+
 @symbolic_helper.parse_args("v", "is", "is", "is")
 def _max_pool2d(g, x, kernel_size, stride, padding):
     """(MaxPool's output, its argmax indices: unused at inference, ONNX's layout)."""
@@ -139,6 +154,7 @@ def register():
     for name, function in (("nms", _nms), ("batched_nms", _batched_nms), ("box_iou", _box_iou),
                            ("roi_align", _roi_align),
                            ("multilevel_roi_align", _multilevel_roi_align),
+                           ("ps_roi_align", _ps_roi_align),
                            ("max_pool2d", _max_pool2d)):
         torch.onnx.register_custom_op_symbolic(f"{_NAMESPACE}::{name}", function, OPSET)
     _registered = True
