@@ -1,7 +1,7 @@
 """ONNX export (export.onnx) against our PyTorch models: the exported graph run by ONNX Runtime
 (inference.onnx_runtime) gives the model's detections on shapes images and on a demo photo,
-for RetinaNet, Faster R-CNN (FPN and C4), Mask R-CNN FPN, R-FCN and RPN-only models of the
-shapes configs;
+for RetinaNet, Faster R-CNN (FPN and C4), Mask R-CNN FPN, Keypoint R-CNN FPN, R-FCN and
+RPN-only models of the shapes configs;
 `detectron infer` on the .onnx writes the JSON it writes on the .pth.
 
 The models are the shapes baselines with seeded initial weights (the body GroupNorm, no
@@ -43,6 +43,7 @@ FAMILIES = {
     "mask_rcnn": "e2e_mask_rcnn_R-18-FPN_1x",
     "faster_rcnn_c4": "e2e_faster_rcnn_R-18-C4_1x",
     "rfcn": "rfcn_R-18-DC5_1x",
+    "keypoint_rcnn": "e2e_keypoint_rcnn_R-18-FPN_1x",
 }
 
 
@@ -111,6 +112,10 @@ def test_onnx_runtime_matches_pytorch(family, repo_root, tmp_path, test_images):
         if family == "mask_rcnn":
             assert got.masks.shape == expected.masks.shape == (len(got), *image.shape[1:])
             assert bool((_mask_iou(got.masks, expected.masks) > 0.99).all())
+        if family == "keypoint_rcnn":
+            assert got.keypoints.shape == expected.keypoints.shape == (len(got), 5, 3)
+            assert torch.allclose(got.keypoints, expected.keypoints, rtol=0, atol=0.05)
+            assert torch.allclose(got.keypoint_probs, expected.keypoint_probs, rtol=0, atol=1e-3)
 
 
 def test_rpn_only_proposals_match_pytorch(repo_root, tmp_path, test_images):
@@ -190,11 +195,12 @@ def test_onnx_model_is_told_apart_from_weights(repo_root, tmp_path):
 
 
 @pytest.mark.parametrize("name,extra,switch", [
-    ("e2e_keypoint_rcnn_R-18-FPN_1x", [], "keypoint_heads"),
     ("rfcn_R-18-DC5_1x", ["FAST_RCNN.ROI_XFORM_METHOD", "RoIPoolF"], "ROI_XFORM_METHOD"),
+    ("e2e_keypoint_rcnn_R-18-FPN_1x", ["MODEL.RESCALE_PER_AXIS", "True"], "RESCALE_PER_AXIS"),
 ])
 def test_export_refuses_what_it_does_not_cover(repo_root, tmp_path, name, extra, switch):
-    """Keypoint heads and (PS-)RoIPool are not exported: one ConfigError naming them."""
+    """(PS-)RoIPool and detectron2's per-axis rescaling are not exported: one ConfigError
+    naming the key."""
     cfg = _config(repo_root, name, extra)
     weights = _seeded_weights(cfg, tmp_path / "model.pth")
     with pytest.raises(ConfigError, match=switch):

@@ -13,6 +13,9 @@ outputs:
           objectness probabilities, as the PyTorch model gives them)
   mask_probs (N, M, M) float32, with mask heads: each detection's soft mask in its box; the
           runtime (inference.onnx_runtime) pastes it into the image as the model's io does
+  keypoint_heatmaps (N, K, M, M) float32, with keypoint heads: each detection's heatmap
+          logits; the runtime decodes them in the detection's box with the model's own
+          heatmaps_to_keypoints (a bicubic resize to each box's size: one size per detection)
 
 The TorchScript exporter traces ``OnnxDetector`` with the detectron:: ops translated to
 standard ONNX operators (export.onnx_ops). The graph runs in float32.
@@ -39,7 +42,8 @@ from detectron_lib.utils.io import atomic_write
 
 INPUT = "image"
 # What the runtime needs beyond the graph, in the model file's metadata_props
-METADATA_KEYS = ("box_plus_one", "mask_thresh", "legacy_paste")
+METADATA_KEYS = ("box_plus_one", "mask_thresh", "legacy_paste", "keypoint_min_size",
+                 "keypoint_normalized_scores")
 
 
 # PIL's 8-bit resampling: coefficients in fixed point with this many fractional bits
@@ -190,6 +194,9 @@ class OnnxDetector(nn.Module):
             masks = model.mask_heads
             logits = masks.mask_logits(features, [detections.boxes])
             detections.mask_probs = mask_probs_of_channels(logits, masks._channels(detections.classes))
+        if model.keypoint_heads is not None:
+            detections.keypoint_heatmaps = model.keypoint_heads.heatmap_logits(
+                features, [detections.boxes]).float()
         return detections
 
 
@@ -200,6 +207,8 @@ def output_names(model):
     names = ["boxes", "scores", "classes"]
     if getattr(model, "mask_heads", None) is not None:
         names.append("mask_probs")
+    if getattr(model, "keypoint_heads", None) is not None:
+        names.append("keypoint_heatmaps")
     return names
 
 
@@ -225,7 +234,7 @@ def check_exportable(model):
             unsupported.append("FAST_RCNN.ROI_XFORM_METHOD other than RoIAlign / TEST.BBOX_REG "
                                "False")
         unsupported += [f"{name} (the {name} head)" for name in model.instance_head_names
-                        if name != "mask_heads"]
+                        if name not in ("mask_heads", "keypoint_heads")]
     if unsupported:
         raise ConfigError(f"ONNX export does not cover {', '.join(unsupported)}; turn it off "
                           "in the config to export")
@@ -255,9 +264,12 @@ def export_onnx(model, output, sample_image):
                           opset_version=onnx_ops.OPSET, input_names=[INPUT], output_names=names,
                           dynamic_axes=dynamic_axes)
     graph = onnx.load_from_string(buffer.getvalue())
+    keypoints = getattr(model, "keypoint_heads", None)
     values = (int(model.anchor_generator.convention.plus_one if isinstance(model, RetinaNet)
                   else model.rpn.anchor_generator.convention.plus_one),
-              model.io.mask_thresh, int(model.io.legacy_paste))
+              model.io.mask_thresh, int(model.io.legacy_paste),
+              keypoints.inference_min_size if keypoints is not None else 0,
+              int(keypoints is not None and keypoints.normalized_scores))
     onnx.helper.set_model_props(graph, {f"detectron.{key}": str(value)
                                         for key, value in zip(METADATA_KEYS, values)})
     output = Path(output)

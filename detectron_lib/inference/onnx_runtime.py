@@ -3,12 +3,16 @@
 ``OnnxRuntimeDetector(path)([image]) -> [Instances]``: the same fields as the PyTorch model's
 inference (boxes as Boxes in the model's convention, scores, classes; with mask heads
 mask_probs and ``masks`` pasted into the image by the model's own paste, MRCNN.THRESH_BINARIZE
-and LEGACY_PASTE as exported), so ``Predictor`` and ``detectron infer`` treat both alike.
+and LEGACY_PASTE as exported; with keypoint heads ``keypoints`` and ``keypoint_probs`` decoded
+from the graph's heatmaps by the model's own heatmaps_to_keypoints, KRCNN.INFERENCE_MIN_SIZE
+and NORMALIZED_KEYPOINT_SCORES as exported), so ``Predictor`` and ``detectron infer`` treat
+both alike.
 A weights file is told to be an ONNX model by its content (``is_onnx_file``), not its suffix.
 """
 import torch
 
 from detectron_lib.engine.checkpoint import CheckpointError
+from detectron_lib.modeling.roi_heads.keypoint_head import heatmaps_to_keypoints
 from detectron_lib.modeling.roi_heads.mask_head import paste_mask_probs
 from detectron_lib.structures.boxes import CONTINUOUS, PIXEL_INDICES, Boxes
 from detectron_lib.structures.instances import Instances
@@ -55,6 +59,8 @@ class OnnxRuntimeDetector:
         self.convention = PIXEL_INDICES if meta["detectron.box_plus_one"] == "1" else CONTINUOUS
         self.mask_thresh = float(meta["detectron.mask_thresh"])
         self.legacy_paste = meta["detectron.legacy_paste"] == "1"
+        self.keypoint_min_size = int(meta.get("detectron.keypoint_min_size", 0))
+        self.keypoint_normalized_scores = meta.get("detectron.keypoint_normalized_scores") == "1"
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -69,6 +75,11 @@ class OnnxRuntimeDetector:
         outputs = dict(zip(self.output_names, self.session.run(None, {self.input_name: pixels})))
         fields = {name: torch.from_numpy(value) for name, value in outputs.items()}
         fields["boxes"] = Boxes(fields["boxes"], self.convention)
+        heatmaps = fields.pop("keypoint_heatmaps", None)
+        if heatmaps is not None:  # decoded in the boxes, in the image's pixels, as the model does
+            fields["keypoints"], fields["keypoint_probs"] = heatmaps_to_keypoints(
+                heatmaps, fields["boxes"].tensor, self.keypoint_min_size,
+                self.keypoint_normalized_scores)
         result = Instances(image.shape[1:], **fields)
         if result.has("mask_probs"):
             result.masks = paste_mask_probs(result, *image.shape[1:], self.mask_thresh,

@@ -157,7 +157,7 @@ class BilinearUpsample(nn.Module):
         if self.clamp_edges:
             return F.interpolate(x, scale_factor=float(self.factor), mode="bilinear",
                                  align_corners=False)
-        channels = x.shape[1]
+        channels = int(x.shape[1])  # a constant of a traced graph too, as its kernel needs
         weight = self.kernel.to(x.dtype).expand(channels, 1, *self.kernel.shape)
         return F.conv_transpose2d(x, weight, stride=self.factor, padding=self.factor // 2,
                                   groups=channels)
