@@ -90,20 +90,27 @@ def _mask_iou(a, b):
     return torch.where(union > 0, (a & b).sum(dim=(1, 2)) / union.clamp(min=1), 1.0)
 
 
+def _pytorch_and_onnx_runtime(cfg, tmp_path, images):
+    """(image, PyTorch's Instances, ONNX Runtime's) for each image, for the config's model with
+    seeded weights and its export."""
+    weights = _seeded_weights(cfg, tmp_path / "model.pth")
+    model = load_model_for_inference(cfg, str(weights), torch.device("cpu"))
+    runtime = OnnxRuntimeDetector(export_model(cfg, str(weights), tmp_path / "model.onnx"),
+                                  threads=2)
+    for image in images:
+        with torch.no_grad():
+            (expected,) = model([image])
+        (got,) = runtime([image])
+        yield image, expected, got
+
+
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_onnx_runtime_matches_pytorch(family, repo_root, tmp_path, test_images):
     """Each family exported (traced on a mid-grey image of TEST.SCALE) and run by ONNX Runtime
     on images of other sizes: the PyTorch model's detections, boxes within 0.05 px, scores
     within 1e-3, the same labels, masks of IoU > 0.99."""
-    cfg = _config(repo_root, FAMILIES[family])
-    weights = _seeded_weights(cfg, tmp_path / "model.pth")
-    model = load_model_for_inference(cfg, str(weights), torch.device("cpu"))
-    runtime = OnnxRuntimeDetector(export_model(cfg, str(weights), tmp_path / "model.onnx"),
-                                  threads=2)
-    for image in test_images:
-        with torch.no_grad():
-            (expected,) = model([image])
-        (got,) = runtime([image])
+    for image, expected, got in _pytorch_and_onnx_runtime(_config(repo_root, FAMILIES[family]),
+                                                         tmp_path, test_images):
         assert len(got) == len(expected) > 0, family
         assert got.boxes.convention == expected.boxes.convention
         assert torch.allclose(got.boxes.tensor, expected.boxes.tensor, rtol=0, atol=0.05)
@@ -124,15 +131,8 @@ def test_rpn_only_proposals_match_pytorch(repo_root, tmp_path, test_images):
     by rank: the two runtimes' convolutions round differently (objectness within 1e-5 here),
     which swaps the order of proposals whose scores are that close, and among 1000 some are;
     only proposals that close to the top-k cut may be in one list and not the other."""
-    cfg = _config(repo_root, "rpn_R-18-FPN_1x")
-    weights = _seeded_weights(cfg, tmp_path / "model.pth")
-    model = load_model_for_inference(cfg, str(weights), torch.device("cpu"))
-    runtime = OnnxRuntimeDetector(export_model(cfg, str(weights), tmp_path / "model.onnx"),
-                                  threads=2)
-    for image in test_images:
-        with torch.no_grad():
-            (expected,) = model([image])
-        (got,) = runtime([image])
+    for _, expected, got in _pytorch_and_onnx_runtime(_config(repo_root, "rpn_R-18-FPN_1x"),
+                                                      tmp_path, test_images):
         assert len(got) == len(expected) > 0 and not got.has("classes")
         near = (expected.boxes.tensor[:, None] - got.boxes.tensor[None]).abs().amax(dim=2) <= 0.05
         near &= (expected.scores[:, None] - got.scores[None]).abs() <= 1e-3
