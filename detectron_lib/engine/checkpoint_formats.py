@@ -121,13 +121,27 @@ def read_weights_file(path):
     return WeightsFile(str(path), fmt, state, sorted(ignored))
 
 
+# An ONNX ModelProto starts with its ir_version: protobuf field 1, a varint (tag byte 0x08).
+# No weights file read here does: a torch.save zip starts 'PK', a pickle 0x80 or '('.
+ONNX_FIRST_BYTE = b"\x08"
+
+
+def is_onnx_file(path):
+    """Whether ``path`` holds a model `detectron export` wrote (told by content, not suffix)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(1) == ONNX_FIRST_BYTE
+    except OSError:
+        return False
+
+
 def _load_object(path):
     """The data stored in ``path``: a torch.save zip or legacy file (torch.load with
     weights_only=True), or a (Python 2) pickle (the restricted unpickler of utils.safe_pickle).
     Anything but data in it: a CheckpointRefusedError naming the file and the object."""
     with open(path, "rb") as f:
         head = f.read(4)
-    if head[:1] == b"\x08":  # an ONNX ModelProto's first field (inference.onnx_runtime)
+    if head[:1] == ONNX_FIRST_BYTE:
         raise CheckpointError(f"'{path}' is an exported ONNX model, not weights: `detectron "
                               "infer` and Predictor run it; other uses need the .pth it was "
                               "exported from")

@@ -7,7 +7,8 @@ and LEGACY_PASTE as exported; with keypoint heads ``keypoints`` and ``keypoint_p
 from the graph's heatmaps by the model's own heatmaps_to_keypoints, KRCNN.INFERENCE_MIN_SIZE
 and NORMALIZED_KEYPOINT_SCORES as exported), so ``Predictor`` and ``detectron infer`` treat
 both alike.
-A weights file is told to be an ONNX model by its content (``is_onnx_file``), not its suffix.
+A weights file is told to be an ONNX model by its content (engine.checkpoint_formats'
+``is_onnx_file``), not its suffix.
 """
 import torch
 
@@ -16,19 +17,6 @@ from detectron_lib.modeling.roi_heads.keypoint_head import heatmaps_to_keypoints
 from detectron_lib.modeling.roi_heads.mask_head import paste_mask_probs
 from detectron_lib.structures.boxes import CONTINUOUS, PIXEL_INDICES, Boxes
 from detectron_lib.structures.instances import Instances
-
-# An ONNX ModelProto starts with its ir_version: protobuf field 1, a varint (tag byte 0x08).
-_ONNX_FIRST_BYTE = b"\x08"
-
-
-def is_onnx_file(path):
-    """Whether ``path`` holds an ONNX model (a weights file of ours, Detectron's, detectron2's
-    or torchvision's is a zip or a pickle, which never start so)."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(1) == _ONNX_FIRST_BYTE
-    except OSError:
-        return False
 
 
 class OnnxRuntimeDetector:

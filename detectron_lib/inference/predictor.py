@@ -11,11 +11,12 @@ import torch
 
 from detectron_lib.data.catalog import get_dataset
 from detectron_lib.data.transforms import ImageReadError, image_tensor, read_image_bgr
+from detectron_lib.engine.checkpoint_formats import is_onnx_file
 from detectron_lib.engine.distributed import resolve_device
 from detectron_lib.errors import ConfigError, DatasetError, DetectronError
 from detectron_lib.evaluation.coco import encode_masks_rle
 from detectron_lib.inference.engine import load_model_for_inference
-from detectron_lib.inference.onnx_runtime import OnnxRuntimeDetector, is_onnx_file
+from detectron_lib.inference.onnx_runtime import OnnxRuntimeDetector
 from detectron_lib.inference.tta import DetectorWithTTA, augmentation_enabled
 from detectron_lib.inference.vis import draw_detections
 from detectron_lib.utils.io import atomic_write, write_json_atomic
