@@ -6,10 +6,12 @@ import pickle
 
 import numpy as np
 import pytest
+import torch
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from detectron_lib.data.coco import filter_for_training, load_coco_json
+from detectron_lib.data.loader import in_box_convention
 from detectron_lib.data.proposals import (
     area_fraction_inside,
     attach_proposals,
@@ -20,7 +22,7 @@ from detectron_lib.data.proposals import (
 from detectron_lib.data.transforms import read_image_bgr
 from detectron_lib.data.voc import convert_voc_to_coco
 from detectron_lib.errors import DatasetError
-from detectron_lib.structures.boxes import CONTINUOUS, PIXEL_INDICES
+from detectron_lib.structures.boxes import CONTINUOUS, PIXEL_INDICES, Boxes
 
 KP_NAMES = ["tip", "left", "right"]
 
@@ -198,10 +200,12 @@ def test_voc_materialized_from_devkit_and_errors(voc_tree, tmp_path):
 
 
 def _records(*sizes):
-    return [{"image_id": i, "height": h, "width": w} for i, (h, w) in enumerate(sizes, start=1)]
+    return [{"image_id": i, "height": h, "width": w, "boxes": np.zeros((0, 4), np.float32)}
+            for i, (h, w) in enumerate(sizes, start=1)]
 
 
 def test_proposals_round_trip_top_k_and_clip(tmp_path):
+    """attach_proposals keeps the top k; the loader's in_box_convention clips them."""
     path = tmp_path / "proposals.pkl"
     boxes = [np.array([[0, 0, 5, 5], [1, 1, 50, 9], [2, 2, 3, 3]]), np.zeros((0, 4))]
     scores = [np.array([0.1, 0.9, 0.5]), np.zeros(0)]
@@ -210,19 +214,24 @@ def test_proposals_round_trip_top_k_and_clip(tmp_path):
     assert sorted(proposals) == [1, 2]
     records = attach_proposals(_records((10, 20), (8, 8)), proposals, top_k=2)
     # Highest scores first, top 2, clipped to the 20-pixel width.
-    assert records[0]["proposals"].tolist() == [[1, 1, 20, 9], [2, 2, 3, 3]]
+    assert records[0]["proposals"].tolist() == [[1, 1, 50, 9], [2, 2, 3, 3]]
     assert records[0]["proposal_scores"].tolist() == pytest.approx([0.9, 0.5])
     assert records[1]["proposals"].shape == (0, 4)
+    clipped = in_box_convention(records, CONTINUOUS)
+    assert clipped[0]["proposals"].tensor.tolist() == [[1, 1, 20, 9], [2, 2, 3, 3]]
+    assert clipped[1]["proposals"].tensor.shape == (0, 4)
     # Detectron's convention clips to the last pixel index, width - 1.
-    legacy = attach_proposals(_records((10, 20)), proposals, top_k=1, convention=PIXEL_INDICES)
-    assert legacy[0]["proposals"].tolist() == [[1, 1, 19, 9]]
+    legacy = in_box_convention(records, PIXEL_INDICES)
+    assert legacy[0]["proposals"].tensor.tolist() == [[1, 1, 19, 9], [2, 2, 3, 3]]
+    assert legacy[0]["proposals"].convention is PIXEL_INDICES
 
 
-def _crowd_record(proposals):
-    # COCO boxes [0, 0, 10, 10] (crowd) and [20, 20, 10, 10], as records hold them (x2 = x + w)
-    return {"boxes": np.array([[0, 0, 10, 10], [20, 20, 30, 30]], np.float32),
+def _crowd_record(proposals, convention):
+    # COCO boxes [0, 0, 10, 10] (crowd) and [20, 20, 10, 10] as Boxes, as the loader makes them
+    regions = torch.tensor([[0, 0, 10, 10], [20, 20, 30, 30]], dtype=torch.float32)
+    return {"boxes": Boxes.from_regions(regions, convention),
             "is_crowd": np.array([True, False]),
-            "proposals": np.array(proposals, np.float32),
+            "proposals": Boxes(torch.tensor(proposals, dtype=torch.float32), convention),
             "proposal_scores": np.arange(len(proposals), dtype=np.float32)}
 
 
@@ -246,13 +255,15 @@ def test_crowd_filter_drops_proposals_mostly_inside_a_crowd_region(convention):
     assert mask_utils.iou(as_xywh, np.array([[0.0, 0, 10, 10]]), [1])[:, 0] == pytest.approx(
         fractions[:, 0])
 
-    records = [_crowd_record(proposals), {**_crowd_record(proposals), "is_crowd": np.zeros(2, bool)}]
-    assert filter_crowd_proposals(records, 0.7, convention) == 2
-    assert records[0]["proposals"].tolist() == [proposals[i] for i in (1, 2, 4)]
+    records = [_crowd_record(proposals, convention),
+               {**_crowd_record(proposals, convention), "is_crowd": np.zeros(2, bool)}]
+    assert filter_crowd_proposals(records, 0.7) == 2
+    assert records[0]["proposals"].tensor.tolist() == [proposals[i] for i in (1, 2, 4)]
+    assert records[0]["proposals"].convention is convention
     assert records[0]["proposal_scores"].tolist() == [1, 2, 4]
     assert len(records[1]["proposals"]) == 5  # no crowd region: nothing to filter
-    unfiltered = [_crowd_record(proposals)]
-    assert filter_crowd_proposals(unfiltered, 0.0, convention) == 0  # 0 keeps all
+    unfiltered = [_crowd_record(proposals, convention)]
+    assert filter_crowd_proposals(unfiltered, 0.0) == 0  # 0 keeps all
     assert len(unfiltered[0]["proposals"]) == 5
 
 

@@ -18,11 +18,13 @@ from detectron_lib.data.loader import (
     aspect_group_ids,
     build_test_loader,
     build_train_loader,
+    in_box_convention,
     make_train_loader,
 )
 from detectron_lib.data.proposals import save_proposals
 from detectron_lib.data.shapes import generate_shapes_dataset
 from detectron_lib.errors import ConfigError
+from detectron_lib.structures.boxes import CONTINUOUS
 
 # pycocotools' decode trips a numpy-2 deprecation warning (harmless, not ours).
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -80,7 +82,8 @@ def small_shapes(tmp_path_factory):
 def _dataset(root):
     loaded = load_coco_json(root / "shapes/shapes_val/annotations.json",
                             root / "shapes/shapes_val/images")
-    return TrainingDataset(filter_for_training(loaded.records), scales=(64, 96), max_size=160,
+    records = in_box_convention(filter_for_training(loaded.records), CONTINUOUS)
+    return TrainingDataset(records, scales=(64, 96), max_size=160,
                            use_flip=True, seed=9)
 
 

@@ -15,6 +15,7 @@ from detectron_lib.data.transforms import (
     resize_image,
 )
 from detectron_lib.evaluation import boxes_to_coco_xywh
+from detectron_lib.data.loader import in_box_convention
 from detectron_lib.structures.boxes import CONTINUOUS, PIXEL_INDICES
 from detectron_lib.modeling.image_io import DetectorIO, pad_to_batch
 from detectron_lib.structures.keypoints import flip_permutation
@@ -52,13 +53,18 @@ def record(tmp_path):
     }
 
 
+def _continuous(record):
+    """The record as the loader hands it to prepare_sample: boxes as continuous Boxes."""
+    return in_box_convention([record], CONTINUOUS)[0]
+
+
 def test_read_image_is_bgr(record):
     image = read_image_bgr(record["file_name"])
     assert image.shape == (20, 40, 3) and image[0, 0].tolist() == [0, 0, 255]
 
 
 def test_prepare_sample_resizes_annotations(record):
-    sample = prepare_sample(record, target_size=40, max_size=1000)
+    sample = prepare_sample(_continuous(record), target_size=40, max_size=1000)
     assert sample["im_scale"] == 2.0 and sample["image_size"] == (40, 80)
     image = sample["image"]
     assert image.shape == (3, 40, 80) and image.dtype == torch.uint8
@@ -75,7 +81,7 @@ def test_prepare_sample_resizes_annotations(record):
 
 def test_flip_with_keypoint_flip_map_hand_computed(record):
     perm = flip_permutation(("center", "left", "right"), [("left", "right")])
-    sample = prepare_sample(record, 20, 1000, flip=True, keypoint_flip_perm=perm)
+    sample = prepare_sample(_continuous(record), 20, 1000, flip=True, keypoint_flip_perm=perm)
     assert sample["flipped"] and sample["im_scale"] == 1.0
     # Red is now on the right: BGR (0, 0, 255) at column 30.
     assert sample["image"][:, 0, 30].tolist() == [0, 0, 255]
@@ -89,10 +95,11 @@ def test_flip_with_keypoint_flip_map_hand_computed(record):
 def test_pixel_index_targets_hand_computed(record):
     # Detectron's loader: COCO [4, 2, 6, 10] -> x2 = 4 + 6 - 1; flipped x -> 40 - 1 - x.
     record = {**record, "keypoints": None}
-    plain = prepare_sample(record, 20, 1000, convention=PIXEL_INDICES)
+    record = in_box_convention([record], PIXEL_INDICES)[0]
+    plain = prepare_sample(record, 20, 1000)
     assert plain["targets"]["boxes"].tensor.tolist() == [[4, 2, 9, 11], [0, 0, 39, 19]]
     assert plain["targets"]["boxes"].convention is PIXEL_INDICES
-    flipped = prepare_sample(record, 20, 1000, flip=True, convention=PIXEL_INDICES)
+    flipped = prepare_sample(record, 20, 1000, flip=True)
     assert flipped["targets"]["boxes"].tensor.tolist() == [[30, 2, 35, 11], [0, 0, 39, 19]]
 
 
@@ -102,7 +109,7 @@ def test_target_boxes_written_back_as_coco_results_are_the_annotations(record, c
     # A model that learned its targets exactly and whose boxes are written out as evaluation
     # writes them (in the same convention) reproduces the annotation's [x, y, w, h].
     record = {**record, "keypoints": None}
-    sample = prepare_sample(record, 40, 1000, flip=flip, convention=convention)
+    sample = prepare_sample(in_box_convention([record], convention)[0], 40, 1000, flip=flip)
     boxes = sample["targets"]["boxes"] / sample["im_scale"]
     expected = [[30, 2, 6, 10] if flip else [4, 2, 6, 10], [0, 0, 40, 20]]
     np.testing.assert_allclose(boxes_to_coco_xywh(boxes.regions()), expected, atol=1e-5)
@@ -118,7 +125,7 @@ def test_pad_to_divisibility_32():
 
 
 def test_collate_splits_crowd_and_builds_instances(record):
-    samples = [prepare_sample(record, 20, 1000)]
+    samples = [prepare_sample(_continuous(record), 20, 1000)]
     batch = collate_batch(samples)
     assert [i.shape for i in batch.images] == [(3, 20, 40)] and batch.image_sizes == [(20, 40)]
     target = batch.targets[0]
@@ -128,7 +135,7 @@ def test_collate_splits_crowd_and_builds_instances(record):
 
 
 def test_prepare_sample_without_target_size_keeps_the_original(record):
-    sample = prepare_sample(record, None, 1000)
+    sample = prepare_sample(_continuous(record), None, 1000)
     assert sample["im_scale"] is None and sample["image"].shape == (3, 20, 40)
     assert sample["targets"]["boxes"].tensor.tolist() == [[4, 2, 10, 12], [0, 0, 40, 20]]
     batch = collate_batch([sample])

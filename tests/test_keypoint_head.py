@@ -16,6 +16,7 @@ from conftest import noise_images
 
 from detectron_lib.config import load_config
 from detectron_lib.data import shapes
+from detectron_lib.data.loader import in_box_convention
 from detectron_lib.data.transforms import image_tensor, prepare_sample, transform_annotations
 from detectron_lib.errors import ConfigError, DatasetError
 from detectron_lib.inference.engine import coco_results
@@ -30,7 +31,7 @@ from detectron_lib.modeling.roi_heads.keypoint_head import (
     keypoints_to_heatmap_labels,
     visible_keypoint_in_box,
 )
-from detectron_lib.structures.boxes import PIXEL_INDICES, Boxes
+from detectron_lib.structures.boxes import CONTINUOUS, PIXEL_INDICES, Boxes
 from detectron_lib.structures.instances import Instances
 from detectron_lib.structures.keypoints import flip_permutation
 
@@ -416,6 +417,7 @@ def test_flipped_star_tips_keep_their_names():
                   "classes": np.ones(len(keypoints), dtype=np.int64),
                   "is_crowd": np.zeros(len(keypoints), dtype=bool), "keypoints": keypoints,
                   "file_name": "x.png"}
+        record = in_box_convention([record], CONTINUOUS)[0]
         flipped = transform_annotations(record, 1.0, True, STAR_PERM)["keypoints"].numpy()
         for star in flipped:
             if (star[:, 2] > 0).all():
@@ -428,7 +430,7 @@ def test_flipped_star_tips_keep_their_names():
 def test_flipped_keypoints_land_on_the_same_image_content(tmp_path):
     """prepare_sample(flip=True): at each visible flipped keypoint the flipped image has the
     pixel the original image has at the keypoint it came from (slot STAR_PERM[k], mirrored)."""
-    record = _star_record(tmp_path)
+    record = in_box_convention([_star_record(tmp_path)], CONTINUOUS)[0]
     short = min(record["height"], record["width"])
     plain = prepare_sample(record, short, 10_000)
     flipped = prepare_sample(record, short, 10_000, flip=True, keypoint_flip_perm=STAR_PERM)

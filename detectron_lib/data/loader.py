@@ -14,6 +14,7 @@ Training data order is a pure function of (RNG_SEED, rank, world size, iteration
 """
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from detectron_lib.data.catalog import get_dataset, register_datasets_from_cfg
@@ -22,7 +23,7 @@ from detectron_lib.data.proposals import attach_proposals, filter_crowd_proposal
 from detectron_lib.data.transforms import augmentation_for_position, collate_batch, prepare_sample
 from detectron_lib.data.verify import verify_dataset_images
 from detectron_lib.errors import ConfigError, DatasetError
-from detectron_lib.structures.boxes import CONTINUOUS, BoxConvention
+from detectron_lib.structures.boxes import BoxConvention, Boxes
 from detectron_lib.structures.keypoints import flip_permutation
 
 
@@ -113,18 +114,17 @@ class TrainingDataset(Dataset):
         use_flip: random horizontal flip with probability 0.5 (TRAIN.USE_FLIPPED).
         seed: RNG_SEED; augmentation is a pure function of (seed, position).
         keypoint_flip_perm: (K,) from structures.keypoints.flip_permutation, for keypoints.
-        convention: the model's structures.boxes.BoxConvention: target boxes are Boxes in it.
+
+    Records hold Boxes in the model's convention (in_box_convention).
     """
 
-    def __init__(self, records, scales, max_size, use_flip, seed, keypoint_flip_perm=None,
-                 convention=CONTINUOUS):
+    def __init__(self, records, scales, max_size, use_flip, seed, keypoint_flip_perm=None):
         self.records = records
         self.scales = tuple(scales)
         self.max_size = max_size
         self.use_flip = use_flip
         self.seed = seed
         self.keypoint_flip_perm = keypoint_flip_perm
-        self.convention = convention
 
     def __len__(self):
         return len(self.records)
@@ -134,7 +134,7 @@ class TrainingDataset(Dataset):
         target_size, flip, sample_seed = augmentation_for_position(
             self.seed, position, self.scales, self.use_flip)
         sample = prepare_sample(self.records[index], target_size, self.max_size, flip,
-                                self.keypoint_flip_perm, self.convention)
+                                self.keypoint_flip_perm)
         sample["position"] = position
         sample["seed"] = sample_seed
         return sample
@@ -143,21 +143,19 @@ class TrainingDataset(Dataset):
 class InferenceDataset(Dataset):
     """Records to test samples at one scale (TEST.SCALE, TEST.MAX_SIZE), never flipped; with
     ``scale`` None at their original size (for a model that resizes them itself, as
-    test-time augmentation does). Boxes and precomputed proposals come as Boxes in the
-    model's ``convention``."""
+    test-time augmentation does). Records hold Boxes in the model's convention
+    (in_box_convention)."""
 
-    def __init__(self, records, scale, max_size, convention=CONTINUOUS):
+    def __init__(self, records, scale, max_size):
         self.records = records
         self.scale = scale
         self.max_size = max_size
-        self.convention = convention
 
     def __len__(self):
         return len(self.records)
 
     def __getitem__(self, index):
-        return prepare_sample(self.records[index], self.scale, self.max_size,
-                              convention=self.convention)
+        return prepare_sample(self.records[index], self.scale, self.max_size)
 
 
 def aspect_group_ids(records):
@@ -219,10 +217,9 @@ def make_train_loader(dataset, images_per_batch, seed, num_workers=0, aspect_gro
                        rank, world_size, start_iter, categories)
 
 
-def load_datasets(names, data_root=None, min_area=0.0, proposal_files=(), proposal_limit=-1,
-                  convention=CONTINUOUS):
+def load_datasets(names, data_root=None, min_area=0.0, proposal_files=(), proposal_limit=-1):
     """Load and concatenate catalog datasets that share one category (and keypoint) layout,
-    with precomputed proposals clipped in the box ``convention`` if given.
+    with the top ``proposal_limit`` precomputed proposals of each image if given.
 
     Returns (records, categories, keypoint_flip_perm or None).
     """
@@ -243,12 +240,28 @@ def load_datasets(names, data_root=None, min_area=0.0, proposal_files=(), propos
         categories = loaded.categories
         if proposal_files:
             attach_proposals(loaded.records, load_proposals(proposal_files[k]), proposal_limit,
-                             source=str(proposal_files[k]), convention=convention)
+                             source=str(proposal_files[k]))
         entry = get_dataset(name)
         if loaded.keypoint_names is not None and entry.keypoint_flip_map is not None:
             flip_perm = flip_permutation(loaded.keypoint_names, entry.keypoint_flip_map)
         records.extend(loaded.records)
     return records, categories, flip_perm
+
+
+def in_box_convention(records, convention):
+    """Records (new dicts) whose boxes and precomputed proposals are Boxes in the model's
+    box ``convention`` (BoxConvention.of(cfg)): the datasets' continuous regions (x2 = x + w)
+    converted once, the proposals clipped to the image, as Detectron clipped them. From here
+    on the boxes answer every question about their convention themselves."""
+    converted = []
+    for record in records:
+        regions = torch.as_tensor(np.asarray(record["boxes"], dtype=np.float32).reshape(-1, 4))
+        record = dict(record, boxes=Boxes.from_regions(regions, convention))
+        if record.get("proposals") is not None:
+            record["proposals"] = Boxes(torch.as_tensor(record["proposals"]), convention).clip(
+                record["height"], record["width"])
+        converted.append(record)
+    return converted
 
 
 def check_num_classes(cfg, categories, dataset_names):
@@ -292,12 +305,12 @@ def build_train_loader(cfg, rank=0, world_size=1, start_iter=0, data_root=None,
     the decoding (``rank``, ``world_size``) and all raise the same error."""
     register_datasets_from_cfg(cfg)
     data_root = data_root or cfg.DATA_ROOT or None
-    convention = BoxConvention.of(cfg)
     records, categories, flip_perm = load_datasets(
         tuple(cfg.TRAIN.DATASETS), data_root,
         min_area=cfg.TRAIN.GT_MIN_AREA, proposal_files=tuple(cfg.TRAIN.PROPOSAL_FILES),
-        proposal_limit=-1, convention=convention)
-    filter_crowd_proposals(records, cfg.TRAIN.CROWD_FILTER_THRESH, convention)
+        proposal_limit=-1)
+    records = in_box_convention(records, BoxConvention.of(cfg))
+    filter_crowd_proposals(records, cfg.TRAIN.CROWD_FILTER_THRESH)
     check_num_classes(cfg, categories, cfg.TRAIN.DATASETS)
     if cfg.MODEL.LABELS_ARE_CATEGORY_IDS:
         records = relabel_with_category_ids(records, categories)
@@ -305,7 +318,7 @@ def build_train_loader(cfg, rank=0, world_size=1, start_iter=0, data_root=None,
     if verify_images:
         verify_dataset_images(records, data_root, rank=rank, world_size=world_size)
     dataset = TrainingDataset(records, cfg.TRAIN.SCALES, cfg.TRAIN.MAX_SIZE,
-                              cfg.TRAIN.USE_FLIPPED, cfg.RNG_SEED, flip_perm, convention)
+                              cfg.TRAIN.USE_FLIPPED, cfg.RNG_SEED, flip_perm)
     return make_train_loader(dataset, cfg.TRAIN.IMS_PER_BATCH, cfg.RNG_SEED,
                              num_workers=cfg.DATA_LOADER.NUM_THREADS,
                              aspect_grouping=cfg.TRAIN.ASPECT_GROUPING,
@@ -319,13 +332,12 @@ def build_test_loader(cfg, dataset_name, rank=0, world_size=1, data_root=None,
     at the original sizes), sharded by rank, with the top TEST.PROPOSAL_LIMIT proposals of
     ``proposal_file`` if given."""
     register_datasets_from_cfg(cfg)
-    convention = BoxConvention.of(cfg)
     records, categories, _ = load_datasets(
         (dataset_name,), data_root or cfg.DATA_ROOT or None,
         proposal_files=(proposal_file,) if proposal_file else (),
-        proposal_limit=cfg.TEST.PROPOSAL_LIMIT, convention=convention)
+        proposal_limit=cfg.TEST.PROPOSAL_LIMIT)
     check_num_classes(cfg, categories, (dataset_name,))
-    dataset = InferenceDataset(records, cfg.TEST.SCALE if resize else None, cfg.TEST.MAX_SIZE,
-                               convention)
+    dataset = InferenceDataset(in_box_convention(records, BoxConvention.of(cfg)),
+                               cfg.TEST.SCALE if resize else None, cfg.TEST.MAX_SIZE)
     return InferenceLoader(dataset, num_workers=cfg.DATA_LOADER.NUM_THREADS, rank=rank,
                            world_size=world_size, categories=categories)

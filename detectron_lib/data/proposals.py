@@ -13,8 +13,8 @@ of float32 arrays, ids as ints or strings, pickle protocol 4), which that unpick
 import pickle
 
 import numpy as np
+import torch
 
-from detectron_lib.structures.boxes import CONTINUOUS
 from detectron_lib.errors import DatasetError
 from detectron_lib.utils import safe_pickle
 from detectron_lib.utils.io import atomic_write
@@ -52,11 +52,9 @@ def load_proposals(path):
     return proposals
 
 
-def attach_proposals(records, proposals, top_k, source="proposals", convention=CONTINUOUS):
-    """Add each record's top-``top_k`` proposals by score, clipped to the image, in place.
-
-    The image ends at ``convention``'s last coordinate: width, height or, for Detectron's
-    pixel indices, width - 1, height - 1, as Detectron clipped.
+def attach_proposals(records, proposals, top_k, source="proposals"):
+    """Add each record's top-``top_k`` proposals by score, in place (loader.in_box_convention
+    makes them Boxes clipped to the image, as Detectron clipped them).
 
     Adds 'proposals' (P, 4) float32 and 'proposal_scores' (P,) float32; top_k <= 0 keeps all.
     A record whose image id has no proposals raises DatasetError (``source`` names the file).
@@ -70,22 +68,19 @@ def attach_proposals(records, proposals, top_k, source="proposals", convention=C
         order = np.argsort(-scores, kind="stable")
         if top_k > 0:
             order = order[:top_k]
-        boxes = boxes[order].copy()
-        boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, convention.last(record["width"]))
-        boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, convention.last(record["height"]))
-        record["proposals"] = boxes
+        record["proposals"] = boxes[order].copy()
         record["proposal_scores"] = scores[order].copy()
     return records
 
 
-def filter_crowd_proposals(records, thresh, convention=CONTINUOUS):
+def filter_crowd_proposals(records, thresh):
     """Drop, in place, each record's proposals that lie inside one of its crowd regions by more
     than ``thresh`` of their area (TRAIN.CROWD_FILTER_THRESH; <= 0 keeps all). Returns how
     many were dropped.
 
     Detectron's _filter_crowd_proposals: "inside" is the intersection with the crowd box over
-    the proposal's area (pycocotools' iou with iscrowd=1), boxes in the model's ``convention``
-    (a structures.boxes.BoxConvention). Detectron marked such a proposal as overlapping
+    the proposal's area (pycocotools' iou with iscrowd=1), of the regions the records' Boxes
+    cover (loader.in_box_convention). Detectron marked such a proposal as overlapping
     no ground truth (IoU -1), which kept it out of both the fg and the bg sample of the box
     head; dropping it does the same. Only training on precomputed proposals filters, as in
     Detectron (RPN proposals of end-to-end training are not filtered).
@@ -95,15 +90,14 @@ def filter_crowd_proposals(records, thresh, convention=CONTINUOUS):
     dropped = 0
     for record in records:
         proposals = record.get("proposals")
-        boxes = np.asarray(record["boxes"], dtype=np.float32).reshape(-1, 4)
-        crowd = boxes[np.asarray(record["is_crowd"], dtype=bool)]
+        crowd = record["boxes"][torch.as_tensor(record["is_crowd"], dtype=torch.bool)]
         if proposals is None or not len(proposals) or not len(crowd):
             continue
-        inside = area_fraction_inside(convention.regions(proposals.astype(np.float64)),
-                                      crowd).max(axis=1)
+        inside = area_fraction_inside(proposals.to(torch.float64).regions().numpy(),
+                                      crowd.to(torch.float64).regions().numpy()).max(axis=1)
         keep = ~(inside > thresh)
         dropped += int((~keep).sum())
-        record["proposals"] = proposals[keep]
+        record["proposals"] = proposals[torch.from_numpy(keep)]
         record["proposal_scores"] = record["proposal_scores"][keep]
     return dropped
 

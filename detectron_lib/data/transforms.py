@@ -12,7 +12,6 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from detectron_lib.errors import DatasetError
-from detectron_lib.structures.boxes import CONTINUOUS, Boxes
 from detectron_lib.structures.instances import Instances
 from detectron_lib.structures.keypoints import flip_keypoints, scale_keypoints
 from detectron_lib.structures.masks import flip_segm, scale_segm
@@ -137,12 +136,12 @@ def image_array(image):
     return np.ascontiguousarray(image.permute(1, 2, 0).to("cpu", torch.uint8).numpy())
 
 
-def transform_annotations(record, scale, flip, keypoint_flip_perm=None, convention=CONTINUOUS):
+def transform_annotations(record, scale, flip, keypoint_flip_perm=None):
     """The record's annotations for its image flipped (optionally) and then scaled.
 
-    Boxes come out as Boxes in the model's ``convention`` (a structures.boxes.BoxConvention;
-    records' boxes are continuous, x2 = x + w); precomputed proposals are taken to be in it
-    already, as a model of the same convention wrote them.
+    The record's boxes and precomputed proposals are Boxes in the model's convention
+    (loader.in_box_convention), which flipping keeps and which the image's last pixel
+    follows for flipped polygons and keypoints.
     Returns a dict of boxes (Boxes (N, 4) float32), classes (N,) int64, is_crowd (N,) bool,
     segms (list or None), keypoints (N, K, 3) float32 or None, and, when the record has
     precomputed proposals, proposals (Boxes (P, 4) float32) and proposal_scores (P,).
@@ -150,15 +149,12 @@ def transform_annotations(record, scale, flip, keypoint_flip_perm=None, conventi
     height, width = record["height"], record["width"]
     new_height, new_width = resized_size(height, width, scale)
     scale_32 = float(np.float32(scale))
-    boxes = Boxes.from_regions(
-        torch.as_tensor(np.asarray(record["boxes"], dtype=np.float32).reshape(-1, 4)), convention)
+    boxes = record["boxes"]
     proposals = record.get("proposals")
-    if proposals is not None:
-        proposals = Boxes(torch.as_tensor(proposals), convention)
     segms = record.get("segms")
     keypoints = record.get("keypoints")
     if flip:
-        last_x = convention.last(width)
+        last_x = boxes.convention.last(width)
         boxes = boxes.flip(width)
         if segms is not None:
             segms = [flip_segm(s, last_x) for s in segms]
@@ -184,10 +180,9 @@ def transform_annotations(record, scale, flip, keypoint_flip_perm=None, conventi
     return targets
 
 
-def prepare_sample(record, target_size, max_size, flip=False, keypoint_flip_perm=None,
-                   convention=CONTINUOUS):
-    """Read, optionally flip and resize one record's image with its annotations (boxes in the
-    model's ``convention``, see transform_annotations). With ``target_size``
+def prepare_sample(record, target_size, max_size, flip=False, keypoint_flip_perm=None):
+    """Read, optionally flip and resize one record's image with its annotations (see
+    transform_annotations). With ``target_size``
     None the image keeps its size: the model resizes it (modeling.image_io).
 
     Returns a dict: image (3, H', W') uint8 BGR tensor (the model normalizes it), image_size
@@ -213,7 +208,7 @@ def prepare_sample(record, target_size, max_size, flip=False, keypoint_flip_perm
         "image_id": record["image_id"],
         "flipped": bool(flip),
         "targets": transform_annotations(record, 1.0 if scale is None else scale, flip,
-                                         keypoint_flip_perm, convention),
+                                         keypoint_flip_perm),
     }
 
 

@@ -265,8 +265,9 @@ def export_onnx(model, output, sample_image):
                           dynamic_axes=dynamic_axes)
     graph = onnx.load_from_string(buffer.getvalue())
     keypoints = getattr(model, "keypoint_heads", None)
-    values = (int(model.anchor_generator.convention.plus_one if isinstance(model, RetinaNet)
-                  else model.rpn.anchor_generator.convention.plus_one),
+    anchor_generator = model.anchor_generator if isinstance(model, RetinaNet) \
+        else model.rpn.anchor_generator
+    values = (int(anchor_generator.convention.plus_one),
               model.io.mask_thresh, int(model.io.legacy_paste),
               keypoints.inference_min_size if keypoints is not None else 0,
               int(keypoints is not None and keypoints.normalized_scores))

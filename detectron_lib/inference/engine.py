@@ -30,7 +30,6 @@ from detectron_lib.inference.tta import DetectorWithTTA, augmentation_enabled
 from detectron_lib.modeling.backbone.norms import fold_frozen_batchnorm_
 from detectron_lib.modeling.backbone.precision import reuse_weight_casts
 from detectron_lib.modeling.meta_arch import build_model
-from detectron_lib.structures.boxes import CONTINUOUS, PIXEL_INDICES, BoxConvention
 from detectron_lib.utils.io import write_json_atomic
 from detectron_lib.utils.progress import Progress
 
@@ -53,21 +52,21 @@ def load_model_for_inference(cfg, weights, device):
     return model.to(device).eval()
 
 
-# The box convention each family of detection checkpoints was trained in.
-_BOX_CONVENTION_OF_FORMAT = {DETECTRON: PIXEL_INDICES, DETECTRON2: CONTINUOUS, TORCHVISION: CONTINUOUS}
+# MODEL.BBOX_LEGACY_PLUS_ONE of the box convention each family of checkpoints was trained in.
+_TRAINED_LEGACY_PLUS_ONE = {DETECTRON: True, DETECTRON2: False, TORCHVISION: False}
 
 
 def warn_on_box_convention_mismatch(cfg, weights_format):
     """Warn once when MODEL.BBOX_LEGACY_PLUS_ONE differs from the convention the weights were
     trained in (Detectron: x2 - x1 + 1; detectron2 and torchvision: x2 - x1): the model then
     runs, but its boxes are off by a pixel. Returns whether it warned."""
-    trained_with = _BOX_CONVENTION_OF_FORMAT.get(weights_format)
-    if trained_with is None or trained_with == BoxConvention.of(cfg):
+    trained_with = _TRAINED_LEGACY_PLUS_ONE.get(weights_format)
+    if trained_with is None or trained_with == cfg.MODEL.BBOX_LEGACY_PLUS_ONE:
         return False
     logger.warning("%s weights were trained with MODEL.BBOX_LEGACY_PLUS_ONE %s but the config "
                    "sets %s: set it to %s (configs/torchvision/ shows every switch of "
-                   "torchvision's conventions)", weights_format, trained_with.plus_one,
-                   cfg.MODEL.BBOX_LEGACY_PLUS_ONE, trained_with.plus_one)
+                   "torchvision's conventions)", weights_format, trained_with,
+                   cfg.MODEL.BBOX_LEGACY_PLUS_ONE, trained_with)
     return True
 
 
