@@ -74,8 +74,8 @@ def cmd_train(args):
 
 
 def cmd_pretrain(args):
-    """Pretrain a config's ResNet body on object crops, tracked live in MLflow; prints the
-    summary JSON."""
+    """Pretrain a config's ResNet or VGG16 body on object crops, tracked live in MLflow;
+    prints the summary JSON."""
     import json
 
     from detectron_lib.config import load_config
@@ -263,8 +263,9 @@ def build_parser():
     _add_cfg_args(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("pretrain", help="pretrain the ResNet body on object crops (the stand-in "
-                                        "for ImageNet), writing Detectron-format weights (.pkl)")
+    p = sub.add_parser("pretrain", help="pretrain the ResNet or VGG16 body on object crops (the "
+                                        "stand-in for ImageNet), writing Detectron-format "
+                                        "weights (.pkl)")
     p.add_argument("--output", required=True, help="weights file to write (.pkl)")
     _add_training_args(p)
     _add_cfg_args(p)

@@ -119,12 +119,33 @@ def test_pretraining_is_reproducible(tiny_dataset, tmp_path):
         np.testing.assert_array_equal(runs[0][blob], runs[1][blob])
 
 
-def test_pretrain_rejects_a_non_resnet_body(tiny_dataset, tmp_path):
+def test_pretrained_vgg16_gn_body_loads_into_the_vgg16_detector(tiny_dataset, tmp_path):
+    from detectron_lib.engine.pretrain import pretrain_backbone
+
+    cfg = load_config(CONFIGS / "pretrain" / "VGG16-GN.yaml", _pretrain_overrides(tiny_dataset))
+    output = tmp_path / "VGG16-GN.pkl"
+    pretrain_backbone(cfg, output)
+    with open(output, "rb") as f:
+        blobs = pickle.load(f)["blobs"]
+    assert {"conv1_1_w", "conv1_1_gn_s", "conv5_3_w", "conv5_3_gn_b", "pred_w"} <= set(blobs)
+    assert blobs["pred_w"].shape == (7, 512)   # 6 shapes + background, conv5_3's width
+    model = build_model(load_config(CONFIGS / "e2e_faster_rcnn_VGG16_1x.yaml",
+                                    ["MODEL.BODY_PRECISION", "float32"]))
+    report = load_weights(model, str(output), for_training=True)
+    names = detectron_blob_names(model)
+    loaded = [key for key in report.loaded if key in names]
+    assert len(loaded) == len(blobs) - 2   # all 13 convs and their GroupNorms
+    state = model.state_dict()
+    for key in loaded:
+        np.testing.assert_array_equal(state[key].numpy(), blobs[names[key]])
+
+
+def test_pretrain_rejects_a_body_it_cannot_classify_with(tiny_dataset, tmp_path):
     from detectron_lib.engine.pretrain import pretrain_backbone
 
     cfg = load_config(None, _pretrain_overrides(tiny_dataset, **{
-        "MODEL.CONV_BODY": "VGG16.add_VGG16_conv5_body"}))
-    with pytest.raises(ConfigError, match="VGG16.*not a ResNet body"):
+        "MODEL.CONV_BODY": "VGG_CNN_M_1024.add_VGG_CNN_M_1024_conv5_body"}))
+    with pytest.raises(ConfigError, match="VGG_CNN_M_1024.*neither a ResNet nor a VGG16 body"):
         pretrain_backbone(cfg, tmp_path / "vgg.pkl")
     assert not (tmp_path / "vgg.pkl").exists()
 

@@ -1,12 +1,13 @@
 """Backbone pretraining by object classification: the CPU zoo's stand-in for ImageNet.
 
-Detectron's baselines fine-tune ResNets pretrained on ImageNet classification (R-50.pkl,
-R-50-GN.pkl, ...). With no ImageNet here, ``pretrain_backbone`` trains the config's ResNet
-conv5 body to classify square crops of the training set's objects, plus background crops,
-and writes the body in the format of Detectron's ImageNet weights: a pickle of
-{"blobs": {blob name: array}}, blob names as Detectron's (``res2_0_branch2a_w``,
-``res2_0_branch2a_gn_s``, ``conv1_w``, ...; the classifier is ``pred_w`` / ``pred_b``).
-TRAIN.WEIGHTS loads it as it would load Detectron's files, into C4 and FPN models alike.
+Detectron's baselines fine-tune bodies pretrained on ImageNet classification (R-50.pkl,
+R-50-GN.pkl, VGG16.pkl, ...). With no ImageNet here, ``pretrain_backbone`` trains the
+config's ResNet conv5 or VGG16 conv5 body to classify square crops of the training set's
+objects, plus background crops, and writes the body in the format of Detectron's ImageNet
+weights: a pickle of {"blobs": {blob name: array}}, blob names as Detectron's
+(``res2_0_branch2a_w``, ``res2_0_branch2a_gn_s``, ``conv1_w``, ``conv5_3_w``, ...; the
+classifier is ``pred_w`` / ``pred_b``). TRAIN.WEIGHTS loads it as it would load Detectron's
+files, into C4 and FPN models alike.
 
 Crops are cut from the normalized image with RoIAlign (bilinear, zero = pixel mean outside
 the image), so a batch is one op per image. Everything random is drawn from (RNG_SEED,
@@ -23,6 +24,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from detectron_lib import ops
+from detectron_lib.config.names import CONV_BODY
 from detectron_lib.data.catalog import register_datasets_from_cfg
 from detectron_lib.data.loader import load_datasets
 from detectron_lib.data.transforms import image_tensor, read_image_bgr
@@ -47,29 +49,36 @@ OBJECT_CENTER_JITTER = 0.1
 
 
 class BodyClassifier(nn.Module):
-    """ResNet conv5 body -> global average pool of res5 -> linear classifier."""
+    """Body -> global average pool of its ``feature`` map (res5, conv5_3) -> linear classifier."""
 
-    def __init__(self, body, num_classes, precision="float32"):
+    def __init__(self, body, feature, num_classes, precision="float32"):
         super().__init__()
         self.body = body
+        self.feature = feature
         self.precision = precision
-        self.pred = nn.Linear(body.out_channels["res5"], num_classes)
+        self.pred = nn.Linear(body.out_channels[feature], num_classes)
         nn.init.normal_(self.pred.weight, std=0.01)
         nn.init.zeros_(self.pred.bias)
 
     def forward(self, crops):
         """crops: (N, 3, S, S) normalized -> (N, num_classes) logits."""
-        res5 = body_features(self.body, crops, self.precision)["res5"]
-        return self.pred(res5.mean(dim=(2, 3)))
+        features = body_features(self.body, crops, self.precision)[self.feature]
+        return self.pred(features.mean(dim=(2, 3)))
 
 
 def build_body_classifier(cfg, num_classes):
-    depth = resnet_depth(cfg.MODEL.CONV_BODY)
-    if depth is None:
-        raise ConfigError(f"MODEL.CONV_BODY '{cfg.MODEL.CONV_BODY}' is not a ResNet body; "
-                          "classification pretraining supports ResNet / ResNeXt bodies")
-    body = resnet_body_from_config(cfg, depth, 4, freeze_at=0)
-    return BodyClassifier(body, num_classes, cfg.MODEL.BODY_PRECISION)
+    """The classifier on MODEL.CONV_BODY's body: a ResNet / ResNeXt name (conv4, conv5 or FPN)
+    pretrains the conv5 body it is made of; a VGG16 conv5 body pretrains as it is."""
+    conv_body = cfg.MODEL.CONV_BODY
+    depth = resnet_depth(conv_body)
+    if depth is not None:
+        body, feature = resnet_body_from_config(cfg, depth, 4, freeze_at=0), "res5"
+    elif conv_body.startswith("VGG16."):  # VGG16.add_VGG16[_gn]_conv5_body
+        body, feature = CONV_BODY.get(conv_body)(cfg, freeze_at=0), "conv5_3"
+    else:
+        raise ConfigError(f"MODEL.CONV_BODY '{conv_body}' is neither a ResNet nor a VGG16 body; "
+                          "classification pretraining supports ResNet / ResNeXt and VGG16 bodies")
+    return BodyClassifier(body, feature, num_classes, cfg.MODEL.BODY_PRECISION)
 
 
 def _square_boxes(centers, sides):

@@ -173,16 +173,17 @@ def fpn_from_config(cfg, depth, finest_only=False):
     )
 
 
-def vgg16_body_from_config(cfg):
+def vgg16_body_from_config(cfg, freeze_at=None):
     """VGG16 conv5 body; conv blocks 1..TRAIN.FREEZE_AT are frozen (the default 2 is Detectron's
-    gradient stop at pool2)."""
-    return VGG16Body(frozen_blocks=cfg.TRAIN.FREEZE_AT)
+    gradient stop at pool2); ``freeze_at`` overrides TRAIN.FREEZE_AT."""
+    return VGG16Body(frozen_blocks=cfg.TRAIN.FREEZE_AT if freeze_at is None else freeze_at)
 
 
-def vgg16_gn_body_from_config(cfg):
-    """VGG16 conv5 body with GroupNorm (GROUP_NORM.*) after every conv (this project's, for
-    training from scratch, where TRAIN.FREEZE_AT 0 trains every block)."""
-    return VGG16Body(frozen_blocks=cfg.TRAIN.FREEZE_AT, norm=group_norm_spec(cfg))
+def vgg16_gn_body_from_config(cfg, freeze_at=None):
+    """VGG16 conv5 body with GroupNorm (GROUP_NORM.*) after every conv (this project's); conv
+    blocks 1..TRAIN.FREEZE_AT (or ``freeze_at``) are frozen."""
+    return VGG16Body(frozen_blocks=cfg.TRAIN.FREEZE_AT if freeze_at is None else freeze_at,
+                     norm=group_norm_spec(cfg))
 
 
 def resnet_roi_head_from_config(cfg, in_channels):
