@@ -84,6 +84,16 @@ def test_broken_manifests_name_the_entry(baselines, message):
         parse_manifest(_manifest(**baselines), source="m.yaml")
 
 
+@pytest.mark.parametrize("notes, message", [
+    ({"boxes": ["x"]}, "notes for unknown section 'boxes'"),
+    ({"rpn": "one string"}, "notes of section 'rpn' must be a list of strings"),
+])
+def test_broken_section_notes_are_named(notes, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_manifest(dict(_manifest(x={"config": "x.yaml", "section": "rpn"}), notes=notes),
+                       source="m.yaml")
+
+
 def test_missing_manifest_and_keys():
     with pytest.raises(ConfigError, match="not found"):
         load_manifest("/nonexistent/zoo.yaml")

@@ -19,6 +19,8 @@ A manifest (``configs/zoo/*.yaml``) looks like::
     pretrained:                         # bodies `detectron pretrain` makes (the ImageNet stand-in)
       R-18-GN:
         config: configs/shapes/pretrain/R-18-GN.yaml
+    notes:                              # bullets under a section's table, as Detectron's Notes
+      rpn: [AR@1000 on shapes_val; Detectron's R-50-FPN RPN has 57.2 on COCO minival.]
 
 The structure is checked against ``workflow/schemas/zoo.schema.yaml`` when the DAG is built;
 ``load_manifest`` checks what a schema cannot (dependencies, config files, datasets) and
@@ -207,6 +209,7 @@ class ZooManifest:
     pretrained: dict = field(default_factory=dict)   # name -> Pretrained
     title: str = ""
     description: str = ""
+    notes: dict = field(default_factory=dict)       # section -> tuple of bullets
     results_dir: str = "results"
     data_root: str = ""
     dataset_catalog: str = ""
@@ -449,6 +452,20 @@ def _overrides(value, where):
     return tuple(str(v) for v in value)
 
 
+def _section_notes(value, source):
+    """The manifest's 'notes': section key -> tuple of bullet strings."""
+    notes = {}
+    for section, bullets in (value or {}).items():
+        if section not in SECTIONS:
+            raise ConfigError(f"{source}: notes for unknown section '{section}'; use one of "
+                              f"{', '.join(SECTIONS)}")
+        if isinstance(bullets, str) or not all(isinstance(b, str) for b in bullets or ()):
+            raise ConfigError(f"{source}: notes of section '{section}' must be a list of "
+                              f"strings, one per bullet")
+        notes[section] = tuple(bullets or ())
+    return notes
+
+
 def parse_manifest(document, source="<manifest>"):
     """A ZooManifest from a manifest mapping (already schema-checked or not); ConfigError
     names the entry at fault for any missing key, unknown section or broken dependency."""
@@ -506,6 +523,7 @@ def parse_manifest(document, source="<manifest>"):
         name=str(document["name"]), table=str(document["table"]), baselines=baselines,
         pretrained=pretrained,
         title=document.get("title", ""), description=document.get("description", ""),
+        notes=_section_notes(document.get("notes"), source),
         results_dir=document.get("results_dir", "results"),
         data_root=document.get("data_root", "") or "",
         dataset_catalog=document.get("dataset_catalog", "") or "",

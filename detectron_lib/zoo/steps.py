@@ -189,8 +189,8 @@ def train(zoo, name, threads=None, log_file=None, tracking=True):
 
     Writes (rank 0): the trainer's outputs in OUTPUT_DIR, the run file (the parent MLflow
     run), the train stats: train_time_total_s, train_time_s_per_iter (median), train_mem_gb,
-    hardware, model_type, ims_per_gpu, num_gpus, max_iter. The 'train' child run is tracked
-    as ``detectron train`` is (params, losses live, config, train log and weights), plus the
+    hardware, model_type, pretrained, ims_per_gpu, num_gpus, max_iter. The 'train' child run
+    is tracked as ``detectron train`` is (params, losses live, config, train log and weights), plus the
     stats and the job log; the parent gets the params and the summary numbers.
 
     URLs are read from the download cache alone (utils.download.offline_downloads): the
@@ -211,7 +211,7 @@ def _train(zoo, name, threads, log_file, tracking):
         start_parent_run,
         track_training,
     )
-    from detectron_lib.zoo.table import model_type
+    from detectron_lib.zoo.table import model_type, pretrained_label
 
     layout = zoo.layout
     resize_threads = set_job_threads(threads, zoo.baseline(name), layout)
@@ -241,6 +241,7 @@ def _train(zoo, name, threads, log_file, tracking):
                 "train_mem_gb": peak_memory_gb(resolve_device(cfg.DEVICE).type),
                 "hardware": hardware_description(),
                 "model_type": model_type(cfg),
+                "pretrained": pretrained_label(zoo.baseline(name), cfg),
                 "ims_per_gpu": int(cfg.TRAIN.IMS_PER_BATCH),
                 "num_gpus": int(cfg.NUM_GPUS),
                 "max_iter": int(cfg.SOLVER.MAX_ITER),

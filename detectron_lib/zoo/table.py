@@ -26,7 +26,7 @@ from detectron_lib.zoo.manifest import SECTIONS, baseline_command
 logger = logging.getLogger(__name__)
 
 COLUMNS = (
-    "backbone", "type", "lr schd", "im/ gpu", "train mem (GB)", "train time (s/iter)",
+    "backbone", "pretrained", "type", "lr schd", "im/ gpu", "train mem (GB)", "train time (s/iter)",
     "train time total (hr)", "inference time (s/im)", "box AP", "mask AP", "kp AP",
     "prop. AR", "model id", "download links",
 )
@@ -34,6 +34,15 @@ MISSING = "-"
 # What a row lacks without each of its baseline's files, in the order the marks list them.
 LACKS = {"train stats": "not trained", "metrics": "not evaluated", "run file": "no MLflow run"}
 NOT_RUN = "not run"   # the mark of a baseline with none of its files
+
+
+def pretrained_label(baseline, cfg):
+    """The 'pretrained' column: the manifest's pretrained body the baseline starts from, else
+    the file name of its TRAIN.WEIGHTS (e.g. Detectron's R-50.pkl), else 'scratch'."""
+    if baseline.weights_from:
+        return baseline.weights_from
+    weights = str(cfg.TRAIN.WEIGHTS)
+    return weights.rstrip("/").rsplit("/", 1)[-1] if weights else "scratch"
 
 
 def model_type(cfg):
@@ -60,6 +69,7 @@ class ZooRow:
     name: str
     section: str
     backbone: str
+    pretrained: str
     model_type: str
     lr_schd: str
     ims_per_gpu: int
@@ -100,17 +110,17 @@ def _number(mapping, key):
     return math.nan if value is None else float(value)
 
 
-def _configured_type(manifest, baseline):
-    """The type column of a baseline not trained yet, from its config; '-' (with a warning)
-    when the config does not load."""
+def _configured_columns(manifest, baseline):
+    """(type, pretrained) columns of a baseline from its config, for rows whose train stats
+    do not say; ('-', '-') with a warning when the config does not load."""
     from detectron_lib.config import load_config
 
     try:
         cfg = load_config(baseline.config, manifest.config_overrides(baseline.name))
     except ConfigError as e:
-        logger.warning("type of baseline %s unknown: %s", baseline.name, e)
-        return MISSING
-    return model_type(cfg)
+        logger.warning("type and pretrained weights of baseline %s unknown: %s", baseline.name, e)
+        return MISSING, MISSING
+    return model_type(cfg), pretrained_label(baseline, cfg)
 
 
 def collect_rows(manifest):
@@ -127,10 +137,14 @@ def collect_rows(manifest):
         stats = ({} if "train stats" in missing
                  else _read_json(files["train stats"], "train stats file"))
         run = {} if "run file" in missing else _read_json(files["run file"], "MLflow run file")
+        if "model_type" in stats and "pretrained" in stats:
+            type_, pretrained = stats["model_type"], stats["pretrained"]
+        else:   # not trained yet, or by a version whose train stats did not name its weights
+            type_, pretrained = _configured_columns(manifest, baseline)
+            type_ = stats.get("model_type", type_)
         rows.append(ZooRow(
             name=baseline.name, section=baseline.section, backbone=baseline.backbone,
-            model_type=(_configured_type(manifest, baseline) if "train stats" in missing
-                        else stats.get("model_type", MISSING)),
+            model_type=type_, pretrained=pretrained,
             lr_schd=baseline.lr_schd,
             ims_per_gpu=stats.get("ims_per_gpu"),
             train_mem_gb=_number(stats, "train_mem_gb"),
@@ -173,7 +187,7 @@ def _row_cells(row, table_dir):
     if "train stats" not in row.missing:    # no link to weights not trained yet
         links = f"[model]({_link(row.weights_path, table_dir)}) / " + links
     return (
-        row.backbone, row.model_type, row.lr_schd,
+        row.backbone, row.pretrained, row.model_type, row.lr_schd,
         MISSING if row.ims_per_gpu is None else str(row.ims_per_gpu),
         _fixed(row.train_mem_gb, 1), _fixed(row.train_time_s_per_iter, 3),
         _fixed(row.train_time_total_s, 2, 1 / 3600), _fixed(row.inference_time_s_per_im, 3),
@@ -202,6 +216,9 @@ def render_model_zoo(manifest, rows, table_path, manifest_file=None):
         "- Train mem is the peak memory of the training process (peak RSS on CPU, peak "
         "allocated CUDA memory on GPU); train time (s/iter) is the median iteration time; "
         "train time total is the wall time of the training job.",
+        "- Pretrained is what a baseline's training starts from: a body pretrained by the DAG "
+        "(`detectron pretrain`, its own MLflow run), the file its TRAIN.WEIGHTS names, or "
+        "'scratch'.",
         "- Model id is the baseline's MLflow run id (see the tracking store); links point to "
         "the weights and config in this checkout.",
         "",
@@ -219,6 +236,8 @@ def render_model_zoo(manifest, rows, table_path, manifest_file=None):
                   "| " + " | ".join(COLUMNS) + " |",
                   "|" + "|".join(":---:" for _ in COLUMNS) + "|"]
         lines += ["| " + " | ".join(_row_cells(row, table_dir)) + " |" for row in section_rows]
+        if manifest.notes.get(section):
+            lines += ["", "**Notes:**", ""] + [f"- {note}" for note in manifest.notes[section]]
     incomplete = [row for row in rows if row.missing]
     if incomplete:
         lines += ["", "## Not run yet", "",
