@@ -73,6 +73,7 @@ def test_shapes_zoo_schedules_stages_and_long_jobs_first(shapes_workdir):
     assert proc.returncode == 0, proc.stderr[-3000:]
     priority = planned_priorities(proc.stdout)
     assert priority[("pretrain", "pretrained=R-18-GN")] == 10
+    assert priority[("pretrain", "pretrained=R-50-GN")] == 10
     assert priority[("train", "baseline=rpn_R-18-FPN_1x")] == 5          # the proposal chain
     assert priority[("train", "baseline=fast_rcnn_R-18-FPN_1x")] == 5
     assert priority[("train", "baseline=e2e_faster_rcnn_R-18-FPN_1x")] == 1
@@ -80,7 +81,7 @@ def test_shapes_zoo_schedules_stages_and_long_jobs_first(shapes_workdir):
     manifest = yaml.safe_load((REPO_ROOT / "configs/zoo/shapes.yaml").read_text())
     early = {name for name, entry in manifest["baselines"].items() if entry.get("start_early")}
     assert early == {"e2e_faster_rcnn_R-18-C4_1x", "e2e_faster_rcnn_VGG16_1x",
-                     "e2e_mask_rcnn_R-50-FPN_1x_gn"}
+                     "e2e_faster_rcnn_R-50-FPN_1x", "e2e_mask_rcnn_R-50-FPN_1x_gn"}
     for name in early:
         assert priority[("train", f"baseline={name}")] == 1.5
         assert priority[("evaluate", f"baseline={name}")] == 0.5
