@@ -190,8 +190,8 @@ def train(zoo, name, threads=None, log_file=None, tracking=True):
     Writes (rank 0): the trainer's outputs in OUTPUT_DIR, the run file (the parent MLflow
     run), the train stats: train_time_total_s, train_time_s_per_iter (median), train_mem_gb,
     hardware, model_type, pretrained, ims_per_gpu, num_gpus, max_iter. The 'train' child run
-    is tracked as ``detectron train`` is (params, losses live, config, train log and weights), plus the
-    stats and the job log; the parent gets the params and the summary numbers.
+    is tracked as ``detectron train`` is (params, losses live, config, train log and weights),
+    plus the stats and the job log; the parent gets the params and the summary numbers.
 
     URLs are read from the download cache alone (utils.download.offline_downloads): the
     DAG's fetch_weights jobs put them there, and compute nodes may have no internet access.

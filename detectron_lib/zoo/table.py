@@ -26,9 +26,9 @@ from detectron_lib.zoo.manifest import SECTIONS, baseline_command
 logger = logging.getLogger(__name__)
 
 COLUMNS = (
-    "backbone", "pretrained", "type", "lr schd", "im/ gpu", "train mem (GB)", "train time (s/iter)",
-    "train time total (hr)", "inference time (s/im)", "box AP", "mask AP", "kp AP",
-    "prop. AR", "model id", "download links",
+    "backbone", "pretrained", "type", "lr schd", "im/ gpu", "train mem (GB)",
+    "train time (s/iter)", "train time total (hr)", "inference time (s/im)", "box AP",
+    "mask AP", "kp AP", "prop. AR", "model id", "download links",
 )
 MISSING = "-"
 # What a row lacks without each of its baseline's files, in the order the marks list them.
@@ -118,7 +118,8 @@ def _configured_columns(manifest, baseline):
     try:
         cfg = load_config(baseline.config, manifest.config_overrides(baseline.name))
     except ConfigError as e:
-        logger.warning("type and pretrained weights of baseline %s unknown: %s", baseline.name, e)
+        logger.warning("type and pretrained weights of baseline %s unknown: %s",
+                       baseline.name, e)
         return MISSING, MISSING
     return model_type(cfg), pretrained_label(baseline, cfg)
 
