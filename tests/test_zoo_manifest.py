@@ -85,7 +85,7 @@ def test_broken_manifests_name_the_entry(baselines, message):
 
 
 @pytest.mark.parametrize("notes, message", [
-    ({"boxes": ["x"]}, "notes for unknown section 'boxes'"),
+    ({"boxes": ["x"]}, "m.yaml: notes: unknown section 'boxes'"),
     ({"rpn": "one string"}, "notes of section 'rpn' must be a list of strings"),
 ])
 def test_broken_section_notes_are_named(notes, message):

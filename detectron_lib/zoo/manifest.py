@@ -452,13 +452,18 @@ def _overrides(value, where):
     return tuple(str(v) for v in value)
 
 
+def _check_section(section, where):
+    """ConfigError naming ``where`` unless ``section`` is a key of SECTIONS."""
+    if section not in SECTIONS:
+        raise ConfigError(f"{where}: unknown section '{section}'; use one of "
+                          f"{', '.join(SECTIONS)}")
+
+
 def _section_notes(value, source):
     """The manifest's 'notes': section key -> tuple of bullet strings."""
     notes = {}
     for section, bullets in (value or {}).items():
-        if section not in SECTIONS:
-            raise ConfigError(f"{source}: notes for unknown section '{section}'; use one of "
-                              f"{', '.join(SECTIONS)}")
+        _check_section(section, f"{source}: notes")
         if isinstance(bullets, str) or not all(isinstance(b, str) for b in bullets or ()):
             raise ConfigError(f"{source}: notes of section '{section}' must be a list of "
                               f"strings, one per bullet")
@@ -493,9 +498,7 @@ def parse_manifest(document, source="<manifest>"):
         if not isinstance(entry.get("start_early", False), bool):
             raise ConfigError(f"{where}: start_early must be true or false, got "
                               f"{entry['start_early']!r}")
-        if entry["section"] not in SECTIONS:
-            raise ConfigError(f"{where}: unknown section '{entry['section']}'; use one of "
-                              f"{', '.join(SECTIONS)}")
+        _check_section(entry["section"], where)
         baselines[name] = Baseline(
             name=str(name), config=str(entry["config"]), section=entry["section"],
             resources=_resources(entry.get("resources"), defaults, where),
