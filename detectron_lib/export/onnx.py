@@ -29,15 +29,10 @@ from torch import nn
 
 from detectron_lib.errors import ConfigError
 from detectron_lib.export import onnx_ops
-from detectron_lib.modeling.anchors import grid_anchors
 from detectron_lib.modeling.backbone.build import body_features
 from detectron_lib.modeling.image_io import normalize_image
 from detectron_lib.modeling.meta_arch import GeneralizedRCNN
-from detectron_lib.modeling.retinanet import RetinaNet, flatten_anchor_maps
-from detectron_lib.modeling.roi_heads.fast_rcnn import box_results_with_nms_and_limit
-from detectron_lib.modeling.roi_heads.mask_head import mask_probs_of_channels
-from detectron_lib.modeling.rpn import flatten_level_outputs
-from detectron_lib.structures.boxes import Boxes
+from detectron_lib.modeling.retinanet import RetinaNet
 from detectron_lib.utils.io import atomic_write
 
 INPUT = "image"
@@ -159,41 +154,19 @@ class OnnxDetector(nn.Module):
         return tuple(detections.boxes.tensor if name == "boxes" else getattr(detections, name)
                      for name in output_names(self.model))
 
-    def _anchors(self, generator, maps):
-        """Per level Boxes (H * W * A, 4) over the maps' traced sizes (AnchorGenerator's grid)."""
-        return [Boxes(grid_anchors(cell, stride, *torch._shape_as_tensor(m)[2:]), generator.convention)
-                for cell, stride, m in zip(generator.cell_anchors, generator.strides, maps)]
-
     def _retinanet(self, features, image_size):
-        model = self.model
-        maps = [features[name] for name in model.in_features]
-        cls_maps, box_maps = model.head(maps)
-        anchors = self._anchors(model.anchor_generator, maps)
-        return model.detect(anchors, flatten_anchor_maps(cls_maps, model.head.cls_dim),
-                            flatten_anchor_maps(box_maps, model.head.box_dim), [image_size])[0]
+        return self.model.detect(*self.model.predict(features), [image_size])[0]
 
     def _rcnn(self, features, image_size, scale):
+        """The model's own R-CNN inference, but keypoints stay heatmaps (module docstring)."""
         model = self.model
-        rpn = model.rpn
-        maps = [features[name] for name in rpn.in_features]
-        logits, deltas = rpn.head(maps)
-        flat = [flatten_level_outputs(lg, dl) for lg, dl in zip(logits, deltas)]
-        proposals = rpn.find_proposals(self._anchors(rpn.anchor_generator, maps),
-                                       [f[0] for f in flat], [f[1] for f in flat],
-                                       [image_size], [scale])[0]
+        (proposals,), _ = model.rpn([image_size], features, [scale])
         if model.roi_heads is None:
             proposals.scores = torch.sigmoid(proposals.objectness_logits)
             return proposals
-        heads = model.roi_heads
-        cls_logits, box_deltas = heads.predict(features, [proposals.boxes])
-        boxes = heads.box_coder.decode(box_deltas, proposals.boxes).clip(*image_size)
-        detections = box_results_with_nms_and_limit(
-            torch.softmax(cls_logits, dim=1), boxes, image_size, heads.score_thresh,
-            heads.nms_thresh, heads.detections_per_image, heads.soft_nms, heads.box_voting)
+        (detections,) = model.roi_heads.inference(features, [proposals])
         if model.mask_heads is not None:
-            masks = model.mask_heads
-            logits = masks.mask_logits(features, [detections.boxes])
-            detections.mask_probs = mask_probs_of_channels(logits, masks._channels(detections.classes))
+            (detections,) = model.mask_heads.inference(features, [detections])
         if model.keypoint_heads is not None:
             detections.keypoint_heatmaps = model.keypoint_heads.heatmap_logits(
                 features, [detections.boxes]).float()
@@ -253,8 +226,8 @@ def export_onnx(model, output, sample_image):
     dynamic_axes.update({name: {0: "detections"} for name in names})
     buffer = BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
-        # The tracer's warnings name the Python ints (Instances' image sizes) it freezes;
-        # none of them reaches an output.
+        # The tracer's warnings name the Python values it freezes (the field lengths that
+        # Instances checks, tests for empty tensors); none of them reaches an output.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         # Deprecated since torch 2.9 but still shipped; the dynamo exporter cannot yet take
         # the data-dependent counts (NMS, thresholds) of the post-processing.

@@ -125,15 +125,27 @@ class AnchorGenerator(torch.nn.Module):
         self._cache = {}
 
     def forward(self, feature_shapes, device=torch.device("cpu")):
-        """feature_shapes: [(H, W)] per level. Returns [Boxes (H * W * A, 4)] per level on
-        ``device``."""
+        """feature_shapes: [(H, W)] per level (as feature_map_sizes gives them). Returns
+        [Boxes (H * W * A, 4)] per level on ``device``."""
         out = []
         for cell, stride, (h, w) in zip(self.cell_anchors, self.strides, feature_shapes):
+            if torch.jit.is_tracing():  # traced sizes: the grid follows the input, uncached
+                out.append(Boxes(grid_anchors(cell.to(device), stride, h, w), self.convention))
+                continue
             key = (stride, int(h), int(w), str(device))
             if key not in self._cache:
                 self._cache[key] = grid_anchors(cell.to(device), stride, int(h), int(w))
             out.append(Boxes(self._cache[key], self.convention))
         return out
+
+
+def feature_map_sizes(maps):
+    """[(H, W)] of each (N, C, H, W) map; while tracing (the ONNX export) as traced tensors,
+    so that an exported graph's anchors follow its input's size."""
+    if torch.jit.is_tracing():
+        shapes = [torch._shape_as_tensor(m) for m in maps]
+        return [(shape[2], shape[3]) for shape in shapes]
+    return [m.shape[-2:] for m in maps]
 
 
 def straddle_mask(anchors, height, width, straddle_thresh):

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from detectron_lib.errors import ConfigError
-from detectron_lib.modeling.anchors import AnchorGenerator, retinanet_anchor_specs
+from detectron_lib.modeling.anchors import AnchorGenerator, feature_map_sizes, retinanet_anchor_specs
 from detectron_lib.modeling.backbone.build import body_features, build_backbone, group_norm_spec
 from detectron_lib.modeling.backbone.layers import Conv2dNorm
 from detectron_lib.modeling.backbone.precision import run_in_precision
@@ -259,16 +259,21 @@ class RetinaNet(nn.Module):
         batch, image_sizes, scales, original_sizes = self.io.prepare(
             images, scales, original_sizes, training=targets is not None)
         features = body_features(self.backbone, batch, self.body_precision)
-        maps = [features[name] for name in self.in_features]
-        cls_maps, box_maps = self.head(maps)
-        anchors = self.anchor_generator([m.shape[-2:] for m in maps], maps[0].device)
-        cls_logits = flatten_anchor_maps(cls_maps, self.head.cls_dim)
-        box_deltas = flatten_anchor_maps(box_maps, self.head.box_dim)
+        anchors, cls_logits, box_deltas = self.predict(features)
         if targets is not None:
             return self.losses(Boxes.cat(anchors), torch.cat(cls_logits, dim=1),
                                torch.cat(box_deltas, dim=1), targets)
         detections = self.detect(anchors, cls_logits, box_deltas, image_sizes)
         return self.io.postprocess(detections, scales, original_sizes)
+
+    def predict(self, features):
+        """The head on the body's features: per level, anchors [Boxes (R_l, 4)], logits
+        [(N, R_l, C)] and deltas [(N, R_l, B)]."""
+        maps = [features[name] for name in self.in_features]
+        cls_maps, box_maps = self.head(maps)
+        anchors = self.anchor_generator(feature_map_sizes(maps), maps[0].device)
+        return (anchors, flatten_anchor_maps(cls_maps, self.head.cls_dim),
+                flatten_anchor_maps(box_maps, self.head.box_dim))
 
     def losses(self, anchors, cls_logits, box_deltas, targets):
         """anchors: Boxes (R, 4); cls_logits: (N, R, C); box_deltas: (N, R, B); targets per

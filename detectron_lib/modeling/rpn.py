@@ -12,7 +12,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from detectron_lib.errors import ConfigError
-from detectron_lib.modeling.anchors import AnchorGenerator, fpn_rpn_anchor_specs, straddle_mask
+from detectron_lib.modeling.anchors import (
+    AnchorGenerator,
+    feature_map_sizes,
+    fpn_rpn_anchor_specs,
+    straddle_mask,
+)
 from detectron_lib.modeling.backbone.precision import run_in_precision
 from detectron_lib.modeling.poolers import feature_level_names
 from detectron_lib.modeling.postprocess import topk_size
@@ -99,7 +104,7 @@ class RPN(nn.Module):
         """
         maps = [features[name] for name in self.in_features]
         logits, deltas = self.head(maps)
-        anchors = self.anchor_generator([m.shape[-2:] for m in maps], maps[0].device)
+        anchors = self.anchor_generator(feature_map_sizes(maps), maps[0].device)
         flat = [flatten_level_outputs(lg, dl) for lg, dl in zip(logits, deltas)]
         level_logits = [f[0] for f in flat]
         level_deltas = [f[1] for f in flat]

@@ -16,7 +16,11 @@ class Instances:
     """Fields of equal length describing the objects of one image of size (height, width)."""
 
     def __init__(self, image_size, **fields):
-        object.__setattr__(self, "image_size", tuple(int(s) for s in image_size))
+        # ints, but sizes the ONNX export traces stay tensors: what is clipped to them then
+        # follows the graph's input size
+        object.__setattr__(self, "image_size", tuple(
+            s if torch.jit.is_tracing() and isinstance(s, torch.Tensor) else int(s)
+            for s in image_size))
         object.__setattr__(self, "_fields", {})
         for name, value in fields.items():
             self.set(name, value)

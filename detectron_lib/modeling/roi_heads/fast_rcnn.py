@@ -218,7 +218,7 @@ class BoxROIHeads(nn.Module):
         results = []
         start = 0
         for rois, props, group in zip(boxes_per_image, proposals, groups):
-            n = len(rois)
+            n = rois.tensor.shape[0]  # not len(): the ONNX export traces this count
             h, w = props.image_size
             image_scores, image_deltas = scores[start:start + n], deltas[start:start + n]
             if self.bbox_reg:

@@ -364,7 +364,8 @@ class MaskROIHeads(nn.Module):
         channels = self._channels(torch.cat([d.classes for d in detections]))
         probs = mask_probs_of_channels(logits, channels)
         results = []
-        per_image = probs.split([len(d) for d in detections])
+        # counts as shapes, not len(): the ONNX export traces them
+        per_image = probs.split([d.boxes.tensor.shape[0] for d in detections])
         for image_detections, image_probs in zip(detections, per_image):
             out = image_detections[:]
             out.mask_probs = image_probs
